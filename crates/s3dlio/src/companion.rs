@@ -1,0 +1,228 @@
+//! The companion: a second, buffered descriptor of the same file, opened through
+//! `/proc/self/fd/N`, that carries the writes O_DIRECT cannot (unaligned heads and tails,
+//! appends at an unaligned end of file) and the buffered retry of a refused direct call.
+//!
+//! It lets the kernel's page cache do the read-modify-write of a shared block, which is what
+//! keeps two writers of one sector (threads or processes) from losing each other's bytes.
+//! The pages it dirties are dropped again: with RWF_DONTCACHE where the filesystem has it,
+//! and by writing back and dropping the range it touched (at fsync, close, or when the range
+//! grows), because DONTCACHE keeps pages that a later write touches again.
+//! It stays open until the last descriptor of its description is closed: closing any
+//! descriptor of a file releases the process's POSIX record locks on it, so closing it
+//! earlier would break sqlite's locking; at the program's own close those locks are gone anyway.
+
+use crate::lock::FutexMutex;
+use crate::sys::{self, Errno, SysResult};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+const NONE: i32 = -1;
+const FAILED: i32 = -2;
+/// Drop the written-behind range once it spans this much.
+const DROP_THRESHOLD: u64 = 8 << 20;
+
+/// A lazily opened buffered twin of one open file description.
+pub struct Companion {
+    fd: AtomicI32,
+    open_errno: AtomicI32,
+    dontcache: AtomicBool,
+    range_lock: FutexMutex,
+    dirty: UnsafeCell<Option<(u64, u64)>>,
+}
+
+// SAFETY: `dirty` is only touched with `range_lock` held.
+unsafe impl Sync for Companion {}
+// SAFETY: plain data.
+unsafe impl Send for Companion {}
+
+impl Default for Companion {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Companion {
+    /// Not yet opened.
+    pub const fn new() -> Self {
+        Companion {
+            fd: AtomicI32::new(NONE),
+            open_errno: AtomicI32::new(0),
+            dontcache: AtomicBool::new(true),
+            range_lock: FutexMutex::new(),
+            dirty: UnsafeCell::new(None),
+        }
+    }
+
+    /// The companion of `fd`, opened on first use with access mode `accmode` and, for an
+    /// O_APPEND description, O_APPEND. `ident` is the (dev, ino) the program's fd must still
+    /// have: an fd number reused behind the engine's back must never get the old file's data.
+    pub fn get(&self, fd: i32, accmode: i32, append: bool, ident: (u64, u64)) -> SysResult<i32> {
+        let st = sys::fstat(fd)?;
+        if (st.st_dev, st.st_ino) != ident {
+            return Err(libc::ESTALE);
+        }
+        let cur = self.fd.load(Ordering::Acquire);
+        if cur >= 0 {
+            return Ok(cur);
+        }
+        if cur == FAILED {
+            return Err(self.open_errno.load(Ordering::Relaxed));
+        }
+        let mut link = [0u8; 32];
+        let n = sys::proc_fd_link(fd, &mut link);
+        let path = std::ffi::CStr::from_bytes_with_nul(&link[..=n]).map_err(|_| libc::EINVAL)?;
+        let flags = accmode | libc::O_CLOEXEC | libc::O_LARGEFILE | if append { libc::O_APPEND } else { 0 };
+        let opened = sys::openat(libc::AT_FDCWD, path, flags, 0).and_then(|c| match sys::fstat(c) {
+            Ok(cst) if (cst.st_dev, cst.st_ino) == ident => Ok(c),
+            _ => {
+                let _ = sys::close(c);
+                Err(libc::ESTALE)
+            }
+        });
+        match opened {
+            Ok(c) => match self.fd.compare_exchange(NONE, c, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => Ok(c),
+                Err(winner) => {
+                    let _ = sys::close(c);
+                    if winner >= 0 {
+                        Ok(winner)
+                    } else {
+                        Err(self.open_errno.load(Ordering::Relaxed))
+                    }
+                }
+            },
+            Err(e) => {
+                self.open_errno.store(e, Ordering::Relaxed);
+                let _ = self.fd.compare_exchange(NONE, FAILED, Ordering::AcqRel, Ordering::Acquire);
+                Err(e)
+            }
+        }
+    }
+
+    /// The companion fd if it is open.
+    pub fn current(&self) -> Option<i32> {
+        Some(self.fd.load(Ordering::Acquire)).filter(|&f| f >= 0)
+    }
+
+    /// Sets or clears O_APPEND on the companion after the program changed it on its fd.
+    pub fn set_append(&self, append: bool) {
+        if let Some(c) = self.current() {
+            if let Ok(fl) = sys::fcntl(c, libc::F_GETFL, 0) {
+                let fl = if append { fl | libc::O_APPEND } else { fl & !libc::O_APPEND };
+                let _ = sys::fcntl(c, libc::F_SETFL, fl as libc::c_long);
+            }
+        }
+    }
+
+    /// Buffered positional write on the companion (`off == -1`: at its file position, which
+    /// with O_APPEND means at the end), dropping the pages it dirties afterwards.
+    ///
+    /// # Safety
+    /// `buf` must be valid for reads of `len` bytes.
+    pub unsafe fn write(&self, c: i32, buf: *const u8, len: usize, off: i64) -> SysResult<usize> {
+        let r = if self.dontcache.load(Ordering::Relaxed) {
+            // SAFETY: forwarded from the caller.
+            match unsafe { sys::pwritev2(c, buf, len, off, libc::RWF_DONTCACHE) } {
+                Err(libc::EOPNOTSUPP) | Err(libc::EINVAL) if len > 0 => {
+                    self.dontcache.store(false, Ordering::Relaxed);
+                    // SAFETY: forwarded from the caller.
+                    unsafe { sys::pwritev2(c, buf, len, off, 0) }
+                }
+                r => r,
+            }
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { sys::pwritev2(c, buf, len, off, 0) }
+        };
+        if let Ok(n) = r {
+            let start = if off >= 0 {
+                off as u64
+            } else {
+                sys::lseek(c, 0, libc::SEEK_CUR).unwrap_or(0).saturating_sub(n as u64)
+            };
+            self.note_dirty(c, start, start + n as u64);
+        }
+        r
+    }
+
+    /// Buffered positional read on the companion, asking the kernel not to keep new pages.
+    ///
+    /// # Safety
+    /// `buf` must be valid for writes of `len` bytes.
+    pub unsafe fn read(&self, c: i32, buf: *mut u8, len: usize, off: i64) -> SysResult<usize> {
+        if self.dontcache.load(Ordering::Relaxed) {
+            // SAFETY: forwarded from the caller.
+            match unsafe { sys::preadv2(c, buf, len, off, libc::RWF_DONTCACHE) } {
+                Err(libc::EOPNOTSUPP) => self.dontcache.store(false, Ordering::Relaxed),
+                r => return r,
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { sys::preadv2(c, buf, len, off, 0) };
+        if let (Ok(n), true) = (r, off >= 0) {
+            let _ = sys::fadvise(c, off as u64, n as u64, libc::POSIX_FADV_DONTNEED);
+        }
+        r
+    }
+
+    fn note_dirty(&self, c: i32, lo: u64, hi: u64) {
+        let Some(_g) = self.range_lock.try_lock() else { return };
+        // SAFETY: the lock is held.
+        let dirty = unsafe { &mut *self.dirty.get() };
+        let (l, h) = dirty.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi)));
+        if h - l >= DROP_THRESHOLD {
+            *dirty = None;
+            drop_range(c, l, h);
+        } else {
+            *dirty = Some((l, h));
+        }
+    }
+
+    /// Writes back and drops whatever this companion left in the page cache.
+    pub fn drop_cached(&self) {
+        let Some(c) = self.current() else { return };
+        let range = {
+            let _g = self.range_lock.lock();
+            // SAFETY: the lock is held.
+            unsafe { (*self.dirty.get()).take() }
+        };
+        if let Some((l, h)) = range {
+            drop_range(c, l, h);
+        }
+    }
+
+    /// Drops the cached pages and closes the companion (the description's last close).
+    pub fn close(&self) {
+        self.drop_cached();
+        let c = self.fd.swap(NONE, Ordering::AcqRel);
+        if c >= 0 {
+            let _ = sys::close(c);
+        }
+    }
+
+    /// In a fork child: the range lock may have been held by a thread that is gone.
+    pub fn reset_after_fork(&self) {
+        self.range_lock.reset_after_fork();
+    }
+
+    /// Why the companion could not be opened, if it could not.
+    pub fn open_error(&self) -> Option<Errno> {
+        (self.fd.load(Ordering::Relaxed) == FAILED).then(|| self.open_errno.load(Ordering::Relaxed))
+    }
+}
+
+/// Writes back `[lo, hi)` (rounded out to pages) and asks the kernel to drop it.
+fn drop_range(c: i32, lo: u64, hi: u64) {
+    let page = crate::align::page_size() as u64;
+    let lo = lo - lo % page;
+    let len = hi.next_multiple_of(page) - lo;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let _ = sys::sync_file_range(c, lo, len, flags);
+    let _ = sys::fadvise(c, lo, len, libc::POSIX_FADV_DONTNEED);
+}
+
+impl Drop for Companion {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,727 @@
+//! Reading the `S3DLIO_DIRECT_*` environment variables into a [`Config`], with exactly one warning per malformed variable.
+//!
+//! A bad value never stops the program and never affects another variable: it is replaced by
+//! a documented fallback and reported once. An empty value means the same as unset, without a
+//! warning. If a name occurs twice in the environment the first occurrence wins, as with
+//! `getenv`. Values are read as raw bytes: `PATHS`, `EXCLUDE`, `LOG_FILE` and `STATS` may
+//! hold any non-NUL bytes (file names need not be UTF-8); the other variables must be ASCII
+//! words or numbers.
+
+use crate::pathmatch::PatternSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+/// Colon-separated absolute globs/prefixes of files to make direct.
+pub const VAR_PATHS: &str = "S3DLIO_DIRECT_PATHS";
+/// Same syntax as PATHS; a match here wins over PATHS.
+pub const VAR_EXCLUDE: &str = "S3DLIO_DIRECT_EXCLUDE";
+/// Boolean: add O_SYNC at open of matched files.
+pub const VAR_SYNC: &str = "S3DLIO_DIRECT_SYNC";
+/// Power of two raising memory and offset alignment.
+pub const VAR_ALIGN: &str = "S3DLIO_DIRECT_ALIGN";
+/// Size below which read-only opens stay buffered.
+pub const VAR_MIN_SIZE: &str = "S3DLIO_DIRECT_MIN_SIZE";
+/// Log level word.
+pub const VAR_LOG: &str = "S3DLIO_DIRECT_LOG";
+/// Log destination instead of stderr.
+pub const VAR_LOG_FILE: &str = "S3DLIO_DIRECT_LOG_FILE";
+/// Statistics file template (`%p`, `%h`).
+pub const VAR_STATS: &str = "S3DLIO_DIRECT_STATS";
+/// Bytes of bounce buffers kept.
+pub const VAR_POOL: &str = "S3DLIO_DIRECT_POOL";
+
+/// Every variable this module reads; any other `S3DLIO_DIRECT_*` name gets an
+/// "unknown variable" warning (most likely a typo the user wants to hear about).
+pub const KNOWN_VARS: &[&str] =
+    &[VAR_PATHS, VAR_EXCLUDE, VAR_SYNC, VAR_ALIGN, VAR_MIN_SIZE, VAR_LOG, VAR_LOG_FILE, VAR_STATS, VAR_POOL];
+
+const PREFIX: &str = "S3DLIO_DIRECT_";
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Default for `S3DLIO_DIRECT_POOL`: 64 MiB of bounce buffers.
+pub const DEFAULT_POOL_BYTES: usize = 64 << 20;
+/// Smallest accepted `S3DLIO_DIRECT_POOL`: smaller values are raised to this (the pool must
+/// hold at least one bounce buffer for a large aligned superset).
+pub const MIN_POOL_BYTES: usize = 1 << 20;
+/// Largest accepted `S3DLIO_DIRECT_ALIGN` (1 GiB); no device needs more.
+pub const MAX_ALIGN: usize = 1 << 30;
+
+/// How much the shim logs. Ordered: a message is emitted when its level is `<=` the
+/// configured one (`Error` is the least verbose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Only failures that change behaviour.
+    Error,
+    /// Also fallbacks and malformed configuration (the default).
+    Warn,
+    /// Also notable decisions (which files went direct, and why not).
+    Info,
+    /// Everything the shim can say (still one line per distinct cause).
+    Debug,
+}
+
+impl LogLevel {
+    /// Parse `error`, `warn`, `info`, `debug` in any case (surrounding whitespace ignored).
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        let s = s.trim();
+        [("error", LogLevel::Error), ("warn", LogLevel::Warn), ("info", LogLevel::Info), ("debug", LogLevel::Debug)]
+            .into_iter()
+            .find(|(w, _)| s.eq_ignore_ascii_case(w))
+            .map(|(_, l)| l)
+    }
+
+    /// The lower-case word, as accepted by [`LogLevel::parse`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+/// The shim's configuration, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `S3DLIO_DIRECT_PATHS`: files to make direct. Empty: the shim changes nothing.
+    pub paths: PatternSet,
+    /// `S3DLIO_DIRECT_EXCLUDE`: wins over `paths`.
+    pub exclude: PatternSet,
+    /// `S3DLIO_DIRECT_SYNC`: add O_SYNC at open of matched files.
+    pub sync: bool,
+    /// `S3DLIO_DIRECT_ALIGN`, a power of two in 1..=1 GiB; `None`: the kernel's alignment.
+    pub align: Option<usize>,
+    /// `S3DLIO_DIRECT_MIN_SIZE`: read-only opens of smaller regular files stay buffered.
+    pub min_size: u64,
+    /// `S3DLIO_DIRECT_LOG`, default `Warn`.
+    pub log_level: LogLevel,
+    /// `S3DLIO_DIRECT_LOG_FILE`; `None`: stderr.
+    pub log_file: Option<OsString>,
+    /// `S3DLIO_DIRECT_STATS`, the raw template: `%p`/`%h` are NOT expanded here (the pid
+    /// changes at fork, so expansion happens when the file is written).
+    pub stats_path: Option<OsString>,
+    /// `S3DLIO_DIRECT_POOL`, default 64 MiB, at least 1 MiB.
+    pub pool_bytes: usize,
+}
+
+impl Default for Config {
+    /// Everything off: no paths, no sync, kernel alignment, no minimum size, `warn` to
+    /// stderr, no statistics, a 64 MiB pool.
+    fn default() -> Self {
+        Config {
+            paths: PatternSet::default(),
+            exclude: PatternSet::default(),
+            sync: false,
+            align: None,
+            min_size: 0,
+            log_level: LogLevel::Warn,
+            log_file: None,
+            stats_path: None,
+            pool_bytes: DEFAULT_POOL_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// Build from (name, value) pairs (tests pass them directly; the shim passes the process
+    /// environment). Names not starting with `S3DLIO_DIRECT_` are ignored; unknown
+    /// `S3DLIO_DIRECT_*` names get a warning ("unknown variable ... ignored").
+    ///
+    /// Returns the config and the warnings: exactly one message per malformed variable,
+    /// naming the variable, the bad value and the value used instead, e.g.
+    /// "S3DLIO_DIRECT_MIN_SIZE='12Q' is not a size (use e.g. 4096, 64K, 1MiB); using 0".
+    /// `PATHS`/`EXCLUDE` give one warning per skipped entry instead (see
+    /// [`PatternSet::parse`]).
+    pub fn from_vars<I, K, V>(vars: I) -> (Config, Vec<String>)
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let mut cfg = Config::default();
+        let mut warnings = Vec::new();
+        let mut seen: Vec<&'static str> = Vec::new();
+        for (k, v) in vars {
+            let name_bytes = k.as_ref().as_bytes();
+            if !name_bytes.starts_with(PREFIX.as_bytes()) {
+                continue;
+            }
+            let Some(&name) = KNOWN_VARS.iter().find(|n| n.as_bytes() == name_bytes) else {
+                warnings.push(format!(
+                    "unknown variable {} ignored (known: {})",
+                    String::from_utf8_lossy(name_bytes),
+                    KNOWN_VARS.join(", ")
+                ));
+                continue;
+            };
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            cfg.apply(name, v.as_ref(), &mut warnings);
+        }
+        (cfg, warnings)
+    }
+
+    /// [`Config::from_vars`] over the process environment (`std::env::vars_os`).
+    pub fn from_env() -> (Config, Vec<String>) {
+        Self::from_vars(std::env::vars_os())
+    }
+
+    /// True when PATHS has at least one usable entry: otherwise the shim changes nothing.
+    pub fn enabled(&self) -> bool {
+        !self.paths.is_empty()
+    }
+
+    /// Whether `path` (absolute and normalised) should be direct: PATHS matches, EXCLUDE does
+    /// not, and it is not in /proc or /sys (pseudo-files there break under O_DIRECT and are
+    /// never data). File-type checks happen at open, not here.
+    pub fn wants(&self, path: &[u8]) -> bool {
+        self.enabled() && !is_pseudo_fs(path) && self.paths.matches(path) && !self.exclude.matches(path)
+    }
+
+    /// Parse one known variable into `self`, pushing at most one warning (PATHS/EXCLUDE:
+    /// one per skipped entry).
+    fn apply(&mut self, name: &'static str, raw: &OsStr, warnings: &mut Vec<String>) {
+        let bytes = raw.as_bytes();
+        match name {
+            VAR_PATHS => {
+                let (set, w) = PatternSet::parse_bytes(name, bytes);
+                self.paths = set;
+                warnings.extend(w);
+                return;
+            }
+            VAR_EXCLUDE => {
+                let (set, w) = PatternSet::parse_bytes(name, bytes);
+                self.exclude = set;
+                warnings.extend(w);
+                return;
+            }
+            VAR_LOG_FILE => {
+                self.log_file = non_empty(raw);
+                return;
+            }
+            VAR_STATS => {
+                self.stats_path = non_empty(raw);
+                return;
+            }
+            _ => {}
+        }
+        let shown = String::from_utf8_lossy(bytes);
+        let value = std::str::from_utf8(bytes).ok();
+        if value.is_some_and(|v| v.trim().is_empty()) {
+            return; // empty: the default, silently
+        }
+        let value = value.unwrap_or("\u{0}"); // non-UTF-8: fails every parser below
+        let warning = match name {
+            VAR_SYNC => match parse_bool(value) {
+                Some(b) => {
+                    self.sync = b;
+                    None
+                }
+                None => Some(format!(
+                    "{name}='{shown}' is not a boolean (use 1/0, true/false, yes/no, on/off); using off"
+                )),
+            },
+            VAR_ALIGN => match parse_size(value)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n.is_power_of_two() && n <= MAX_ALIGN)
+            {
+                Some(a) => {
+                    self.align = Some(a);
+                    None
+                }
+                None => Some(format!(
+                    "{name}='{shown}' is not a power of two between 1 and 1GiB (e.g. 4096, 4K, 1MiB); using the kernel's alignment"
+                )),
+            },
+            VAR_MIN_SIZE => match parse_size(value) {
+                Some(n) => {
+                    self.min_size = n;
+                    None
+                }
+                None => Some(format!(
+                    "{name}='{shown}' is not a size (use e.g. 4096, 64K, 1MiB); using 0"
+                )),
+            },
+            VAR_LOG => match LogLevel::parse(value) {
+                Some(l) => {
+                    self.log_level = l;
+                    None
+                }
+                None => Some(format!(
+                    "{name}='{shown}' is not one of error, warn, info, debug; using warn"
+                )),
+            },
+            VAR_POOL => match parse_size(value).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            {
+                Some(n) if n >= MIN_POOL_BYTES => {
+                    self.pool_bytes = n;
+                    None
+                }
+                Some(_) => {
+                    self.pool_bytes = MIN_POOL_BYTES;
+                    Some(format!(
+                        "{name}='{shown}' is below the minimum of 1MiB; using 1MiB"
+                    ))
+                }
+                None => Some(format!(
+                    "{name}='{shown}' is not a size (use e.g. 64MiB, 256M, 1G); using 64MiB"
+                )),
+            },
+            _ => None,
+        };
+        warnings.extend(warning);
+    }
+}
+
+/// `/proc`, `/sys` and anything below them (whole components: `/procfs` is not).
+fn is_pseudo_fs(path: &[u8]) -> bool {
+    [b"/proc".as_slice(), b"/sys".as_slice()]
+        .iter()
+        .any(|p| path.strip_prefix(*p).is_some_and(|rest| rest.is_empty() || rest[0] == b'/'))
+}
+
+fn non_empty(v: &OsStr) -> Option<OsString> {
+    (!v.is_empty()).then(|| v.to_os_string())
+}
+
+/// `1,true,yes,on` / `0,false,no,off` in any case (surrounding whitespace ignored); `None`
+/// for anything else. (The empty value, also "off", is handled by the caller.)
+fn parse_bool(s: &str) -> Option<bool> {
+    let s = s.trim();
+    let any = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
+    if any(&["1", "true", "yes", "on"]) {
+        Some(true)
+    } else if any(&["0", "false", "no", "off"]) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Parse a byte size: decimal digits, optionally followed by a suffix `K`, `M`, `G`, `KiB`,
+/// `MiB` or `GiB` in any case, all powers of 1024 (users of this knob think in blocks, and
+/// `64K` meaning 64000 would never be what they wanted). Whitespace around the value and
+/// between number and suffix is allowed ("64 KiB"). `None` if malformed (sign, fraction,
+/// other suffix, no digits) or if the result overflows u64.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let (num, suffix) = s.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let suffix = suffix.trim_start();
+    let mult = [("", 1), ("k", KIB), ("kib", KIB), ("m", MIB), ("mib", MIB), ("g", GIB), ("gib", GIB)]
+        .into_iter()
+        .find(|(w, _)| suffix.eq_ignore_ascii_case(w))
+        .map(|(_, m)| m)?;
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn cfg(vars: &[(&str, &str)]) -> (Config, Vec<String>) {
+        Config::from_vars(vars.iter().copied())
+    }
+
+    /// Parse and require exactly one warning, returned.
+    fn one_warning(vars: &[(&str, &str)]) -> (Config, String) {
+        let (c, w) = cfg(vars);
+        assert_eq!(w.len(), 1, "{vars:?}: {w:?}");
+        (c, w.into_iter().next().unwrap_or_default())
+    }
+
+    fn assert_default_except_nothing(c: &Config) {
+        let d = Config::default();
+        assert_eq!(c.sync, d.sync);
+        assert_eq!(c.align, d.align);
+        assert_eq!(c.min_size, d.min_size);
+        assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.log_file, d.log_file);
+        assert_eq!(c.stats_path, d.stats_path);
+        assert_eq!(c.pool_bytes, d.pool_bytes);
+        assert!(c.paths.is_empty());
+        assert!(c.exclude.is_empty());
+    }
+
+    #[test]
+    fn defaults() {
+        let d = Config::default();
+        assert!(!d.enabled());
+        assert!(!d.wants(b"/data/x"));
+        assert!(!d.sync);
+        assert_eq!(d.align, None);
+        assert_eq!(d.min_size, 0);
+        assert_eq!(d.log_level, LogLevel::Warn);
+        assert_eq!(d.log_file, None);
+        assert_eq!(d.stats_path, None);
+        assert_eq!(d.pool_bytes, 64 << 20);
+        let (c, w) = cfg(&[]);
+        assert!(w.is_empty());
+        assert_default_except_nothing(&c);
+    }
+
+    #[test]
+    fn unrelated_variables_are_ignored_silently() {
+        let (c, w) = cfg(&[
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("S3DLIO_DIRECT", "x"),
+            ("s3dlio_direct_paths", "/data"),
+            ("XS3DLIO_DIRECT_PATHS", "/data"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_default_except_nothing(&c);
+    }
+
+    #[test]
+    fn unknown_prefixed_variable_warns() {
+        let (c, w) = one_warning(&[("S3DLIO_DIRECT_PATH", "/data"), ("S3DLIO_DIRECT_SYNC", "1")]);
+        assert!(w.starts_with("unknown variable S3DLIO_DIRECT_PATH ignored"), "{w}");
+        assert!(c.sync);
+        assert!(!c.enabled());
+    }
+
+    #[test]
+    fn empty_values_mean_default_without_warning() {
+        let vars: Vec<(&str, &str)> = KNOWN_VARS.iter().map(|&n| (n, "")).collect();
+        let (c, w) = cfg(&vars);
+        assert!(w.is_empty(), "{w:?}");
+        assert_default_except_nothing(&c);
+        let (_, w) = cfg(&[("S3DLIO_DIRECT_MIN_SIZE", "  "), ("S3DLIO_DIRECT_SYNC", " ")]);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn paths_and_exclude() {
+        let (c, w) = cfg(&[("S3DLIO_DIRECT_PATHS", "/data:/scratch/**/*.bin"), ("S3DLIO_DIRECT_EXCLUDE", "/data/tmp")]);
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.enabled());
+        assert!(c.wants(b"/data/x"));
+        assert!(c.wants(b"/data"));
+        assert!(!c.wants(b"/database"));
+        assert!(!c.wants(b"/data/tmp"));
+        assert!(!c.wants(b"/data/tmp/x"));
+        assert!(c.wants(b"/data/tmpfile"));
+        assert!(c.wants(b"/scratch/a/b.bin"));
+        assert!(!c.wants(b"/scratch/a/b.txt"));
+        assert!(!c.wants(b"/other"));
+    }
+
+    #[test]
+    fn exclude_without_paths_is_not_enabled() {
+        let (c, w) = cfg(&[("S3DLIO_DIRECT_EXCLUDE", "/x")]);
+        assert!(w.is_empty());
+        assert!(!c.enabled());
+        assert!(!c.wants(b"/y"));
+    }
+
+    #[test]
+    fn never_proc_or_sys() {
+        let (c, _) = cfg(&[("S3DLIO_DIRECT_PATHS", "/")]);
+        assert!(c.wants(b"/data/x"));
+        assert!(c.wants(b"/"));
+        for p in ["/proc", "/proc/self/fdinfo/3", "/sys", "/sys/block/sda/queue"] {
+            assert!(!c.wants(p.as_bytes()), "{p}");
+        }
+        assert!(c.wants(b"/procfs"));
+        assert!(c.wants(b"/system"));
+        let (c, _) = cfg(&[("S3DLIO_DIRECT_PATHS", "/proc:/sys/**")]);
+        assert!(c.enabled());
+        assert!(!c.wants(b"/proc/1/maps"));
+        assert!(!c.wants(b"/sys/x"));
+    }
+
+    #[test]
+    fn paths_warnings_are_per_entry_and_others_apply() {
+        let (c, w) = cfg(&[
+            ("S3DLIO_DIRECT_PATHS", "rel:/ok:/bad["),
+            ("S3DLIO_DIRECT_EXCLUDE", "also/rel:/ok/no"),
+            ("S3DLIO_DIRECT_MIN_SIZE", "1K"),
+        ]);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(w[0], "S3DLIO_DIRECT_PATHS entry 'rel' is not absolute; skipped");
+        assert!(w[1].starts_with("S3DLIO_DIRECT_PATHS entry '/bad['"));
+        assert!(w[2].starts_with("S3DLIO_DIRECT_EXCLUDE entry 'also/rel'"));
+        assert!(c.wants(b"/ok/yes"));
+        assert!(!c.wants(b"/ok/no/f"));
+        assert_eq!(c.min_size, 1024);
+    }
+
+    #[test]
+    fn paths_all_bad_is_not_enabled() {
+        let (c, w) = cfg(&[("S3DLIO_DIRECT_PATHS", "a:b")]);
+        assert_eq!(w.len(), 2);
+        assert!(!c.enabled());
+    }
+
+    #[test]
+    fn paths_non_utf8_bytes_are_kept_exactly() {
+        let name = OsString::from(VAR_PATHS);
+        let value = OsString::from_vec(b"/d\xffx:/plain".to_vec());
+        let (c, w) = Config::from_vars([(name, value)]);
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.wants(b"/d\xffx/f"));
+        assert!(!c.wants(b"/d\xfex/f"));
+        assert!(c.wants(b"/plain"));
+    }
+
+    #[test]
+    fn sync_values() {
+        for v in ["1", "true", "TRUE", "Yes", "on", "ON", " on "] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_SYNC", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert!(c.sync, "{v}");
+        }
+        for v in ["0", "false", "False", "no", "NO", "off", "Off", ""] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_SYNC", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert!(!c.sync, "{v}");
+        }
+        for v in ["2", "maybe", "y", "enable", "truee", "-1"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_SYNC", v)]);
+            assert!(!c.sync);
+            assert_eq!(
+                w,
+                format!("S3DLIO_DIRECT_SYNC='{v}' is not a boolean (use 1/0, true/false, yes/no, on/off); using off")
+            );
+        }
+    }
+
+    #[test]
+    fn align_values() {
+        for (v, want) in [
+            ("1", 1usize),
+            ("512", 512),
+            ("4096", 4096),
+            ("4K", 4096),
+            ("4kib", 4096),
+            ("1MiB", 1 << 20),
+            ("1G", 1 << 30),
+            (" 8192 ", 8192),
+        ] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_ALIGN", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.align, Some(want), "{v}");
+        }
+        for v in ["0", "3", "3000", "2G", "4Q", "-4096", "x", "4096.0", "99999999999999999999"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_ALIGN", v)]);
+            assert_eq!(c.align, None, "{v}");
+            assert!(w.starts_with(&format!("S3DLIO_DIRECT_ALIGN='{v}' ")), "{w}");
+            assert!(w.ends_with("using the kernel's alignment"), "{w}");
+        }
+    }
+
+    #[test]
+    fn min_size_values() {
+        for (v, want) in [
+            ("0", 0u64),
+            ("4096", 4096),
+            ("64K", 64 << 10),
+            ("64k", 64 << 10),
+            ("1M", 1 << 20),
+            ("1MiB", 1 << 20),
+            ("1mib", 1 << 20),
+            ("2G", 2 << 30),
+            ("2GiB", 2 << 30),
+            ("3 KiB", 3 << 10),
+        ] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_MIN_SIZE", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.min_size, want, "{v}");
+        }
+        let (c, w) = one_warning(&[("S3DLIO_DIRECT_MIN_SIZE", "12Q")]);
+        assert_eq!(c.min_size, 0);
+        assert_eq!(w, "S3DLIO_DIRECT_MIN_SIZE='12Q' is not a size (use e.g. 4096, 64K, 1MiB); using 0");
+        for v in ["K", "-1", "1.5M", "1 M B", "1KB", "1T", "0x10", "18446744073709551616"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_MIN_SIZE", v)]);
+            assert_eq!(c.min_size, 0, "{v}");
+            assert!(w.ends_with("; using 0"), "{w}");
+        }
+    }
+
+    #[test]
+    fn log_values() {
+        for (v, want) in [
+            ("error", LogLevel::Error),
+            ("WARN", LogLevel::Warn),
+            ("Info", LogLevel::Info),
+            ("debug", LogLevel::Debug),
+            (" debug\n", LogLevel::Debug),
+        ] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_LOG", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.log_level, want, "{v}");
+        }
+        let (c, w) = one_warning(&[("S3DLIO_DIRECT_LOG", "loud")]);
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(w, "S3DLIO_DIRECT_LOG='loud' is not one of error, warn, info, debug; using warn");
+        let (_, w) = one_warning(&[("S3DLIO_DIRECT_LOG", "warning")]);
+        assert!(w.contains("'warning'"));
+    }
+
+    #[test]
+    fn log_level_order_and_words() {
+        assert!(LogLevel::Error < LogLevel::Warn);
+        assert!(LogLevel::Warn < LogLevel::Info);
+        assert!(LogLevel::Info < LogLevel::Debug);
+        for l in [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug] {
+            assert_eq!(LogLevel::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(LogLevel::parse(""), None);
+    }
+
+    #[test]
+    fn log_file_and_stats_are_raw() {
+        let (c, w) =
+            cfg(&[("S3DLIO_DIRECT_LOG_FILE", "/tmp/s3dlio.log"), ("S3DLIO_DIRECT_STATS", "/tmp/stats-%h-%p.json")]);
+        assert!(w.is_empty());
+        assert_eq!(c.log_file, Some(OsString::from("/tmp/s3dlio.log")));
+        assert_eq!(c.stats_path, Some(OsString::from("/tmp/stats-%h-%p.json")));
+        // Non-UTF-8 bytes survive.
+        let (c, w) = Config::from_vars([(OsString::from(VAR_STATS), OsString::from_vec(b"/tmp/\xff.json".to_vec()))]);
+        assert!(w.is_empty());
+        assert_eq!(c.stats_path.map(OsString::into_vec), Some(b"/tmp/\xff.json".to_vec()));
+    }
+
+    #[test]
+    fn pool_values() {
+        for (v, want) in [("1MiB", 1usize << 20), ("64M", 64 << 20), ("1G", 1 << 30), ("2097152", 2 << 20)] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_POOL", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.pool_bytes, want, "{v}");
+        }
+        for v in ["0", "1K", "1048575"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_POOL", v)]);
+            assert_eq!(c.pool_bytes, 1 << 20, "{v}");
+            assert_eq!(w, format!("S3DLIO_DIRECT_POOL='{v}' is below the minimum of 1MiB; using 1MiB"));
+        }
+        for v in ["lots", "64MB", "-1"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_POOL", v)]);
+            assert_eq!(c.pool_bytes, 64 << 20, "{v}");
+            assert!(w.ends_with("; using 64MiB"), "{w}");
+            assert!(w.contains(&format!("'{v}'")), "{w}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_scalar_values_warn_with_lossy_text() {
+        let (c, w) = Config::from_vars([
+            (OsString::from(VAR_MIN_SIZE), OsString::from_vec(b"4\xffK".to_vec())),
+            (OsString::from(VAR_SYNC), OsString::from("1")),
+        ]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("S3DLIO_DIRECT_MIN_SIZE='4\u{fffd}K'"), "{}", w[0]);
+        assert_eq!(c.min_size, 0);
+        assert!(c.sync);
+    }
+
+    #[test]
+    fn bad_variables_never_affect_the_others() {
+        let good = [
+            ("S3DLIO_DIRECT_PATHS", "/data"),
+            ("S3DLIO_DIRECT_EXCLUDE", "/data/tmp"),
+            ("S3DLIO_DIRECT_SYNC", "yes"),
+            ("S3DLIO_DIRECT_ALIGN", "8K"),
+            ("S3DLIO_DIRECT_MIN_SIZE", "1M"),
+            ("S3DLIO_DIRECT_LOG", "debug"),
+            ("S3DLIO_DIRECT_LOG_FILE", "/tmp/l"),
+            ("S3DLIO_DIRECT_STATS", "/tmp/s"),
+            ("S3DLIO_DIRECT_POOL", "8M"),
+        ];
+        let bad = [
+            ("S3DLIO_DIRECT_PATHS", "rel"),
+            ("S3DLIO_DIRECT_EXCLUDE", "rel"),
+            ("S3DLIO_DIRECT_SYNC", "perhaps"),
+            ("S3DLIO_DIRECT_ALIGN", "3"),
+            ("S3DLIO_DIRECT_MIN_SIZE", "12Q"),
+            ("S3DLIO_DIRECT_LOG", "loud"),
+            ("S3DLIO_DIRECT_POOL", "huge"),
+            ("S3DLIO_DIRECT_BOGUS", "1"),
+        ];
+        // Swap one variable at a time for its bad value: one warning, all the rest intact.
+        for (bad_name, bad_value) in bad {
+            let mut vars: Vec<(&str, &str)> = good.iter().copied().filter(|(n, _)| *n != bad_name).collect();
+            vars.insert(vars.len() / 2, (bad_name, bad_value));
+            let (c, w) = cfg(&vars);
+            assert_eq!(w.len(), 1, "{bad_name}: {w:?}");
+            assert!(w[0].contains(bad_name), "{}", w[0]);
+            assert_eq!(c.enabled(), bad_name != VAR_PATHS, "{bad_name}");
+            if bad_name != VAR_PATHS {
+                assert!(c.wants(b"/data/x"));
+                assert_eq!(c.wants(b"/data/tmp/x"), bad_name == VAR_EXCLUDE);
+            }
+            assert_eq!(c.sync, bad_name != VAR_SYNC);
+            assert_eq!(c.align, (bad_name != VAR_ALIGN).then_some(8192));
+            assert_eq!(c.min_size, if bad_name == VAR_MIN_SIZE { 0 } else { 1 << 20 });
+            let want_log = if bad_name == VAR_LOG { LogLevel::Warn } else { LogLevel::Debug };
+            assert_eq!(c.log_level, want_log);
+            assert_eq!(c.log_file, Some(OsString::from("/tmp/l")));
+            assert_eq!(c.stats_path, Some(OsString::from("/tmp/s")));
+            let want_pool = if bad_name == VAR_POOL { 64 << 20 } else { 8 << 20 };
+            assert_eq!(c.pool_bytes, want_pool);
+        }
+        // All bad at once: one warning each, all defaults.
+        let (c, w) = cfg(&bad);
+        assert_eq!(w.len(), bad.len(), "{w:?}");
+        assert!(!c.enabled());
+        assert!(!c.sync);
+        assert_eq!(c.align, None);
+        assert_eq!(c.min_size, 0);
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(c.pool_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn first_occurrence_wins() {
+        let (c, w) = cfg(&[("S3DLIO_DIRECT_MIN_SIZE", "4K"), ("S3DLIO_DIRECT_MIN_SIZE", "garbage")]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.min_size, 4096);
+    }
+
+    #[test]
+    fn parse_size_cases() {
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("007"), Some(7));
+        assert_eq!(parse_size("64K"), Some(65536));
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("64KIB"), Some(65536));
+        assert_eq!(parse_size("1M"), Some(1 << 20));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("1mib"), Some(1 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("  2GiB\t"), Some(2 << 30));
+        assert_eq!(parse_size("2 GiB"), Some(2 << 30));
+        assert_eq!(parse_size("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_size("17179869184G"), None); // 2^34 GiB overflows
+        assert_eq!(parse_size("18446744073709551616"), None);
+        for bad in
+            ["", " ", "K", "12Q", "-1", "+1", "1.5", "1e3", "1KB", "1Ki", "1 K i B", "1B", "0x10", "1T", "1_000", "1 2"]
+        {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn from_env_reads_the_process_environment() {
+        // Only checks it runs and agrees with from_vars over the same snapshot; the test
+        // harness environment normally has no S3DLIO_DIRECT_* variables.
+        let (a, wa) = Config::from_env();
+        let (b, wb) = Config::from_vars(std::env::vars_os());
+        assert_eq!(wa, wb);
+        assert_eq!(a.enabled(), b.enabled());
+        assert_eq!(a.pool_bytes, b.pool_bytes);
+    }
+}

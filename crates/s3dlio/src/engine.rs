@@ -1,0 +1,881 @@
+//! The facade the preload library calls: decides which opens become direct, keeps the
+//! per-description state in the fd table, and serves the read, write, offset, dup, close,
+//! exec and fork events of managed descriptors through the read and write paths.
+//!
+//! Every entry point returns `None` when the descriptor is not the engine's (or it cannot
+//! act without blocking, inside a signal handler): the shim then calls the real function,
+//! so the program gets exactly the kernel's answer.
+
+use crate::align::Alignment;
+use crate::bufpool::BufPool;
+use crate::companion::Companion;
+use crate::config::{Config, LogLevel};
+use crate::fdtable::FdTable;
+use crate::io::{FileIo, Outcome};
+use crate::lock::FutexMutex;
+use crate::log::{self, Cause};
+use crate::stats::{self, Counter, Reason, Stats};
+use crate::sys::{self, Errno, SysResult};
+use crate::{align, pathmatch, read_path, write_path};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// State shared by every fd that refers to one open file description.
+pub struct Desc {
+    ident: (u64, u64),
+    lock: FutexMutex,
+    direct: AtomicBool,
+    align: Alignment,
+    accmode: i32,
+    append: AtomicBool,
+    /// O_DIRECT / O_SYNC bits the shim added, hidden from F_GETFL.
+    added: AtomicI32,
+    companion: Companion,
+    /// Pid of the process that set O_DIRECT on an inherited description, which clears it
+    /// again at exit so the description goes back as it came.
+    adopted_by: i32,
+}
+
+impl Desc {
+    fn io<'a>(&'a self, fd: i32, pool: &'a BufPool, nowait: bool) -> FileIo<'a> {
+        FileIo {
+            fd,
+            align: self.align,
+            companion: &self.companion,
+            accmode: self.accmode,
+            append: self.append.load(Ordering::Relaxed),
+            ident: self.ident,
+            pool,
+            nowait,
+        }
+    }
+
+    /// Clears O_DIRECT on the description for good: a stream or another process will use it
+    /// with I/O the engine cannot see.
+    fn demote(&self, fd: i32, why: Reason) {
+        if self.direct.swap(false, Ordering::AcqRel) {
+            if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
+                let _ = sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long);
+            }
+            self.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
+            STATS.fallback(why);
+        }
+    }
+}
+
+struct State {
+    cfg: Config,
+    pool: BufPool,
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+static READY: AtomicBool = AtomicBool::new(false);
+static FDS: FdTable<Desc> = FdTable::new();
+/// This process's statistics.
+pub static STATS: Stats = Stats::new();
+/// st_dev of filesystems that refused O_DIRECT (0 = empty slot).
+static NO_DIRECT_DEVS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+static EXITED: AtomicBool = AtomicBool::new(false);
+
+/// Reads the configuration and adopts inherited descriptors. Called once from the shim's
+/// constructor; hooks that run before it pass everything through.
+pub fn init() {
+    // SAFETY: getauxval has no memory arguments.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        return; // setuid/setgid/capabilities: do nothing at all
+    }
+    let (cfg, warnings) = Config::from_env();
+    log::init(cfg.log_level, cfg.log_file.as_deref());
+    for w in &warnings {
+        log::always(LogLevel::Warn, format_args!("{w}"));
+    }
+    let enabled = cfg.enabled();
+    let pool = BufPool::new(1 << 20, cfg.pool_bytes);
+    if STATE.set(State { cfg, pool }).is_err() {
+        return;
+    }
+    // SAFETY: registering plain extern "C" functions without arguments.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(after_fork_child));
+        libc::atexit(atexit_handler);
+    }
+    if enabled {
+        adopt_inherited();
+        READY.store(true, Ordering::Release);
+        log::once(LogLevel::Info, Cause::Active, format_args!("active for {:?}", state().cfg.paths));
+    }
+}
+
+fn state() -> &'static State {
+    STATE.get().expect("engine used before init")
+}
+
+/// True once the engine manages anything: the shim's first check on every open.
+#[inline]
+pub fn active() -> bool {
+    READY.load(Ordering::Acquire)
+}
+
+/// True if `fd` is managed: the shim's only cost on an unmanaged read or write.
+#[inline]
+pub fn is_managed(fd: i32) -> bool {
+    FDS.contains(fd)
+}
+
+/// What the shim must change in a matched open before calling the real one.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenPlan {
+    /// Flags to add at open (O_SYNC with S3DLIO_DIRECT_SYNC).
+    pub extra_flags: i32,
+    program_flags: i32,
+}
+
+/// Decides whether an open of `path` (relative to `dirfd`) with `flags` is the engine's.
+///
+/// # Safety
+/// `path` must be NULL or a NUL-terminated string.
+pub unsafe fn plan_open(dirfd: i32, path: *const libc::c_char, flags: i32) -> Option<OpenPlan> {
+    if !active() || path.is_null() {
+        return None;
+    }
+    if flags & (libc::O_PATH | libc::O_DIRECT) != 0 {
+        return None; // O_PATH does no I/O; an explicit O_DIRECT is the program's own business
+    }
+    if flags & libc::O_TMPFILE != libc::O_TMPFILE && flags & libc::O_DIRECTORY != 0 {
+        return None;
+    }
+    // SAFETY: the caller guarantees a NUL-terminated string.
+    let path = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    let mut norm = [0u8; 4352];
+    let n = if path.first() == Some(&b'/') {
+        pathmatch::normalize_into(b"/", path, &mut norm)?
+    } else {
+        let mut base = [0u8; 4096];
+        let bl =
+            if dirfd == libc::AT_FDCWD { sys::getcwd(&mut base).ok()? } else { sys::fd_path(dirfd, &mut base).ok()? };
+        pathmatch::normalize_into(&base[..bl], path, &mut norm)?
+    };
+    let cfg = &state().cfg;
+    if !cfg.wants(&norm[..n]) {
+        return None;
+    }
+    let extra_flags = if cfg.sync { libc::O_SYNC } else { 0 };
+    Some(OpenPlan { extra_flags, program_flags: flags })
+}
+
+/// After the real open of a planned path returned `fd`.
+pub fn opened(fd: i32, plan: OpenPlan) {
+    if fd < 0 {
+        return;
+    }
+    FDS.remove(fd); // a number we missed the close of is not ours any more
+    let Ok(st) = sys::fstat(fd) else { return };
+    let fmt = st.st_mode & libc::S_IFMT;
+    if fmt != libc::S_IFREG && fmt != libc::S_IFBLK {
+        return;
+    }
+    STATS.add(Counter::OpensMatched, 1);
+    let accmode = plan.program_flags & libc::O_ACCMODE;
+    let added_sync = plan.extra_flags & !plan.program_flags;
+    let min = state().cfg.min_size;
+    if fmt == libc::S_IFREG && accmode == libc::O_RDONLY && min > 0 && (st.st_size as u64) < min {
+        fallback(fd, Reason::BelowMinSize, added_sync, &st);
+        return;
+    }
+    enable_direct(fd, &st, accmode, plan.program_flags & libc::O_APPEND != 0, added_sync, 0);
+}
+
+fn fallback(fd: i32, why: Reason, added_sync: i32, st: &libc::stat) {
+    STATS.add(Counter::OpensFallback, 1);
+    STATS.fallback(why);
+    if added_sync != 0 {
+        // Tracked only so that F_GETFL hides the O_SYNC the shim added.
+        insert(fd, st, Alignment::page(), libc::O_RDWR, false, false, added_sync, 0);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert(
+    fd: i32,
+    st: &libc::stat,
+    align: Alignment,
+    accmode: i32,
+    append: bool,
+    direct: bool,
+    added: i32,
+    adopted_by: i32,
+) {
+    FDS.insert(
+        fd,
+        Arc::new(Desc {
+            ident: (st.st_dev, st.st_ino),
+            lock: FutexMutex::new(),
+            direct: AtomicBool::new(direct),
+            align,
+            accmode,
+            append: AtomicBool::new(append),
+            added: AtomicI32::new(added),
+            companion: Companion::new(),
+            adopted_by,
+        }),
+    );
+}
+
+fn dev_refuses_direct(dev: u64) -> bool {
+    dev != 0 && NO_DIRECT_DEVS.iter().any(|d| d.load(Ordering::Relaxed) == dev)
+}
+
+fn remember_no_direct(dev: u64) {
+    for d in &NO_DIRECT_DEVS {
+        if d.compare_exchange(0, dev, Ordering::Relaxed, Ordering::Relaxed).is_ok() || d.load(Ordering::Relaxed) == dev
+        {
+            return;
+        }
+    }
+}
+
+/// Adds O_DIRECT to `fd` with F_SETFL (never at open: with O_CREAT|O_EXCL on a filesystem
+/// without O_DIRECT the open would create the file and then fail) and tracks it.
+fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_sync: i32, adopted_by: i32) -> bool {
+    if dev_refuses_direct(st.st_dev) {
+        fallback(fd, Reason::FsNoDirect, added_sync, st);
+        return false;
+    }
+    let (align, warn) = align::discover(fd).with_minimum(state().cfg.align);
+    if let Some(w) = warn {
+        log::once(LogLevel::Warn, Cause::AlignTooSmall, format_args!("{w}"));
+    }
+    if align.supported == Some(false) {
+        log::once(
+            LogLevel::Info,
+            Cause::FileNoDirect,
+            format_args!("a matched file cannot do O_DIRECT (statx); it stays buffered"),
+        );
+        fallback(fd, Reason::FileNoDirect, added_sync, st);
+        return false;
+    }
+    let set = sys::fcntl(fd, libc::F_GETFL, 0)
+        .and_then(|fl| sys::fcntl(fd, libc::F_SETFL, (fl | libc::O_DIRECT) as libc::c_long));
+    if let Err(e) = set {
+        if e == libc::EINVAL {
+            remember_no_direct(st.st_dev);
+        }
+        log::once(
+            LogLevel::Warn,
+            Cause::FsNoDirect,
+            format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
+        );
+        fallback(fd, Reason::FsNoDirect, added_sync, st);
+        return false;
+    }
+    insert(fd, st, align, accmode, append, true, libc::O_DIRECT | added_sync, adopted_by);
+    STATS.add(Counter::OpensDirect, 1);
+    log::once(
+        LogLevel::Debug,
+        Cause::OpenedDirect,
+        format_args!("fd {fd} is direct (align mem {} offset {})", align.mem, align.offset),
+    );
+    true
+}
+
+/// Takes over matched regular files inherited at start (fd 3 and up; 0-2 carry stdio
+/// streams whose I/O the engine cannot see).
+fn adopt_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
+    let mut adopted = 0;
+    for fd in fds {
+        let mut p = [0u8; 4096];
+        let Ok(n) = sys::fd_path(fd, &mut p) else { continue };
+        if !state().cfg.wants(&p[..n]) {
+            continue;
+        }
+        let (Ok(st), Ok(fl)) = (sys::fstat(fd), sys::fcntl(fd, libc::F_GETFL, 0)) else { continue };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        let accmode = fl & libc::O_ACCMODE;
+        let append = fl & libc::O_APPEND != 0;
+        if fl & libc::O_DIRECT != 0 {
+            // Already direct (a parent set it): manage it so misaligned calls still work.
+            let (align, _) = align::discover(fd).with_minimum(state().cfg.align);
+            insert(fd, &st, align, accmode, append, true, 0, 0);
+        } else if !enable_direct(fd, &st, accmode, append, 0, sys::getpid()) {
+            continue;
+        }
+        adopted += 1;
+    }
+    if adopted > 0 {
+        log::once(LogLevel::Info, Cause::Adopted, format_args!("adopted {adopted} inherited descriptor(s)"));
+    }
+}
+
+/// Forgets `fd` (it is being closed, or a new object now has that number).
+#[inline]
+pub fn forget(fd: i32) {
+    if FDS.contains(fd) {
+        FDS.remove(fd);
+    }
+}
+
+/// Forgets every managed fd in `[lo, hi]` (close_range, closefrom).
+pub fn forget_range(lo: u32, hi: u32) {
+    if FDS.is_empty() {
+        return;
+    }
+    let mut doomed = Vec::new();
+    FDS.for_each(|fd, _| {
+        if (lo..=hi).contains(&(fd as u32)) {
+            doomed.push(fd);
+        }
+    });
+    doomed.into_iter().for_each(forget);
+}
+
+/// `newfd` now refers to the same description as `oldfd` (dup, dup2, dup3, F_DUPFD).
+pub fn duped(oldfd: i32, newfd: i32) {
+    if newfd < 0 || oldfd == newfd {
+        return;
+    }
+    forget(newfd);
+    if let Some(d) = FDS.get(oldfd, false) {
+        if (0..=2).contains(&newfd) {
+            // A standard stream now writes to the file through glibc's internal calls.
+            d.demote(oldfd, Reason::FdopenStream);
+        }
+        FDS.insert(newfd, d);
+    }
+}
+
+/// A stdio stream is being made on `fd` (`fdopen`): its I/O bypasses the hooks, so the
+/// description goes buffered (counted as a fallback).
+pub fn stream_opened(fd: i32) {
+    if let Some(d) = FDS.get(fd, false) {
+        if d.direct.load(Ordering::Relaxed) {
+            log::once(
+                LogLevel::Info,
+                Cause::FdopenStream,
+                format_args!("a stream was opened on a direct fd; it goes buffered"),
+            );
+            d.demote(fd, Reason::FdopenStream);
+        }
+    }
+}
+
+fn managed_direct(fd: i32, nowait: bool) -> Option<Arc<Desc>> {
+    FDS.get(fd, nowait).filter(|d| d.direct.load(Ordering::Relaxed))
+}
+
+/// Applies what a path call reported: reused fd, demotion, statistics.
+fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
+    if *r == Err(libc::ESTALE) {
+        STATS.fallback(Reason::StaleFd);
+        log::once(LogLevel::Warn, Cause::StaleFd, format_args!("fd {fd} was reused behind the shim's back; released"));
+        forget(fd);
+        return false;
+    }
+    if let Some(e) = o.demoted {
+        d.direct.store(false, Ordering::Relaxed);
+        d.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
+        STATS.fallback(Reason::NoCompanion);
+        log::once(
+            LogLevel::Warn,
+            Cause::NoCompanion,
+            format_args!("cannot reopen a direct file through /proc (errno {e}); it goes buffered"),
+        );
+    }
+    if o.einval_retry {
+        STATS.add(Counter::EinvalRetries, 1);
+        STATS.fallback(Reason::EinvalRetry);
+        log::once(
+            LogLevel::Info,
+            Cause::EinvalRetry,
+            format_args!("a direct call was refused with EINVAL and redone buffered"),
+        );
+    }
+    let (calls, bytes, bcalls, bbytes) = if write {
+        (Counter::WriteCalls, Counter::WriteBytes, Counter::WriteBouncedCalls, Counter::WriteBouncedBytes)
+    } else {
+        (Counter::ReadCalls, Counter::ReadBytes, Counter::ReadBouncedCalls, Counter::ReadBouncedBytes)
+    };
+    STATS.add(calls, 1);
+    if let Ok(n) = r {
+        STATS.add(bytes, *n as u64);
+    }
+    let b = o.bounced_bytes + o.buffered_bytes;
+    if b > 0 {
+        STATS.add(bcalls, 1);
+        STATS.add(bbytes, b);
+    }
+    true
+}
+
+/// Result for the shim: `None` = call the real function.
+pub type Served = Option<Result<usize, Errno>>;
+
+/// Runs `f` with the description's offset lock (or `None` if it cannot be taken without
+/// waiting in a signal handler).
+fn locked<R>(d: &Desc, nowait: bool, f: impl FnOnce() -> R) -> Option<R> {
+    let _g = if nowait { d.lock.try_lock()? } else { d.lock.lock() };
+    Some(f())
+}
+
+/// `read(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
+    let d = managed_direct(fd, nowait)?;
+    let pool = &state().pool;
+    let (o, r) = locked(&d, nowait, || {
+        let mut o = Outcome::default();
+        if len > 0 && d.align.read_ok(buf as usize, 0, len) {
+            // Aligned buffer and length: the kernel refuses only a misaligned position.
+            // SAFETY: forwarded from the caller.
+            match unsafe { sys::read(fd, buf, len) } {
+                Err(libc::EINVAL) => {}
+                r => {
+                    o.direct_bytes = *r.as_ref().unwrap_or(&0) as u64;
+                    return (o, r);
+                }
+            }
+        }
+        let r = sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
+            // SAFETY: forwarded from the caller.
+            let n = unsafe { read_path::pread(&d.io(fd, pool, nowait), buf, len, pos, &mut o) }?;
+            sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+            Ok(n)
+        });
+        (o, r)
+    })?;
+    settle(fd, &d, &o, false, &r).then_some(r)
+}
+
+/// `pread(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -> Served {
+    if off < 0 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    let mut o = Outcome::default();
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { read_path::pread(&d.io(fd, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    settle(fd, &d, &o, false, &r).then_some(r)
+}
+
+/// `write(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served {
+    let d = managed_direct(fd, nowait)?;
+    let pool = &state().pool;
+    let (o, r) = locked(&d, nowait, || {
+        let mut o = Outcome::default();
+        let io = d.io(fd, pool, nowait);
+        if io.append {
+            // SAFETY: forwarded from the caller.
+            let r = unsafe { write_path::append(&io, buf, len, &mut o) }
+                .and_then(|(n, pos)| sys::lseek(fd, pos as i64, libc::SEEK_SET).map(|_| n));
+            return (o, r);
+        }
+        if len > 0 && d.align.write_ok(buf as usize, 0, len) {
+            // SAFETY: forwarded from the caller.
+            match unsafe { sys::write(fd, buf, len) } {
+                Err(libc::EINVAL) => {}
+                r => {
+                    o.direct_bytes = *r.as_ref().unwrap_or(&0) as u64;
+                    return (o, r);
+                }
+            }
+        }
+        let r = sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
+            // SAFETY: forwarded from the caller.
+            let n = unsafe { write_path::pwrite(&io, buf, len, pos, &mut o) }?;
+            sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+            Ok(n)
+        });
+        (o, r)
+    })?;
+    settle(fd, &d, &o, true, &r).then_some(r)
+}
+
+/// `pwrite(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool) -> Served {
+    if off < 0 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    let mut o = Outcome::default();
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { write_path::pwrite(&d.io(fd, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    settle(fd, &d, &o, true, &r).then_some(r)
+}
+
+fn iov_total(iov: *const libc::iovec, cnt: i32) -> Option<usize> {
+    if iov.is_null() || !(0..=1024).contains(&cnt) {
+        return None;
+    }
+    // SAFETY: the caller of the vector functions passes `cnt` valid iovecs.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+    v.iter().try_fold(0usize, |a, e| a.checked_add(e.iov_len)).filter(|&t| t <= isize::MAX as usize)
+}
+
+/// `readv`/`preadv`/`preadv2` (flags without RWF_NOWAIT) on a managed fd;
+/// `off == -1` means at the file position.
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs.
+pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
+    iov_total(iov, cnt)?;
+    if off < -1 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    // SAFETY: checked by iov_total.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+    let pool = &state().pool;
+    let run = |start: u64, o: &mut Outcome| -> SysResult<usize> {
+        let mut done = 0usize;
+        for e in v {
+            // SAFETY: each iovec describes caller memory.
+            let r = unsafe {
+                read_path::pread(&d.io(fd, pool, nowait), e.iov_base as *mut u8, e.iov_len, start + done as u64, o)
+            };
+            match r {
+                Ok(n) => {
+                    done += n;
+                    if n < e.iov_len {
+                        break;
+                    }
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    };
+    let mut o = Outcome::default();
+    let r = if off >= 0 {
+        run(off as u64, &mut o)
+    } else {
+        locked(&d, nowait, || {
+            sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
+                let n = run(pos, &mut o)?;
+                sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+                Ok(n)
+            })
+        })?
+    };
+    settle(fd, &d, &o, false, &r).then_some(r)
+}
+
+/// `writev`/`pwritev`/`pwritev2` on a managed fd; `off == -1` means at the file position.
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs.
+pub unsafe fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
+    let total = iov_total(iov, cnt)?;
+    if off < -1 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    // SAFETY: checked by iov_total.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+    // Gather into one buffer so the write reaches the file as one piece, as writev does.
+    let mut data = Vec::new();
+    if data.try_reserve_exact(total).is_err() {
+        return None;
+    }
+    for e in v {
+        // SAFETY: each iovec describes caller memory of its length.
+        data.extend_from_slice(unsafe { std::slice::from_raw_parts(e.iov_base as *const u8, e.iov_len) });
+    }
+    drop(d);
+    // SAFETY: `data` is a valid buffer of `total` bytes.
+    unsafe {
+        if off >= 0 {
+            pwrite(fd, data.as_ptr(), total, off, nowait)
+        } else {
+            write(fd, data.as_ptr(), total, nowait)
+        }
+    }
+}
+
+/// `lseek` on a managed fd, serialised with the engine's emulated read and write.
+pub fn lseek(fd: i32, off: i64, whence: i32, nowait: bool) -> Option<Result<u64, Errno>> {
+    let d = managed_direct(fd, nowait)?;
+    locked(&d, nowait, || sys::lseek(fd, off, whence))
+}
+
+/// Runs `f` (an ftruncate) holding the description's offset lock, so it cannot land in the
+/// middle of an emulated write's pieces.
+pub fn with_offset_lock<R>(fd: i32, nowait: bool, f: impl FnOnce() -> R) -> Option<R> {
+    let d = FDS.get(fd, nowait)?;
+    locked(&d, nowait, f)
+}
+
+/// `fcntl(F_GETFL)` result as the program must see it.
+pub fn getfl(fd: i32, kernel: i32) -> i32 {
+    match FDS.get(fd, true) {
+        Some(d) => kernel & !d.added.load(Ordering::Relaxed),
+        None => kernel,
+    }
+}
+
+/// The argument to pass to the real `fcntl(F_SETFL)`: the program keeps the shim's
+/// O_DIRECT unless it asks for O_DIRECT itself, in which case the fd is its own.
+pub fn setfl(fd: i32, arg: i32) -> i32 {
+    let Some(d) = FDS.get(fd, true) else { return arg };
+    if arg & libc::O_DIRECT != 0 {
+        d.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
+        forget(fd);
+        return arg;
+    }
+    let append = arg & libc::O_APPEND != 0;
+    if d.append.swap(append, Ordering::Relaxed) != append {
+        d.companion.set_append(append);
+    }
+    if d.direct.load(Ordering::Relaxed) {
+        arg | libc::O_DIRECT
+    } else {
+        arg
+    }
+}
+
+/// After `fsync`/`fdatasync`: drop what the buffered pieces left in the page cache.
+pub fn synced(fd: i32) {
+    if let Some(d) = FDS.get(fd, true) {
+        d.companion.drop_cached();
+    }
+}
+
+/// Reads up to `len` bytes of `fd` for an emulated copy (managed or not): at `off`, or at
+/// the file position when `off` is `None` (which is advanced).
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+unsafe fn copy_read(fd: i32, buf: *mut u8, len: usize, off: Option<u64>) -> SysResult<usize> {
+    // SAFETY: forwarded from the caller.
+    let served = unsafe {
+        match off {
+            Some(o) => pread(fd, buf, len, o as i64, false),
+            None => read(fd, buf, len, false),
+        }
+    };
+    match served {
+        Some(r) => r,
+        // SAFETY: forwarded from the caller.
+        None => unsafe {
+            match off {
+                Some(o) => sys::pread(fd, buf, len, o),
+                None => sys::read(fd, buf, len),
+            }
+        },
+    }
+}
+
+/// Writes all of `buf` to `fd` (managed or not) for an emulated copy.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+unsafe fn copy_write(fd: i32, buf: *const u8, len: usize, off: Option<u64>) -> SysResult<usize> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: inside the caller's buffer.
+        let p = unsafe { buf.add(done) };
+        let o = off.map(|o| (o + done as u64) as i64);
+        // SAFETY: as above.
+        let served = unsafe {
+            match o {
+                Some(o) => pwrite(fd, p, len - done, o, false),
+                None => write(fd, p, len - done, false),
+            }
+        };
+        // SAFETY: as above.
+        let r = served.unwrap_or_else(|| unsafe {
+            match o {
+                Some(o) => sys::pwrite(fd, p, len - done, o as u64),
+                None => sys::write(fd, p, len - done),
+            }
+        });
+        match r {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
+/// `copy_file_range`, `sendfile` and `splice` with a managed end, emulated with the
+/// engine's read and write: on O_DIRECT descriptors the kernel's versions return short
+/// aligned counts or refuse. `off_in`/`off_out`: explicit offsets to use and advance
+/// (`None` = the file position). Returns `None` if neither end is managed.
+///
+/// # Safety
+/// The offset pointers, when non-null, must be valid.
+pub unsafe fn copy(fd_in: i32, off_in: *mut i64, fd_out: i32, off_out: *mut i64, len: usize) -> Served {
+    if managed_direct(fd_in, false).is_none() && managed_direct(fd_out, false).is_none() {
+        return None;
+    }
+    // SAFETY: the caller vouches for non-null pointers.
+    let (mut oi, mut oo) = unsafe { (off_in.as_ref().copied(), off_out.as_ref().copied()) };
+    if oi.is_some_and(|o| o < 0) || oo.is_some_and(|o| o < 0) {
+        return Some(Err(libc::EINVAL));
+    }
+    let mut buf = match state().pool.get(false) {
+        Ok(b) => b,
+        Err(_) => return Some(Err(libc::ENOMEM)),
+    };
+    let mut done = 0usize;
+    let r = loop {
+        if done >= len {
+            break Ok(done);
+        }
+        let want = buf.len().min(len - done);
+        // SAFETY: the bounce buffer holds `want` bytes.
+        let n = match unsafe { copy_read(fd_in, buf.as_mut_ptr(), want, oi.map(|o| o as u64)) } {
+            Ok(0) => break Ok(done),
+            Ok(n) => n,
+            Err(e) if done == 0 => break Err(e),
+            Err(_) => break Ok(done),
+        };
+        // SAFETY: `n` bytes were just read into the buffer.
+        let w = match unsafe { copy_write(fd_out, buf.as_mut_ptr(), n, oo.map(|o| o as u64)) } {
+            Ok(w) => w,
+            Err(e) if done == 0 => break Err(e),
+            Err(_) => 0,
+        };
+        if let Some(o) = oi.as_mut() {
+            *o += w as i64;
+        } else if w < n {
+            // Give back what was read but not written.
+            let _ = sys::lseek(fd_in, -((n - w) as i64), libc::SEEK_CUR);
+        }
+        if let Some(o) = oo.as_mut() {
+            *o += w as i64;
+        }
+        done += w;
+        if w < n {
+            break Ok(done);
+        }
+    };
+    // SAFETY: as above.
+    unsafe {
+        if let (Some(p), Some(v)) = (off_in.as_mut(), oi) {
+            *p = v;
+        }
+        if let (Some(p), Some(v)) = (off_out.as_mut(), oo) {
+            *p = v;
+        }
+    }
+    Some(r)
+}
+
+/// Descriptors whose O_DIRECT was cleared for an exec, to restore if the exec fails.
+pub struct ExecToken(Vec<(i32, Arc<Desc>)>);
+
+/// Before exec replaces the process: write the statistics, and clear O_DIRECT on managed
+/// descriptions the new image inherits (it may be a program the shim cannot enter); a new
+/// image that loads the shim adopts them again.
+pub fn before_exec() -> ExecToken {
+    write_stats();
+    let mut cleared = Vec::new();
+    FDS.for_each(|fd, d| {
+        d.companion.drop_cached();
+        let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f & libc::FD_CLOEXEC != 0).unwrap_or(true);
+        if !cloexec && d.direct.load(Ordering::Relaxed) {
+            if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
+                if sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long).is_ok() {
+                    cleared.push((fd, d.clone()));
+                }
+            }
+        }
+    });
+    ExecToken(cleared)
+}
+
+/// The exec failed: the process goes on, direct as before.
+pub fn exec_failed(t: ExecToken) {
+    for (fd, _d) in t.0 {
+        if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
+            let _ = sys::fcntl(fd, libc::F_SETFL, (fl | libc::O_DIRECT) as libc::c_long);
+        }
+    }
+}
+
+/// Before posix_spawn, system or popen: a child will share the inheritable managed
+/// descriptions while this process goes on, so they go buffered for good.
+pub fn before_spawn() {
+    FDS.for_each(|fd, d| {
+        let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f & libc::FD_CLOEXEC != 0).unwrap_or(true);
+        if !cloexec && d.direct.load(Ordering::Relaxed) {
+            log::once(
+                LogLevel::Info,
+                Cause::InheritedByChild,
+                format_args!("direct fds inherited by a child go buffered"),
+            );
+            d.demote(fd, Reason::InheritedByChild);
+        }
+    });
+}
+
+/// Writes this process's statistics file, if one was asked for.
+pub fn write_stats() {
+    let Some(st) = STATE.get() else { return };
+    let Some(tpl) = st.cfg.stats_path.as_ref() else { return };
+    let mut comm = [0u8; 64];
+    let n = sys::read_small_file(c"/proc/self/comm", &mut comm).unwrap_or(0);
+    let prog = String::from_utf8_lossy(&comm[..n]);
+    if let Err(e) = stats::write_file(&STATS, std::os::unix::ffi::OsStrExt::as_bytes(tpl.as_os_str()), prog.trim_end())
+    {
+        log::once(LogLevel::Warn, Cause::StatsWrite, format_args!("cannot write the statistics file (errno {e})"));
+    }
+}
+
+/// The process is ending (exit, `_exit`): drop cached pieces, hand adopted descriptions
+/// back as they came, and write the statistics.
+pub fn at_exit() {
+    if EXITED.swap(true, Ordering::AcqRel) || STATE.get().is_none() {
+        return;
+    }
+    let me = sys::getpid();
+    FDS.for_each(|fd, d| {
+        d.companion.drop_cached();
+        if d.adopted_by == me && d.direct.load(Ordering::Relaxed) {
+            if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
+                let _ = sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long);
+            }
+        }
+    });
+    write_stats();
+}
+
+extern "C" fn atexit_handler() {
+    at_exit();
+}
+
+/// In a fork child: every lock another thread held is free again, and the statistics
+/// start from zero (the child is a new process with its own file).
+extern "C" fn after_fork_child() {
+    FDS.reset_after_fork();
+    FDS.for_each(|_, d| {
+        d.lock.reset_after_fork();
+        d.companion.reset_after_fork();
+    });
+    if let Some(st) = STATE.get() {
+        st.pool.reset_after_fork();
+    }
+    STATS.reset();
+    stats::reset_after_fork();
+    log::reset_after_fork();
+    EXITED.store(false, Ordering::Relaxed);
+}

@@ -1,0 +1,48 @@
+//! What the read and write paths need to know about one open file, and what they report back.
+
+use crate::align::Alignment;
+use crate::bufpool::BufPool;
+use crate::companion::Companion;
+
+/// One open file description as the read and write paths see it.
+pub struct FileIo<'a> {
+    /// The descriptor with O_DIRECT set.
+    pub fd: i32,
+    /// Its O_DIRECT requirements.
+    pub align: Alignment,
+    /// Its buffered twin.
+    pub companion: &'a Companion,
+    /// O_RDONLY, O_WRONLY or O_RDWR.
+    pub accmode: i32,
+    /// The description has O_APPEND.
+    pub append: bool,
+    /// (st_dev, st_ino) of the file, to detect a reused fd number.
+    pub ident: (u64, u64),
+    /// Bounce buffers.
+    pub pool: &'a BufPool,
+    /// Running inside a signal handler that interrupted the engine: never block.
+    pub nowait: bool,
+}
+
+/// What one call did, for statistics and for the caller's fallback decisions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes moved by O_DIRECT straight from or into the program's buffer.
+    pub direct_bytes: u64,
+    /// Bytes the program asked for that went through a bounce buffer (still direct).
+    pub bounced_bytes: u64,
+    /// Bytes that went through the page cache (companion), dropped afterwards.
+    pub buffered_bytes: u64,
+    /// A direct call failed with EINVAL and was redone on the buffered path.
+    pub einval_retry: bool,
+    /// The companion could not be opened, so the description was switched to buffered
+    /// I/O for good (the errno of the failed open).
+    pub demoted: Option<i32>,
+}
+
+impl Outcome {
+    /// True if any of the call went through a bounce buffer.
+    pub fn bounced(&self) -> bool {
+        self.bounced_bytes > 0
+    }
+}

@@ -1,0 +1,291 @@
+//! Raw system calls for the engine's own I/O, so that nothing the engine does re-enters the hooks.
+//!
+//! Every wrapper returns `Ok(value)` or `Err(errno)` and never touches the host's `errno`
+//! through a libc wrapper that a preload library could interpose (`libc::syscall` itself is
+//! not interposed by us and only sets `errno`, which the shim restores).
+
+use libc::{c_int, c_long, c_void, off_t};
+
+/// An errno value.
+pub type Errno = i32;
+/// Result of a raw system call.
+pub type SysResult<T> = Result<T, Errno>;
+
+fn errno() -> Errno {
+    // SAFETY: __errno_location always returns a valid pointer to this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn check(r: c_long) -> SysResult<usize> {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Retries `f` while it fails with EINTR: the engine's internal calls are never the
+/// program's, so an interrupted internal call must not surface as the program's EINTR.
+fn retry(mut f: impl FnMut() -> c_long) -> SysResult<usize> {
+    loop {
+        match check(f()) {
+            Err(libc::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// `pread64(2)`.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn pread(fd: c_int, buf: *mut u8, len: usize, off: u64) -> SysResult<usize> {
+    // SAFETY: the caller guarantees `buf`/`len`; the kernel checks the rest.
+    retry(|| unsafe { libc::syscall(libc::SYS_pread64, fd, buf as *mut c_void, len, off as off_t) })
+}
+
+/// `pwrite64(2)`.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn pwrite(fd: c_int, buf: *const u8, len: usize, off: u64) -> SysResult<usize> {
+    // SAFETY: the caller guarantees `buf`/`len`.
+    retry(|| unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf as *const c_void, len, off as off_t) })
+}
+
+/// `pwritev2(2)` with one buffer; `off == -1` means the current file position.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn pwritev2(fd: c_int, buf: *const u8, len: usize, off: i64, flags: c_int) -> SysResult<usize> {
+    let iov = libc::iovec { iov_base: buf as *mut c_void, iov_len: len };
+    // The raw syscall takes the offset split in two longs (low, high); on 64-bit the
+    // high half is ignored by the kernel.
+    // SAFETY: `iov` lives across the call and describes memory the caller vouches for.
+    retry(|| unsafe { libc::syscall(libc::SYS_pwritev2, fd, &iov as *const libc::iovec, 1, off, 0 as c_long, flags) })
+}
+
+/// `preadv2(2)` with one buffer.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn preadv2(fd: c_int, buf: *mut u8, len: usize, off: i64, flags: c_int) -> SysResult<usize> {
+    let iov = libc::iovec { iov_base: buf as *mut c_void, iov_len: len };
+    // SAFETY: as for `pwritev2`.
+    retry(|| unsafe { libc::syscall(libc::SYS_preadv2, fd, &iov as *const libc::iovec, 1, off, 0 as c_long, flags) })
+}
+
+/// `read(2)` at the file position.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn read(fd: c_int, buf: *mut u8, len: usize) -> SysResult<usize> {
+    // SAFETY: the caller guarantees `buf`/`len`.
+    check(unsafe { libc::syscall(libc::SYS_read, fd, buf as *mut c_void, len) })
+}
+
+/// `write(2)` at the file position.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn write(fd: c_int, buf: *const u8, len: usize) -> SysResult<usize> {
+    // SAFETY: the caller guarantees `buf`/`len`.
+    check(unsafe { libc::syscall(libc::SYS_write, fd, buf as *const c_void, len) })
+}
+
+/// `lseek(2)`; returns the new offset.
+pub fn lseek(fd: c_int, off: i64, whence: c_int) -> SysResult<u64> {
+    // SAFETY: lseek has no memory arguments.
+    check(unsafe { libc::syscall(libc::SYS_lseek, fd, off, whence) }).map(|v| v as u64)
+}
+
+/// `fcntl(2)` with an integer argument.
+pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> SysResult<c_int> {
+    // SAFETY: only integer-argument commands are passed here.
+    check(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as c_int)
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, mask)`.
+pub fn statx_fd(fd: c_int, mask: u32) -> SysResult<libc::statx> {
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a valid NUL-terminated empty string and `sx` is writable.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            mask,
+            &mut sx as *mut libc::statx,
+        )
+    })?;
+    Ok(sx)
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: c_int) -> SysResult<libc::stat> {
+    // SAFETY: stat is plain old data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable for the kernel.
+    check(unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) })?;
+    Ok(st)
+}
+
+/// `openat(2)` of a NUL-terminated path.
+pub fn openat(dirfd: c_int, path: &std::ffi::CStr, flags: c_int, mode: libc::mode_t) -> SysResult<c_int> {
+    // SAFETY: `path` is NUL-terminated for the duration of the call.
+    retry(|| unsafe { libc::syscall(libc::SYS_openat, dirfd, path.as_ptr(), flags, mode as c_long) })
+        .map(|v| v as c_int)
+}
+
+/// `close(2)`; EINTR is not retried (Linux releases the fd anyway).
+pub fn close(fd: c_int) -> SysResult<()> {
+    // SAFETY: closing a descriptor the engine owns.
+    check(unsafe { libc::syscall(libc::SYS_close, fd) }).map(|_| ())
+}
+
+/// `fdatasync(2)`.
+pub fn fdatasync(fd: c_int) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    retry(|| unsafe { libc::syscall(libc::SYS_fdatasync, fd) }).map(|_| ())
+}
+
+/// `posix_fadvise(2)`.
+pub fn fadvise(fd: c_int, off: u64, len: u64, advice: c_int) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    check(unsafe { libc::syscall(libc::SYS_fadvise64, fd, off as i64, len as i64, advice) }).map(|_| ())
+}
+
+/// `sync_file_range(2)`.
+pub fn sync_file_range(fd: c_int, off: u64, len: u64, flags: u32) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    retry(|| unsafe { libc::syscall(libc::SYS_sync_file_range, fd, off as i64, len as i64, flags) }).map(|_| ())
+}
+
+/// `readlink("/proc/self/fd/<fd>")` into `out`; returns the length.
+pub fn fd_path(fd: c_int, out: &mut [u8]) -> SysResult<usize> {
+    let mut link = [0u8; 32];
+    let n = proc_fd_link(fd, &mut link);
+    // SAFETY: `link` is NUL-terminated at `n`; `out` is writable for its length.
+    let r = check(unsafe {
+        libc::syscall(libc::SYS_readlinkat, libc::AT_FDCWD, link.as_ptr(), out.as_mut_ptr(), out.len())
+    })?;
+    debug_assert!(n < link.len());
+    if r >= out.len() {
+        return Err(libc::ENAMETOOLONG);
+    }
+    Ok(r)
+}
+
+/// Writes `/proc/self/fd/<fd>\0` into `buf` and returns the length without the NUL.
+pub fn proc_fd_link(fd: c_int, buf: &mut [u8; 32]) -> usize {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 12];
+    let mut n = fd.unsigned_abs();
+    let mut d = 0;
+    loop {
+        digits[d] = b'0' + (n % 10) as u8;
+        d += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = PREFIX.len();
+    for i in (0..d).rev() {
+        buf[len] = digits[i];
+        len += 1;
+    }
+    buf[len] = 0;
+    len
+}
+
+/// `getcwd(2)` into `out`; returns the length (without NUL).
+pub fn getcwd(out: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `out` is writable for its length.
+    let r = check(unsafe { libc::syscall(libc::SYS_getcwd, out.as_mut_ptr(), out.len()) })?;
+    // The kernel returns the length including the NUL.
+    Ok(r.saturating_sub(1))
+}
+
+/// `write(2)` of all of `buf`, used for the shim's own log lines.
+pub fn write_all(fd: c_int, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for reads of its length.
+        let n = retry(|| unsafe { libc::syscall(libc::SYS_write, fd, buf.as_ptr(), buf.len()) })?;
+        if n == 0 {
+            return Err(libc::EIO);
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// The calling thread's id, for lock diagnostics and fork detection.
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// The process id straight from the kernel (not glibc's cached value, which a raw
+/// `clone` child could get wrong).
+pub fn getpid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
+}
+
+/// Reads up to `buf.len()` bytes of a small file (sysfs, procfs) with raw calls.
+pub fn read_small_file(path: &std::ffi::CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let fd = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+    // SAFETY: `buf` is writable for its length.
+    let r = retry(|| unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) });
+    let _ = close(fd);
+    r
+}
+
+/// `ioctl(fd, req, &mut out)` for requests that write one `c_int`.
+pub fn ioctl_int(fd: c_int, req: libc::c_ulong) -> SysResult<c_int> {
+    let mut out: c_int = 0;
+    // SAFETY: `out` is a writable int, which is what the requests used here fill in.
+    check(unsafe { libc::syscall(libc::SYS_ioctl, fd, req, &mut out as *mut c_int) })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fd_link_formats_numbers() {
+        let mut b = [0u8; 32];
+        let n = proc_fd_link(0, &mut b);
+        assert_eq!(&b[..n], b"/proc/self/fd/0");
+        let n = proc_fd_link(1234567, &mut b);
+        assert_eq!(&b[..n], b"/proc/self/fd/1234567");
+        assert_eq!(b[n], 0);
+    }
+
+    #[test]
+    fn pread_pwrite_roundtrip_and_errno() {
+        let dir = std::env::temp_dir().join(format!("s3dlio-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        let f = std::fs::File::create(&p).unwrap();
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        // SAFETY: buffers are valid for the given lengths.
+        unsafe {
+            assert_eq!(pwrite(fd, b"hello".as_ptr(), 5, 3), Ok(5));
+            let mut b = [0u8; 8];
+            // the file was created write-only
+            assert_eq!(pread(fd, b.as_mut_ptr(), 8, 0), Err(libc::EBADF));
+        }
+        assert_eq!(lseek(-1, 0, libc::SEEK_CUR), Err(libc::EBADF));
+        let mut path = [0u8; 4096];
+        let n = fd_path(fd, &mut path).unwrap();
+        assert_eq!(&path[..n], p.as_os_str().as_encoded_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,186 @@
+//! The write path: pwrite and append semantics over O_DIRECT for any buffer, offset and
+//! length, leaving the file's bytes and size exactly as a buffered write would.
+//!
+//! A write is split at page-or-sector boundaries (whichever is larger): the unaligned head
+//! and tail go through the page cache on the companion, so the kernel does the
+//! read-modify-write of a block shared with another writer under its own locks; the aligned
+//! interior goes direct, straight from the program's buffer when its address allows, else
+//! through bounce buffers. The pieces are written in file order, so a failure part-way
+//! leaves a short write of a prefix, as the kernel's own would. Nothing acknowledged is ever
+//! held only in the engine's memory. If the companion cannot be opened (a file whose mode
+//! forbids reopening it, no /proc), the description is switched to buffered I/O instead.
+
+use crate::io::{FileIo, Outcome};
+use crate::sys::{self, SysResult};
+
+fn granule(io: &FileIo<'_>) -> u64 {
+    io.align.offset.max(crate::align::page_size()) as u64
+}
+
+/// Writes `len` bytes from `buf` at `off`, like `pwrite(2)` on a buffered descriptor.
+/// On an O_APPEND description Linux appends whatever the offset; so does this.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
+    if io.append {
+        // SAFETY: forwarded from the caller.
+        return unsafe { append(io, buf, len, out) }.map(|(n, _)| n);
+    }
+    if len == 0 || off > i64::MAX as u64 {
+        // SAFETY: forwarded; the kernel answers the edge cases itself.
+        return unsafe { sys::pwrite(io.fd, buf, len, off) };
+    }
+    if io.align.write_ok(buf as usize, off, len) {
+        // SAFETY: forwarded from the caller.
+        return unsafe { direct_all(io, buf, len, off, out) };
+    }
+    let g = granule(io);
+    let end = off.checked_add(len as u64).ok_or(libc::EFBIG)?;
+    let ia = off.next_multiple_of(g).min(end);
+    let ib = (end - end % g).max(ia);
+    let mut done = 0usize;
+    // Head, interior, tail, in file order.
+    for (lo, hi, direct) in [(off, ia, false), (ia, ib, true), (ib, end, false)] {
+        if hi <= lo {
+            continue;
+        }
+        let piece_len = (hi - lo) as usize;
+        // SAFETY: `[lo-off, hi-off)` lies inside the caller's buffer.
+        let p = unsafe { buf.add((lo - off) as usize) };
+        let r = if direct {
+            // SAFETY: as above.
+            unsafe { interior(io, p, piece_len, lo, out) }
+        } else {
+            // SAFETY: as above.
+            unsafe { buffered(io, p, piece_len, lo as i64, out) }
+        };
+        match r {
+            Ok(n) => {
+                done += n;
+                if n < piece_len {
+                    return Ok(done);
+                }
+            }
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => return Ok(done),
+        }
+    }
+    Ok(done)
+}
+
+/// Appends `len` bytes at the end of file. Returns the count and the file position after
+/// the write (what the description's offset must become).
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn append(io: &FileIo<'_>, buf: *const u8, len: usize, out: &mut Outcome) -> SysResult<(usize, u64)> {
+    if len > 0 && io.align.write_ok(buf as usize, 0, len) {
+        // The kernel appends atomically if the current end of file is aligned; if it is
+        // not, it refuses with EINVAL and nothing was written.
+        // SAFETY: forwarded from the caller.
+        match unsafe { sys::write(io.fd, buf, len) } {
+            Ok(n) => {
+                out.direct_bytes += n as u64;
+                return Ok((n, sys::lseek(io.fd, 0, libc::SEEK_CUR)?));
+            }
+            Err(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    let n = unsafe { buffered(io, buf, len, -1, out) }?;
+    let pos = match io.companion.current() {
+        Some(c) => sys::lseek(c, 0, libc::SEEK_CUR)?,
+        None => sys::lseek(io.fd, 0, libc::SEEK_END)?, // demoted: the fd itself appended
+    };
+    Ok((n, pos))
+}
+
+/// An aligned write straight from the program's buffer; EINVAL is redone buffered.
+unsafe fn direct_all(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
+    // SAFETY: forwarded from the caller.
+    match unsafe { sys::pwrite(io.fd, buf, len, off) } {
+        Ok(n) => {
+            out.direct_bytes += n as u64;
+            Ok(n)
+        }
+        Err(libc::EINVAL) => {
+            out.einval_retry = true;
+            // SAFETY: forwarded from the caller.
+            unsafe { buffered(io, buf, len, off as i64, out) }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The aligned interior `[off, off+len)`: direct from the program's buffer if its address
+/// is aligned, else copied through bounce buffers chunk by chunk.
+unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
+    if (buf as usize).is_multiple_of(io.align.mem) {
+        // SAFETY: forwarded from the caller.
+        return unsafe { direct_all(io, buf, len, off, out) };
+    }
+    let mut bounce = io.pool.get(io.nowait).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
+    let g = granule(io) as usize;
+    let chunk = bounce.len() / g * g;
+    if chunk == 0 || !(bounce.as_mut_ptr() as usize).is_multiple_of(io.align.mem) {
+        // SAFETY: forwarded from the caller.
+        return unsafe { buffered(io, buf, len, off as i64, out) };
+    }
+    let mut done = 0usize;
+    while done < len {
+        let n = chunk.min(len - done);
+        // SAFETY: `done + n <= len` stays inside the caller's buffer; the bounce buffer
+        // holds `chunk >= n` bytes and is private to the engine.
+        unsafe { std::ptr::copy_nonoverlapping(buf.add(done), bounce.as_mut_ptr(), n) };
+        // SAFETY: the bounce buffer is valid for `n` bytes.
+        let r = unsafe { sys::pwrite(io.fd, bounce.as_mut_ptr(), n, off + done as u64) };
+        match r {
+            Ok(w) => {
+                out.bounced_bytes += w as u64;
+                done += w;
+                if w < n {
+                    break;
+                }
+            }
+            Err(libc::EINVAL) => {
+                out.einval_retry = true;
+                // SAFETY: the rest of the caller's buffer.
+                let w = unsafe { buffered(io, buf.add(done), len - done, (off + done as u64) as i64, out) };
+                return match w {
+                    Ok(w) => Ok(done + w),
+                    Err(_) if done > 0 => Ok(done),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes through the page cache on the companion (`off == -1`: append). If the companion
+/// cannot be opened, clears O_DIRECT on the description and writes on the fd itself.
+unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &mut Outcome) -> SysResult<usize> {
+    let n = match io.companion.get(io.fd, io.accmode, io.append, io.ident) {
+        // SAFETY: forwarded from the caller.
+        Ok(c) => unsafe { io.companion.write(c, buf, len, off) }?,
+        Err(libc::ESTALE) => return Err(libc::ESTALE),
+        Err(e) => {
+            let fl = sys::fcntl(io.fd, libc::F_GETFL, 0)?;
+            sys::fcntl(io.fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long)?;
+            out.demoted = Some(e);
+            if off < 0 {
+                // SAFETY: forwarded from the caller.
+                unsafe { sys::write(io.fd, buf, len) }?
+            } else {
+                // SAFETY: forwarded from the caller.
+                unsafe { sys::pwrite(io.fd, buf, len, off as u64) }?
+            }
+        }
+    };
+    out.buffered_bytes += n as u64;
+    Ok(n)
+}

@@ -1,0 +1,536 @@
+"""Fixtures and helpers for the s3dlio-direct integration suite.
+
+Every test compares a run through the shim with a plain run of the same program, or with
+the kernel's own view (/proc/<pid>/fdinfo flags, fincore), never with the shim's word alone.
+
+Fixtures
+  shim        path of the .so that `make build` just built (S3DLIO_SHIM overrides); a test
+              that needs it FAILS when it is missing or older than the sources.
+  run         Runner: run(cmd, shim=True, env=None, paths=None, user=None, ...) in a cleaned
+              environment (LD_PRELOAD and every S3DLIO_DIRECT_* inherited are dropped).
+  strict_fs   ext4 on a loop device with 4096-byte logical sectors (rejects misalignment)
+  ramfs       ramfs (rejects O_DIRECT)
+  tmpfs       tmpfs (accepts any alignment)
+  disk        a directory on the ordinary disk (512/512)
+  strict_blockdev  a bare loop device with 4096-byte sectors and random content
+Each filesystem fixture has its own mount point and is torn down fully. Without root (or if
+setup fails) a test is SKIPPED loudly; under CI=true it FAILS instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / "c-harness" / "bin"
+DEFAULT_SHIM = REPO / "target" / "release" / "libs3dlio_direct.so"
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+O_DIRECT = 0o40000
+O_SYNC = 0o4010000
+O_DSYNC = 0o10000
+NOBODY = 65534
+DEFAULT_TIMEOUT = 120
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def bin_path(name: str) -> str:
+    p = BIN / name
+    if not p.exists():
+        pytest.fail(f"c-harness program {p} is missing: run `make harness` (or `make test`)")
+    return str(p)
+
+
+def disk_tmp_root() -> str:
+    """A directory on the ordinary disk: /tmp unless /tmp is tmpfs/ramfs."""
+    for cand in (tempfile.gettempdir(), "/var/tmp", str(REPO)):
+        try:
+            out = subprocess.run(["stat", "-f", "-c", "%T", cand], capture_output=True, text=True, timeout=10)
+        except Exception:
+            continue
+        if out.returncode == 0 and out.stdout.strip() not in ("tmpfs", "ramfs", "overlayfs", "fuseblk"):
+            return cand
+    return "/var/tmp"
+
+
+def unavailable(msg: str):
+    """Loud skip outside CI, failure under CI=true."""
+    banner = f"SKIPPED: {msg}"
+    if IN_CI:
+        pytest.fail(f"{banner} -- CI=true, so this is a failure, not a skip")
+    sys.stderr.write(f"\n*** {banner} ***\n")
+    pytest.skip(banner)
+
+
+def need_root(what: str):
+    if os.geteuid() != 0:
+        unavailable(f"needs root to {what}")
+
+
+def sh(cmd, check=True, timeout=60, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("S3DLIO_DIRECT_")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+FDINFO_RE = re.compile(r"^FDINFO (.*) fd=(\d+) flags:\s+([0-7]+)\s*$")
+
+
+def fdinfo_lines(stderr) -> list[tuple[str, int, int]]:
+    """Parse the c-harness "FDINFO <label> fd=<n> flags:\\t<octal>" lines: [(label, fd, flags)]."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    out = []
+    for line in stderr.splitlines():
+        m = FDINFO_RE.match(line)
+        if m:
+            out.append((m.group(1), int(m.group(2)), int(m.group(3), 8)))
+    return out
+
+
+def fdinfo_of(stderr, label: str) -> int:
+    """Flags of the first FDINFO line whose label is `label`."""
+    for lab, _fd, fl in fdinfo_lines(stderr):
+        if lab == label:
+            return fl
+    raise AssertionError(f"no FDINFO line for {label!r} in stderr:\n{_text(stderr)}")
+
+
+def is_direct(flags: int) -> bool:
+    return bool(flags & O_DIRECT)
+
+
+def fdinfo_flags(pid: int, fd: int) -> int:
+    """The kernel's flags of /proc/<pid>/fdinfo/<fd> (octal line 'flags:')."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    raise AssertionError(f"no flags line in /proc/{pid}/fdinfo/{fd}")
+
+
+def fds_of(pid: int, path) -> list[int]:
+    """Descriptors of process pid whose target is path."""
+    path = os.path.realpath(str(path))
+    out = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return out
+    for n in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{n}") == path:
+                out.append(int(n))
+        except OSError:
+            pass
+    return out
+
+
+def drop_cache(path):
+    """Drop a file's pages from the page cache (fsync first so dirty pages can go)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cached_bytes(path) -> int:
+    """Resident page-cache bytes of a file according to the kernel (fincore, mincore)."""
+    r = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    if r.returncode != 0:
+        raise AssertionError(f"fincore failed: {r.stderr}")
+    return int(r.stdout.strip() or "0")
+
+
+def fnv1a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def make_file(path, size: int, seed: int = 1) -> bytes:
+    """Deterministic pseudo-random content (numpy-free: os.urandom would differ per call)."""
+    import random
+
+    rnd = random.Random(seed)
+    data = rnd.randbytes(size)
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+def _text(b) -> str:
+    if isinstance(b, bytes):
+        return b.decode(errors="replace")
+    return b or ""
+
+
+def diff_text(a, b, name_a="plain", name_b="shim", limit=60) -> str:
+    a_l = _text(a).splitlines()
+    b_l = _text(b).splitlines()
+    d = list(difflib.unified_diff(a_l, b_l, name_a, name_b, lineterm="", n=2))
+    if len(d) > limit:
+        d = d[:limit] + [f"... ({len(d) - limit} more diff lines)"]
+    return "\n".join(d)
+
+
+def assert_same_run(plain, shimmed, what="", compare_stderr=False):
+    """Same exit status and stdout (and stderr if asked) as the plain run."""
+    msg = f"{what}: " if what else ""
+    if shimmed.stdout != plain.stdout:
+        raise AssertionError(
+            f"{msg}stdout differs from the plain run\n{diff_text(plain.stdout, shimmed.stdout)}\n"
+            f"--- shim stderr (tail) ---\n{_text(shimmed.stderr)[-2000:]}"
+        )
+    assert shimmed.returncode == plain.returncode, (
+        f"{msg}exit status {shimmed.returncode} != plain {plain.returncode}\n"
+        f"shim stderr: {_text(shimmed.stderr)[-2000:]}"
+    )
+    if compare_stderr:
+        assert shimmed.stderr == plain.stderr, f"{msg}stderr differs\n{diff_text(plain.stderr, shimmed.stderr)}"
+
+
+def assert_same_file(a, b, what=""):
+    da = Path(a).read_bytes()
+    db = Path(b).read_bytes()
+    if da != db:
+        first = next((i for i in range(min(len(da), len(db))) if da[i] != db[i]), min(len(da), len(db)))
+        raise AssertionError(
+            f"{what}: {b} differs from {a}: sizes {len(db)} vs plain {len(da)}, first difference at byte {first}"
+        )
+
+
+def shim_warnings(stderr) -> list[str]:
+    """stderr lines that are not the harness's own FDINFO/PID/READY lines."""
+    out = []
+    for line in _text(stderr).splitlines():
+        if line.startswith(("FDINFO ", "PID ", "READY ", "REUSED ", "PARENT ", "CHILD ", "handler records")):
+            continue
+        out.append(line)
+    return out
+
+
+def chown_tree(path, uid=NOBODY, gid=NOBODY):
+    for root, dirs, files in os.walk(path):
+        os.chown(root, uid, gid)
+        for n in dirs + files:
+            os.chown(os.path.join(root, n), uid, gid, follow_symlinks=False)
+
+
+# --------------------------------------------------------------------------- shim + runner
+
+
+def _shim_sources_newer_than(so: Path) -> list[str]:
+    so_m = so.stat().st_mtime
+    newer = []
+    cands = [REPO / "Cargo.toml", REPO / "Cargo.lock", REPO / "build.rs"]
+    for d in (REPO / "src", REPO / "crates"):
+        if d.is_dir():
+            for p in d.rglob("*"):
+                if p.is_file() and "target" not in p.parts and p.suffix in (".rs", ".c", ".h", ".toml", ".map", ".lds"):
+                    cands.append(p)
+    for p in cands:
+        if p.exists() and p.stat().st_mtime > so_m + 1:
+            newer.append(str(p.relative_to(REPO)))
+    return newer
+
+
+@pytest.fixture(scope="session")
+def shim() -> str:
+    env = os.environ.get("S3DLIO_SHIM")
+    p = Path(env) if env else DEFAULT_SHIM
+    if not p.is_file():
+        pytest.fail(f"the preload library {p} is missing: build it with `make build` (the tests never use a stale copy)")
+    if not env:
+        newer = _shim_sources_newer_than(p)
+        if newer:
+            pytest.fail(f"{p} is older than its sources ({', '.join(newer[:5])}): run `make build`")
+    return str(p.resolve())
+
+
+class Runner:
+    """run(cmd, shim=True, env=None, paths=None, user=None, timeout=120, input=None, cwd=None)
+
+    Starts from a cleaned environment (no inherited LD_PRELOAD or S3DLIO_DIRECT_*).
+    shim=True sets LD_PRELOAD to the built library and S3DLIO_DIRECT_PATHS to `paths`
+    (a string or a list joined with ':'; None leaves PATHS unset). `env` adds variables
+    (a value of None removes one). user="nobody" runs it with setpriv as uid/gid 65534;
+    the harness programs and the library are then run from a world-readable copy.
+    """
+
+    def __init__(self, shim_path: str, tmp_root: Path):
+        self.shim = shim_path
+        self._tmp_root = tmp_root
+        self._nobody_dir: Path | None = None
+
+    def nobody_dir(self) -> Path:
+        if self._nobody_dir is None:
+            d = Path(tempfile.mkdtemp(prefix="s3d-nobody-bin-", dir=disk_tmp_root()))
+            os.chmod(d, 0o755)
+            for p in BIN.iterdir():
+                if p.is_file():
+                    shutil.copy2(p, d / p.name)
+                    os.chmod(d / p.name, 0o755)
+            shutil.copy2(self.shim, d / "libs3dlio_direct.so")
+            os.chmod(d / "libs3dlio_direct.so", 0o755)
+            self._nobody_dir = d
+        return self._nobody_dir
+
+    def cleanup(self):
+        if self._nobody_dir is not None:
+            shutil.rmtree(self._nobody_dir, ignore_errors=True)
+
+    def env_for(self, shim=True, env=None, paths=None, user=None) -> dict:
+        e = clean_env()
+        if shim:
+            e["LD_PRELOAD"] = str(self.nobody_dir() / "libs3dlio_direct.so") if user else self.shim
+            if paths is not None:
+                e["S3DLIO_DIRECT_PATHS"] = paths if isinstance(paths, str) else ":".join(map(str, paths))
+        for k, v in (env or {}).items():
+            if v is None:
+                e.pop(k, None)
+            else:
+                e[k] = str(v)
+        return e
+
+    def argv(self, cmd, user=None) -> list[str]:
+        cmd = [str(c) for c in cmd]
+        if user:
+            if user not in ("nobody", NOBODY):
+                raise ValueError("only user='nobody' is supported")
+            if os.geteuid() != 0:
+                unavailable("needs root to run a program as nobody")
+            if cmd and cmd[0].startswith(str(BIN) + "/"):
+                cmd[0] = str(self.nobody_dir() / os.path.basename(cmd[0]))
+            cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"] + cmd
+        return cmd
+
+    def __call__(self, cmd, shim=True, env=None, paths=None, user=None, timeout=DEFAULT_TIMEOUT,
+                 input=None, cwd=None, stdin=None):
+        e = self.env_for(shim, env, paths, user)
+        argv = self.argv(cmd, user)
+        try:
+            return subprocess.run(argv, env=e, capture_output=True, timeout=timeout, input=input,
+                                  cwd=cwd, stdin=stdin if input is None else None)
+        except subprocess.TimeoutExpired as ex:
+            raise AssertionError(
+                f"{'shim' if shim else 'plain'} run timed out after {timeout}s (deadlock?): {' '.join(argv)}\n"
+                f"stdout tail: {_text(ex.stdout)[-1500:]}\nstderr tail: {_text(ex.stderr)[-1500:]}"
+            ) from None
+
+    def popen(self, cmd, shim=True, env=None, paths=None, user=None, **kw):
+        e = self.env_for(shim, env, paths, user)
+        return subprocess.Popen(self.argv(cmd, user), env=e, **kw)
+
+
+@pytest.fixture(scope="session")
+def _runner(shim):
+    r = Runner(shim, Path(disk_tmp_root()))
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture
+def run(_runner) -> Runner:
+    return _runner
+
+
+@pytest.fixture(scope="session")
+def plain_run():
+    """A runner for plain runs only (no library needed)."""
+    r = Runner("/nonexistent-shim.so", Path(disk_tmp_root()))
+    yield r
+    r.cleanup()
+
+
+# --------------------------------------------------------------------------- filesystems
+
+
+@dataclass
+class Mount:
+    path: Path
+    kind: str
+    device: str | None = None
+
+    def __truediv__(self, other):
+        return self.path / other
+
+    def __str__(self):
+        return str(self.path)
+
+    def __fspath__(self):
+        return str(self.path)
+
+    def new_dir(self, name: str) -> Path:
+        d = self.path / name
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o1777)
+        return d
+
+
+def _base_dir(prefix: str) -> Path:
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=disk_tmp_root()))
+    os.chmod(base, 0o755)
+    return base
+
+
+def _umount(mnt: Path):
+    for _ in range(20):
+        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+        if r.returncode == 0 or "not mounted" in r.stderr:
+            return
+        time.sleep(0.25)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _losetup_detach(dev: str):
+    for _ in range(20):
+        r = subprocess.run(["losetup", "-d", dev], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.25)
+
+
+def _mount_fixture(kind: str, setup):
+    need_root(f"mount a {kind} test filesystem")
+    base = _base_dir(f"s3d-{kind}-")
+    mnt = base / "mnt"
+    mnt.mkdir()
+    state: dict = {}
+    try:
+        setup(base, mnt, state)
+        os.chmod(mnt, 0o1777)
+    except Exception as ex:  # noqa: BLE001
+        if state.get("mounted"):
+            _umount(mnt)
+        if state.get("loop"):
+            _losetup_detach(state["loop"])
+        shutil.rmtree(base, ignore_errors=True)
+        unavailable(f"could not set up the {kind} filesystem: {ex}")
+    try:
+        yield Mount(mnt, kind, state.get("loop"))
+    finally:
+        if state.get("mounted"):
+            _umount(mnt)
+        if state.get("loop"):
+            _losetup_detach(state["loop"])
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _setup_strict(base: Path, mnt: Path, state: dict, size=128 << 20):
+    img = base / "ext4-4k.img"
+    with open(img, "wb") as f:
+        f.truncate(size)
+    loop = sh(["losetup", "--find", "--show", "--sector-size", "4096", str(img)]).stdout.strip()
+    state["loop"] = loop
+    ss = sh(["blockdev", "--getss", loop]).stdout.strip()
+    if ss != "4096":
+        raise RuntimeError(f"{loop} has logical sector size {ss}, wanted 4096")
+    sh(["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "nodiscard", loop], timeout=120)
+    sh(["mount", loop, str(mnt)])
+    state["mounted"] = True
+
+
+def _setup_ramfs(base: Path, mnt: Path, state: dict):
+    sh(["mount", "-t", "ramfs", "ramfs", str(mnt)])
+    state["mounted"] = True
+
+
+def _setup_tmpfs(base: Path, mnt: Path, state: dict):
+    sh(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(mnt)])
+    state["mounted"] = True
+
+
+@pytest.fixture
+def strict_fs():
+    """ext4 on a loop device with 4096-byte logical sectors: rejects misaligned buffers,
+    offsets and lengths for O_DIRECT."""
+    yield from _mount_fixture("strict ext4 (4096-sector loop device)", _setup_strict)
+
+
+@pytest.fixture
+def ramfs():
+    yield from _mount_fixture("ramfs", _setup_ramfs)
+
+
+@pytest.fixture
+def tmpfs():
+    yield from _mount_fixture("tmpfs", _setup_tmpfs)
+
+
+@pytest.fixture
+def disk():
+    """A fresh directory on the ordinary disk (512-byte sectors)."""
+    base = _base_dir("s3d-disk-")
+    d = base / "mnt"
+    d.mkdir()
+    os.chmod(d, 0o1777)
+    try:
+        yield Mount(d, "disk")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+FS_KINDS = ["strict_fs", "ramfs", "tmpfs", "disk"]
+
+
+@pytest.fixture(params=FS_KINDS)
+def any_fs(request):
+    """Each of the four filesystems in turn."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def strict_blockdev():
+    """A bare 8 MiB loop device with 4096-byte sectors and seeded random content."""
+    need_root("create a 4096-sector loop device")
+    base = _base_dir("s3d-blk-")
+    img = base / "blk.img"
+    data = make_file(img, 8 << 20, seed=4242)
+    loop = None
+    try:
+        loop = sh(["losetup", "--find", "--show", "--sector-size", "4096", str(img)]).stdout.strip()
+    except Exception as ex:  # noqa: BLE001
+        shutil.rmtree(base, ignore_errors=True)
+        unavailable(f"needs root to create a 4096-sector loop device ({ex})")
+    try:
+        yield loop, data
+    finally:
+        _losetup_detach(loop)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    return [
+        f"s3dlio shim: {os.environ.get('S3DLIO_SHIM') or DEFAULT_SHIM}",
+        f"root: {os.geteuid() == 0}, CI: {IN_CI}, disk tmp: {disk_tmp_root()}",
+    ]
