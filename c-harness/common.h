@@ -133,6 +133,12 @@ static inline void print_fdinfo(const char *label, int fd)
     fflush(stderr);
 }
 
+/* The same, only when HARNESS_FDINFO is set in the environment. */
+static inline void maybe_fdinfo(const char *label, int fd)
+{
+    if (getenv("HARNESS_FDINFO")) print_fdinfo(label, fd);
+}
+
 /* Aligned allocation plus a deliberate misalignment. */
 static inline void *xalloc(size_t n, size_t mis)
 {

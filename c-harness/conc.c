@@ -26,6 +26,8 @@
  *        T threads do unaligned pread/pwrite on a shared descriptor while the main thread
  *        forks ITERS children that each do I/O on the inherited descriptor and on a fresh
  *        one, then _exit. Must not deadlock (alarm 100 s) and every byte must verify.
+ * With HARNESS_FDINFO set, the main descriptor's kernel flags go to stderr
+ * ("FDINFO main fd=<n> flags:\t<octal>").
  */
 #include "common.h"
 #include <pthread.h>
@@ -70,6 +72,7 @@ static void *pw_thread(void *arg)
     long long t = (long long)(intptr_t)arg;
     int fd = own_fd ? open(path, O_WRONLY) : shared_fd;
     if (fd < 0) die("open");
+    if (own_fd && t == 0) maybe_fdinfo("thread-own", fd);
     pthread_barrier_wait(&barrier);
     write_records(fd, t, nthreads);
     if (own_fd) close(fd);
@@ -276,6 +279,7 @@ int main(int argc, char **argv)
         own_fd = argc > 6 && !strcmp(argv[6], "own");
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd < 0) die("open");
+        maybe_fdinfo("main", fd);
         if (!strcmp(m, "pwrite-threads")) {
             shared_fd = fd;
             pthread_t th[64];
@@ -307,6 +311,7 @@ int main(int argc, char **argv)
         close(fd);
         if (!strcmp(m, "append-threads")) {
             shared_fd = open(path, O_WRONLY | O_APPEND);
+            maybe_fdinfo("main", shared_fd);
             pthread_t th[64];
             pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
             for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, app_thread, (void *)(intptr_t)t);
@@ -317,6 +322,7 @@ int main(int argc, char **argv)
                 if (fork() == 0) {
                     shared_fd = open(path, O_WRONLY | O_APPEND);
                     if (shared_fd < 0) die("open");
+                    if (p == 0) maybe_fdinfo("main", shared_fd);
                     pthread_barrier_init(&barrier, NULL, 1);
                     app_thread((void *)(intptr_t)p);
                     close(shared_fd);
@@ -333,6 +339,7 @@ int main(int argc, char **argv)
         nrec = atoll(argv[5]);
         shared_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (shared_fd < 0) die("open");
+        maybe_fdinfo("main", shared_fd);
         pthread_t th[64];
         pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
         for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, app_thread, (void *)(intptr_t)t);
@@ -356,6 +363,7 @@ int main(int argc, char **argv)
         close(fd);
         read_count = calloc((size_t)nrec, sizeof(long long));
         shared_fd = open(path, O_RDONLY);
+        maybe_fdinfo("main", shared_fd);
         pthread_t th[64];
         pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
         for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, sr_thread, (void *)(intptr_t)t);
@@ -375,6 +383,7 @@ int main(int argc, char **argv)
         iters = atoll(argv[4]);
         make_file(9, OV_SIZE);
         shared_fd = open(path, O_RDONLY);
+        maybe_fdinfo("main", shared_fd);
         pthread_t th[64];
         pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
         for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, ov_thread, (void *)(intptr_t)t);
@@ -388,6 +397,7 @@ int main(int argc, char **argv)
         iters = atoll(argv[4]);
         make_file(11, FS_SIZE);
         shared_fd = open(path, O_RDWR);
+        maybe_fdinfo("main", shared_fd);
         pthread_t th[64];
         for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, fs_thread, (void *)(intptr_t)t);
         long long child_bad = 0;

@@ -10,6 +10,8 @@
  * O_RDONLY, bad fds). Buffers are misaligned by 0..4095 bytes, lengths 0..3*65536.
  *
  * One line per call: "<n> <call> = <ret> [<errno>] [h=<fnv of bytes read>] pos=<offset>".
+ * With HARNESS_FDINFO set, each successful open also prints its kernel flags on stderr
+ * ("FDINFO <call>(<flags>) fd=<n> flags:\t<octal>").
  * Descriptors are printed as slots (s0..s7), never as numbers, because the shim may hold
  * descriptors of its own. The last line is "final size=<bytes> fnv=<hash>".
  * The output must be identical with and without the shim (same initial file content).
@@ -227,6 +229,9 @@ static void do_open(int step)
     int e = errno;
     printf("%d %s(%s) = %s", step, name, fl, fd >= 0 ? "" : "");
     if (fd >= 0) {
+        char lab[160];
+        snprintf(lab, sizeof lab, "%s(%s)", name, fl);
+        maybe_fdinfo(lab, fd);
         printf("s%d", s);
         slot_fd[s] = fd;
         out_pos(fd);
@@ -496,6 +501,7 @@ int main(int argc, char **argv)
     slot_fd[0] = open(path, O_RDWR | O_CREAT, 0644);
     printf("0 open(RDWR|CREAT) = %s", slot_fd[0] >= 0 ? "s0" : "-1");
     if (slot_fd[0] < 0) { printf(" %s\n", errname(errno)); return 1; }
+    maybe_fdinfo("open(RDWR|CREAT)", slot_fd[0]);
     out_pos(slot_fd[0]);
 
     for (int step = 1; step <= n; step++) {

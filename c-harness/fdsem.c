@@ -34,6 +34,8 @@
  *   fdsem closefrom-log PATH OUT     closefrom(3) then the program's own file OUT at fd 3
  *   fdsem nonreg DIR                 directory, FIFO, O_PATH, socket, /dev/null, /dev/zero,
  *                                    /proc and /sys files (run with PATHS covering them)
+ *   fdsem highfd PATH N              the matched file at descriptor N (dup2), e.g. near a huge
+ *                                    RLIMIT_NOFILE
  *   fdsem statsfork PATH exit|_exit  parent reads 100001 bytes, child 50001, parent 7 more
  *   fdsem statsexec PATH PROG ARGS   reads 100001 bytes then execv(PROG)
  */
@@ -890,6 +892,25 @@ static int cmd_nonreg(char **argv)
     return 0;
 }
 
+static int cmd_highfd(char **argv)
+{
+    int target = atoi(argv[3]);
+    int fd = xopen(argv[2], O_RDWR, 0);
+    RES("dup2(file,N)==N", dup2(fd, target) == target);
+    close(fd);
+    print_fdinfo("high", target);
+    try_read("read(high,+1,5000)", target, 5000, 1, -1);
+    try_write("pwrite(high,+3,4097,@11)", target, 4097, 3, 11);
+    try_read("pread(high,+1,10000,@0)", target, 10000, 1, 0);
+    close(target);
+    fd = xopen(argv[2], O_RDONLY, 0);
+    RES("F_DUPFD(file,N-10)>=N-10", fcntl(fd, F_DUPFD, target - 10) >= target - 10);
+    try_read("read(low,+1,777)", fd, 777, 1, -1);
+    close(fd);
+    print_file("final", argv[2]);
+    return 0;
+}
+
 static int cmd_statsfork(char **argv)
 {
     int use_exit = !strcmp(argv[3], "exit");
@@ -954,6 +975,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "wronly")) return cmd_wronly(argv);
     if (!strcmp(c, "closefrom-log") && argc > 3) return cmd_closefrom_log(argv);
     if (!strcmp(c, "nonreg")) return cmd_nonreg(argv);
+    if (!strcmp(c, "highfd") && argc > 3) return cmd_highfd(argv);
     if (!strcmp(c, "statsfork") && argc > 3) return cmd_statsfork(argv);
     if (!strcmp(c, "statsexec") && argc > 3) return cmd_statsexec(argc, argv);
     fprintf(stderr, "fdsem: unknown command or missing arguments: %s\n", c);
