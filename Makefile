@@ -1,11 +1,11 @@
 # s3dlio-direct: build the preload library and the C harness, run the tests.
-#   make build    cargo build --release --locked (workspace), then the C harness
+#   make build    the preload library (built alone, so the store feature and tokio stay out), then the C harness
 #   make harness  every c-harness/*.c (and *.cpp) into c-harness/bin/, plus fortified
 #                 (-D_FORTIFY_SOURCE=2, with and without _FILE_OFFSET_BITS=64) and static variants
 #   make venv     .venv with tests/requirements.txt (re-made only when the requirements change)
 #   make test     build + venv, cargo test --workspace --locked, then pytest tests/
 #   make lint     cargo fmt --check; cargo clippy --workspace --all-targets --locked -- -D warnings
-#   make demo     build, then tests/demo.sh when it exists
+#   make demo     build, then demo/demo.sh: a Python loader over generated data, plain and under the shim
 #   make clean
 
 SHELL := /bin/bash
@@ -40,7 +40,7 @@ VENV_STAMP := $(VENV)/.requirements.stamp
 all: build
 
 build:
-	$(CARGO) build --release --locked --workspace
+	$(CARGO) build --release --locked -p s3dlio-direct-preload
 	$(MAKE) harness
 
 harness: $(C_BINS) $(CXX_BINS) $(FORT_BINS) $(STATIC_BINS)
@@ -79,9 +79,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 demo: build
-	@if [ -x tests/demo.sh ]; then tests/demo.sh; \
-	elif [ -f tests/demo.sh ]; then bash tests/demo.sh; \
-	else echo "demo: tests/demo.sh does not exist yet"; fi
+	bash demo/demo.sh
 
 clean:
 	rm -rf $(BIN) $(VENV)

@@ -71,7 +71,10 @@ impl Companion {
         let mut link = [0u8; 32];
         let n = sys::proc_fd_link(fd, &mut link);
         let path = std::ffi::CStr::from_bytes_with_nul(&link[..=n]).map_err(|_| libc::EINVAL)?;
-        let flags = accmode | libc::O_CLOEXEC | libc::O_LARGEFILE | if append { libc::O_APPEND } else { 0 };
+        // The companion writes what the program wrote, so it must be as durable: carry
+        // O_SYNC/O_DSYNC over from the program's description.
+        let sync = sys::fcntl(fd, libc::F_GETFL, 0).map_or(0, |fl| fl & (libc::O_SYNC | libc::O_DSYNC));
+        let flags = accmode | sync | libc::O_CLOEXEC | libc::O_LARGEFILE | if append { libc::O_APPEND } else { 0 };
         let opened = sys::openat(libc::AT_FDCWD, path, flags, 0).and_then(|c| match sys::fstat(c) {
             Ok(cst) if (cst.st_dev, cst.st_ino) == ident => Ok(c),
             _ => {

@@ -429,17 +429,6 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
         let mut o = Outcome::default();
-        if len > 0 && d.align.read_ok(buf as usize, 0, len) {
-            // Aligned buffer and length: the kernel refuses only a misaligned position.
-            // SAFETY: forwarded from the caller.
-            match unsafe { sys::read(fd, buf, len) } {
-                Err(libc::EINVAL) => {}
-                r => {
-                    o.direct_bytes = *r.as_ref().unwrap_or(&0) as u64;
-                    return (o, r);
-                }
-            }
-        }
         let r = sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
             // SAFETY: forwarded from the caller.
             let n = unsafe { read_path::pread(&d.io(fd, pool, nowait), buf, len, pos, &mut o) }?;

@@ -7,7 +7,8 @@
 //!
 //! * whole-object reads and writes move [`IO_CHUNK`] (8 MiB) per system call between the disk
 //!   and page-aligned buffers, never one call per page; the object returned by `get` is the
-//!   aligned buffer the kernel wrote into (no copy);
+//!   aligned buffer the kernel wrote into (only a partial last block is copied in, from the
+//!   engine's bounce buffer);
 //! * `put` writes a temporary file in the object's directory and renames it over the object,
 //!   so a reader never sees half an object; missing parent directories are created;
 //! * the end of a file is written without padding, whatever the sizes involved;
@@ -18,7 +19,8 @@
 //!   [`ObjectStore::io_stats`]), and once per cause and process on stderr.
 //!
 //! Blocking file work runs on tokio's blocking pool, so the methods must be awaited inside a
-//! tokio runtime.
+//! tokio runtime. A `put` whose future is dropped before it completes leaves the object either
+//! as it was or entirely replaced, never partly written.
 //!
 //! ```
 //! use s3dlio::file_store_direct::{ConfigurableFileSystemObjectStore, FileSystemConfig};
@@ -608,6 +610,10 @@ fn read_object(t: &Target, cfg: FileSystemConfig, range: Option<(u64, Option<u64
     if meta.is_dir() {
         return Err(io::Error::from_raw_os_error(libc::EISDIR));
     }
+    if !meta.is_file() {
+        // A FIFO would block the open; devices and sockets are not objects.
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
     let below_min = t.want_direct && meta.len() < cfg.min_io_size as u64;
     let f = DirectFile::open(&t.path, libc::O_RDONLY, 0, t.want_direct && !below_min, false)?;
     let size = f.size()?;
@@ -628,17 +634,25 @@ fn read_object(t: &Target, cfg: FileSystemConfig, range: Option<(u64, Option<u64
             (start + want).checked_next_multiple_of(ra).ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
         let cap = usize::try_from(hi - lo).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
         let mut buf = AlignedBuf::new(cap, a.mem.max(get_system_page_size()).max(extra))?;
-        let chunk = IO_CHUNK.max(ra as usize);
-        let mut done = 0usize;
-        while done < cap {
-            let n = chunk.min(cap - done);
-            let got = f.read_at(&mut buf.spare()[done..done + n], lo + done as u64)?;
+        // Aligned calls of IO_CHUNK straight into `buf` up to the last whole block before end
+        // of file, then the partial last block as one exact read (the engine bounces that one,
+        // so nothing past end of file is ever asked of the kernel into the caller's memory).
+        let end = hi.min(size);
+        let kernel_ra = a.read_offset as u64;
+        let direct_end = if hi <= size { hi } else { (size - size % kernel_ra).max(lo) };
+        let chunk = IO_CHUNK.max(ra as usize) as u64;
+        let mut pos = lo;
+        while pos < end {
+            let n = if pos < direct_end { chunk.min(direct_end - pos) } else { end - pos } as usize;
+            let at = (pos - lo) as usize;
+            let got = f.read_at(&mut buf.spare()[at..at + n], pos)?;
             tally.note(n);
-            done += got;
+            pos += got as u64;
             if got < n {
-                break; // end of file
+                break; // end of file (the file shrank since it was opened)
             }
         }
+        let done = (pos - lo) as usize;
         buf.set_len(done);
         let skip = (start - lo) as usize;
         let n = done.saturating_sub(skip).min(want as usize);

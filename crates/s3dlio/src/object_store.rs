@@ -1,9 +1,7 @@
 //! The async object-store API: the [`ObjectStore`] trait, its error type [`StoreError`], object
 //! metadata, and factory functions that pick a store for a URI.
 //!
-//! The only implementation in this crate is
-//! [`ConfigurableFileSystemObjectStore`](crate::file_store_direct::ConfigurableFileSystemObjectStore),
-//! which serves `file:///abs/path` and `direct:///abs/path` URIs over the same direct-I/O engine
+//! The only implementation in this crate is [`ConfigurableFileSystemObjectStore`], which serves `file:///abs/path` and `direct:///abs/path` URIs over the same direct-I/O engine
 //! as the preload library. `direct://` always asks for O_DIRECT, whatever the store's
 //! configuration says.
 //!

@@ -19,7 +19,10 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
         return unsafe { sys::pread(io.fd, buf, len, off) };
     }
     let a = &io.align;
-    if a.read_ok(buf as usize, off, len) {
+    // The kernel may fill the caller's buffer up to the end of the last block even past end
+    // of file, beyond the count it returns; a buffered read never touches those bytes, so a
+    // read that crosses end of file takes the bounce path, which copies exactly.
+    if a.read_ok(buf as usize, off, len) && !crosses_eof(io.fd, off, len) {
         // SAFETY: forwarded from the caller.
         match unsafe { sys::pread(io.fd, buf, len, off) } {
             Err(libc::EINVAL) => {}
@@ -41,6 +44,13 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
         // SAFETY: forwarded from the caller.
         Err(libc::EINVAL) => unsafe { buffered(io, buf, len, off, out) },
         Err(e) => Err(e),
+    }
+}
+
+fn crosses_eof(fd: i32, off: u64, len: usize) -> bool {
+    match sys::fstat(fd) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => off + len as u64 > st.st_size as u64,
+        _ => false,
     }
 }
 

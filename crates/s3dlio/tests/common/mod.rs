@@ -74,7 +74,7 @@ impl TestFs {
 impl Drop for TestFs {
     fn drop(&mut self) {
         if let Some(m) = &self.mount {
-            if !run("umount", &[m.to_str().unwrap()]).is_ok() {
+            if run("umount", &[m.to_str().unwrap()]).is_err() {
                 let _ = run("umount", &["-l", m.to_str().unwrap()]);
             }
             let _ = std::fs::remove_dir(m);
@@ -171,7 +171,10 @@ fn disk() -> TestFs {
     std::fs::create_dir_all(&dir).unwrap();
     let direct_expected = raw_direct_works(&dir);
     if !direct_expected {
-        loud(&format!("NOTE: {} does not take O_DIRECT; the disk bed only checks the reported fallback", dir.display()));
+        loud(&format!(
+            "NOTE: {} does not take O_DIRECT; the disk bed only checks the reported fallback",
+            dir.display()
+        ));
     }
     TestFs { kind: FsKind::Disk, dir, direct_expected, mount: None, loopdev: None, image: None }
 }
@@ -180,7 +183,14 @@ fn strict4k() -> Result<TestFs, String> {
     let _g = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let image = unique("strict.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(384 << 20)).map_err(|e| e.to_string())?;
-    let mut fs = TestFs { kind: FsKind::Strict4k, dir: PathBuf::new(), direct_expected: true, mount: None, loopdev: None, image: Some(image.clone()) };
+    let mut fs = TestFs {
+        kind: FsKind::Strict4k,
+        dir: PathBuf::new(),
+        direct_expected: true,
+        mount: None,
+        loopdev: None,
+        image: Some(image.clone()),
+    };
     let mut dev = Err(String::new());
     for _ in 0..5 {
         dev = run("losetup", &["--find", "--show", "--sector-size", "4096", image.to_str().unwrap()]);
@@ -217,7 +227,14 @@ fn ramfs() -> Result<TestFs, String> {
     run("mount", &["-t", "ramfs", "ramfs", mnt.to_str().unwrap()]).inspect_err(|_| {
         let _ = std::fs::remove_dir(&mnt);
     })?;
-    let fs = TestFs { kind: FsKind::Ramfs, dir: mnt.join("objects"), direct_expected: false, mount: Some(mnt), loopdev: None, image: None };
+    let fs = TestFs {
+        kind: FsKind::Ramfs,
+        dir: mnt.join("objects"),
+        direct_expected: false,
+        mount: Some(mnt),
+        loopdev: None,
+        image: None,
+    };
     std::fs::create_dir_all(&fs.dir).map_err(|e| e.to_string())?;
     assert!(!raw_direct_works(&fs.dir), "ramfs must refuse O_DIRECT");
     Ok(fs)
@@ -237,6 +254,10 @@ pub fn filesystems(test: &str) -> Vec<TestFs> {
     match ramfs() {
         Ok(fs) => v.push(fs),
         Err(e) => skip(test, &format!("could not mount ramfs: {e}")),
+    }
+    for fs in &v {
+        // Captured by the harness; shown with --nocapture or when the test fails.
+        eprintln!("{test}: bed {} at {} (O_DIRECT expected: {})", fs.name(), fs.dir.display(), fs.direct_expected);
     }
     v
 }
@@ -311,4 +332,10 @@ where
         }
     }
     panic!("never saw a descriptor of {needle} in /proc/self/fd while the store worked");
+}
+
+/// Flag words in octal, as fdinfo shows them.
+pub fn oct(v: &[u32]) -> String {
+    let words: Vec<String> = v.iter().map(|f| format!("0{f:o}")).collect();
+    format!("[{}]", words.join(", "))
 }
