@@ -92,3 +92,17 @@ def test_mixed_shim_and_plain_processes(run, strict_fs):
         out, err = p.communicate(timeout=150)
         assert p.returncode == 0, out + err
     assert f.stat().st_size == 3 * 2000001
+
+
+@pytest.mark.parametrize("pool", ["0", "64K", "1MiB"])
+def test_small_bounce_pool(run, strict_fs, pool):
+    """S3DLIO_DIRECT_POOL only bounds what is kept: reads larger than the pool, from several
+    threads at once, still work."""
+    ds = strict_fs.new_dir("shim")
+    r = run([bin_path("conc"), "overlap-pread", ds / "f", "4", "200"], shim=True, paths=str(ds),
+            env={"S3DLIO_DIRECT_POOL": pool, "HARNESS_FDINFO": "1"}, timeout=150)
+    assert r.returncode == 0 and r.stdout.startswith(b"OK"), r.stdout + r.stderr[-1000:]
+    assert is_direct(fdinfo_of(r.stderr, "main"))
+    r = run([bin_path("conc"), "pwrite-threads", ds / "g", "4", "1000", "3000"], shim=True, paths=str(ds),
+            env={"S3DLIO_DIRECT_POOL": pool}, timeout=150)
+    assert r.returncode == 0 and r.stdout.startswith(b"OK"), r.stdout + r.stderr[-1000:]
