@@ -530,9 +530,10 @@ def pytest_report_header(config):
 
 # --------------------------------------------------------------------------- known failures
 
+_KNOWN_FILE = Path(__file__).parent / "known_failures.txt"
 _KNOWN = {
     line.strip()
-    for line in (Path(__file__).parent / "known_failures.txt").read_text().splitlines()
+    for line in (_KNOWN_FILE.read_text().splitlines() if _KNOWN_FILE.exists() else [])
     if line.strip() and not line.startswith("#")
 }
 

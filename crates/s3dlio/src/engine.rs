@@ -425,6 +425,9 @@ fn locked<R>(d: &Desc, nowait: bool, f: impl FnOnce() -> R) -> Option<R> {
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
+    if len == 0 {
+        return None; // the kernel answers a zero-length call (and its errors) itself
+    }
     let d = managed_direct(fd, nowait)?;
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
@@ -445,7 +448,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -> Served {
-    if off < 0 {
+    if off < 0 || len == 0 {
         return None;
     }
     let d = managed_direct(fd, nowait)?;
@@ -460,6 +463,9 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes.
 pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served {
+    if len == 0 {
+        return None; // the kernel answers a zero-length call (and its errors) itself
+    }
     let d = managed_direct(fd, nowait)?;
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
@@ -467,7 +473,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
         let io = d.io(fd, pool, nowait);
         if io.append {
             // SAFETY: forwarded from the caller.
-            let r = unsafe { write_path::append(&io, buf, len, &mut o) }
+            let r = unsafe { write_path::append(&io, buf, len, true, &mut o) }
                 .and_then(|(n, pos)| sys::lseek(fd, pos as i64, libc::SEEK_SET).map(|_| n));
             return (o, r);
         }
@@ -497,7 +503,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes.
 pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool) -> Served {
-    if off < 0 {
+    if off < 0 || len == 0 {
         return None;
     }
     let d = managed_direct(fd, nowait)?;
@@ -522,8 +528,8 @@ fn iov_total(iov: *const libc::iovec, cnt: i32) -> Option<usize> {
 /// # Safety
 /// `iov` must point to `cnt` valid iovecs.
 pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
-    iov_total(iov, cnt)?;
-    if off < -1 {
+    let total = iov_total(iov, cnt)?;
+    if off < -1 || total == 0 {
         return None;
     }
     let d = managed_direct(fd, nowait)?;
@@ -571,7 +577,7 @@ pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait
 /// `iov` must point to `cnt` valid iovecs.
 pub unsafe fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
     let total = iov_total(iov, cnt)?;
-    if off < -1 {
+    if off < -1 || total == 0 {
         return None;
     }
     let d = managed_direct(fd, nowait)?;

@@ -25,7 +25,7 @@ fn granule(io: &FileIo<'_>) -> u64 {
 pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
     if io.append {
         // SAFETY: forwarded from the caller.
-        return unsafe { append(io, buf, len, out) }.map(|(n, _)| n);
+        return unsafe { append(io, buf, len, false, out) }.map(|(n, _)| n);
     }
     if len == 0 || off > i64::MAX as u64 {
         // SAFETY: forwarded; the kernel answers the edge cases itself.
@@ -69,17 +69,33 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
     Ok(done)
 }
 
-/// Appends `len` bytes at the end of file. Returns the count and the file position after
-/// the write (what the description's offset must become).
+/// Appends `len` bytes at the end of file. With `moves_offset` (write(2)) returns the file
+/// position after the write, which the description's offset must become; without it
+/// (pwrite(2) on an O_APPEND description, which Linux turns into an append) the
+/// description's offset is left alone and the position returned is meaningless.
 ///
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes.
-pub unsafe fn append(io: &FileIo<'_>, buf: *const u8, len: usize, out: &mut Outcome) -> SysResult<(usize, u64)> {
+pub unsafe fn append(
+    io: &FileIo<'_>,
+    buf: *const u8,
+    len: usize,
+    moves_offset: bool,
+    out: &mut Outcome,
+) -> SysResult<(usize, u64)> {
     if len > 0 && io.align.write_ok(buf as usize, 0, len) {
         // The kernel appends atomically if the current end of file is aligned; if it is
-        // not, it refuses with EINVAL and nothing was written.
+        // not, it refuses with EINVAL and nothing was written. pwrite on an O_APPEND
+        // description appends without moving the offset, as the program's pwrite would.
         // SAFETY: forwarded from the caller.
-        match unsafe { sys::write(io.fd, buf, len) } {
+        let r = unsafe {
+            if moves_offset {
+                sys::write(io.fd, buf, len)
+            } else {
+                sys::pwrite(io.fd, buf, len, 0)
+            }
+        };
+        match r {
             Ok(n) => {
                 out.direct_bytes += n as u64;
                 return Ok((n, sys::lseek(io.fd, 0, libc::SEEK_CUR)?));
@@ -90,6 +106,9 @@ pub unsafe fn append(io: &FileIo<'_>, buf: *const u8, len: usize, out: &mut Outc
     }
     // SAFETY: forwarded from the caller.
     let n = unsafe { buffered(io, buf, len, -1, out) }?;
+    if !moves_offset {
+        return Ok((n, 0));
+    }
     let pos = match io.companion.current() {
         Some(c) => sys::lseek(c, 0, libc::SEEK_CUR)?,
         None => sys::lseek(io.fd, 0, libc::SEEK_END)?, // demoted: the fd itself appended
@@ -173,8 +192,10 @@ unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &
             sys::fcntl(io.fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long)?;
             out.demoted = Some(e);
             if off < 0 {
+                // An append: on the O_APPEND description pwrite appends without moving the
+                // offset; `append` sets the offset itself when the program's call moves it.
                 // SAFETY: forwarded from the caller.
-                unsafe { sys::write(io.fd, buf, len) }?
+                unsafe { sys::pwrite(io.fd, buf, len, 0) }?
             } else {
                 // SAFETY: forwarded from the caller.
                 unsafe { sys::pwrite(io.fd, buf, len, off as u64) }?
