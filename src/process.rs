@@ -2,7 +2,8 @@
 //! buffered), spawn (children share descriptions, which go buffered), `_exit` (statistics
 //! still written) and `vfork` (run as `fork`, so the child's hooks cannot corrupt the
 //! parent's memory). `execl`, `execlp` and `execle` are variadic and live in `variadic.c`,
-//! which collects their arguments and calls the hooks here.
+//! which collects their arguments and calls the hooks here; so do `dprintf`/`vdprintf`,
+//! whose write inside glibc would fail on a direct fd.
 
 use crate::{engine, quietly, real};
 use libc::{c_char, c_int, pid_t};
@@ -120,9 +121,11 @@ extern "C" {
     fn s3dlio_execl();
     fn s3dlio_execlp();
     fn s3dlio_execle();
+    fn s3dlio_dprintf();
+    fn s3dlio_vdprintf();
 }
 
-/// Exported trampolines for the variadic exec functions: a tail jump leaves the caller's
+/// Exported trampolines for the variadic functions of `variadic.c`: a tail jump leaves the caller's
 /// registers and stack, and so every variadic argument, exactly as they were.
 macro_rules! variadic_trampolines {
     ($($name:ident => $target:ident),*) => {$(
@@ -136,4 +139,10 @@ macro_rules! variadic_trampolines {
         }
     )*};
 }
-variadic_trampolines!(execl => s3dlio_execl, execlp => s3dlio_execlp, execle => s3dlio_execle);
+variadic_trampolines!(
+    execl => s3dlio_execl,
+    execlp => s3dlio_execlp,
+    execle => s3dlio_execle,
+    dprintf => s3dlio_dprintf,
+    vdprintf => s3dlio_vdprintf
+);

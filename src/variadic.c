@@ -1,5 +1,8 @@
 /* execl, execlp and execle: variadic, which stable Rust cannot define. Collect the
  * arguments as glibc does and call execve/execvp, which resolve to the shim's hooks.
+ * dprintf and vdprintf write to their fd inside glibc, where no hook sees it: on a direct
+ * fd that write would fail with EINVAL, so they format here and call write(), which
+ * resolves to the shim's hook.
  * Exported through naked trampolines in process.rs (rustc exports only Rust items). */
 #define _GNU_SOURCE
 #pragma GCC diagnostic ignored "-Wnonnull-compare"
@@ -8,6 +11,8 @@
 #include <unistd.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #define MAX_ARGS 4096
 
@@ -70,4 +75,32 @@ __attribute__((visibility("hidden"))) int s3dlio_execle(const char *path, const 
     envp = va_arg(ap, char *const *);
     va_end(ap);
     return execve(path, argv, envp);
+}
+
+__attribute__((visibility("hidden"))) int s3dlio_vdprintf(int fd, const char *fmt, va_list ap) {
+    char *buf = NULL;
+    int n = vasprintf(&buf, fmt, ap);
+    if (n < 0) return -1;
+    size_t done = 0;
+    while (done < (size_t)n) {
+        ssize_t w = write(fd, buf + done, (size_t)n - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            free(buf);
+            errno = e;
+            return -1;
+        }
+        done += (size_t)w;
+    }
+    free(buf);
+    return n;
+}
+
+__attribute__((visibility("hidden"))) int s3dlio_dprintf(int fd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = s3dlio_vdprintf(fd, fmt, ap);
+    va_end(ap);
+    return n;
 }

@@ -31,9 +31,6 @@ pub struct Desc {
     /// O_DIRECT / O_SYNC bits the shim added, hidden from F_GETFL.
     added: AtomicI32,
     companion: Companion,
-    /// Pid of the process that set O_DIRECT on an inherited description, which clears it
-    /// again at exit so the description goes back as it came.
-    adopted_by: i32,
 }
 
 impl Desc {
@@ -182,7 +179,7 @@ pub fn opened(fd: i32, plan: OpenPlan) {
         fallback(fd, Reason::BelowMinSize, added_sync, &st);
         return;
     }
-    enable_direct(fd, &st, accmode, plan.program_flags & libc::O_APPEND != 0, added_sync, 0);
+    enable_direct(fd, &st, accmode, plan.program_flags & libc::O_APPEND != 0, added_sync);
 }
 
 fn fallback(fd: i32, why: Reason, added_sync: i32, st: &libc::stat) {
@@ -190,21 +187,11 @@ fn fallback(fd: i32, why: Reason, added_sync: i32, st: &libc::stat) {
     STATS.fallback(why);
     if added_sync != 0 {
         // Tracked only so that F_GETFL hides the O_SYNC the shim added.
-        insert(fd, st, Alignment::page(), libc::O_RDWR, false, false, added_sync, 0);
+        insert(fd, st, Alignment::page(), libc::O_RDWR, false, false, added_sync);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn insert(
-    fd: i32,
-    st: &libc::stat,
-    align: Alignment,
-    accmode: i32,
-    append: bool,
-    direct: bool,
-    added: i32,
-    adopted_by: i32,
-) {
+fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool, direct: bool, added: i32) {
     FDS.insert(
         fd,
         Arc::new(Desc {
@@ -216,7 +203,6 @@ fn insert(
             append: AtomicBool::new(append),
             added: AtomicI32::new(added),
             companion: Companion::new(),
-            adopted_by,
         }),
     );
 }
@@ -236,10 +222,10 @@ fn remember_no_direct(dev: u64) {
 
 /// Adds O_DIRECT to `fd` with F_SETFL (never at open: with O_CREAT|O_EXCL on a filesystem
 /// without O_DIRECT the open would create the file and then fail) and tracks it.
-fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_sync: i32, adopted_by: i32) -> bool {
+fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_sync: i32) {
     if dev_refuses_direct(st.st_dev) {
         fallback(fd, Reason::FsNoDirect, added_sync, st);
-        return false;
+        return;
     }
     let (align, warn) = align::discover(fd).with_minimum(state().cfg.align);
     if let Some(w) = warn {
@@ -252,7 +238,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
             format_args!("a matched file cannot do O_DIRECT (statx); it stays buffered"),
         );
         fallback(fd, Reason::FileNoDirect, added_sync, st);
-        return false;
+        return;
     }
     let set = sys::fcntl(fd, libc::F_GETFL, 0)
         .and_then(|fl| sys::fcntl(fd, libc::F_SETFL, (fl | libc::O_DIRECT) as libc::c_long));
@@ -266,47 +252,45 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
             format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
         );
         fallback(fd, Reason::FsNoDirect, added_sync, st);
-        return false;
+        return;
     }
-    insert(fd, st, align, accmode, append, true, libc::O_DIRECT | added_sync, adopted_by);
+    insert(fd, st, align, accmode, append, true, libc::O_DIRECT | added_sync);
     STATS.add(Counter::OpensDirect, 1);
     log::once(
         LogLevel::Debug,
         Cause::OpenedDirect,
         format_args!("fd {fd} is direct (align mem {} offset {})", align.mem, align.offset),
     );
-    true
 }
 
-/// Takes over matched regular files inherited at start (fd 3 and up; 0-2 carry stdio
-/// streams whose I/O the engine cannot see).
+/// Takes over matched regular files inherited at start that already have O_DIRECT (fd 3
+/// and up), so the program's misaligned calls on them work. O_DIRECT is never turned on
+/// for an inherited description: other live processes may share it without managing it
+/// (a shell pipeline's other members), and their misaligned I/O would start to fail.
 fn adopt_inherited() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
     let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
     let mut adopted = 0;
     for fd in fds {
+        let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) else { continue };
+        if fl & libc::O_DIRECT == 0 {
+            continue;
+        }
         let mut p = [0u8; 4096];
         let Ok(n) = sys::fd_path(fd, &mut p) else { continue };
         if !state().cfg.wants(&p[..n]) {
             continue;
         }
-        let (Ok(st), Ok(fl)) = (sys::fstat(fd), sys::fcntl(fd, libc::F_GETFL, 0)) else { continue };
+        let Ok(st) = sys::fstat(fd) else { continue };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             continue;
         }
-        let accmode = fl & libc::O_ACCMODE;
-        let append = fl & libc::O_APPEND != 0;
-        if fl & libc::O_DIRECT != 0 {
-            // Already direct (a parent set it): manage it so misaligned calls still work.
-            let (align, _) = align::discover(fd).with_minimum(state().cfg.align);
-            insert(fd, &st, align, accmode, append, true, 0, 0);
-        } else if !enable_direct(fd, &st, accmode, append, 0, sys::getpid()) {
-            continue;
-        }
+        let (align, _) = align::discover(fd).with_minimum(state().cfg.align);
+        insert(fd, &st, align, fl & libc::O_ACCMODE, fl & libc::O_APPEND != 0, true, 0);
         adopted += 1;
     }
     if adopted > 0 {
-        log::once(LogLevel::Info, Cause::Adopted, format_args!("adopted {adopted} inherited descriptor(s)"));
+        log::once(LogLevel::Info, Cause::Adopted, format_args!("managing {adopted} inherited direct descriptor(s)"));
     }
 }
 
@@ -726,6 +710,9 @@ pub unsafe fn copy(fd_in: i32, off_in: *mut i64, fd_out: i32, off_out: *mut i64,
     if oi.is_some_and(|o| o < 0) || oo.is_some_and(|o| o < 0) {
         return Some(Err(libc::EINVAL));
     }
+    // splice into a pipe moves at most what the pipe has room for; writing more would block
+    // a program that drains the pipe only after the call returns.
+    let len = len.min(pipe_room(fd_out).unwrap_or(usize::MAX));
     let mut buf = match state().pool.get(false) {
         Ok(b) => b,
         Err(_) => return Some(Err(libc::ENOMEM)),
@@ -773,6 +760,21 @@ pub unsafe fn copy(fd_in: i32, off_in: *mut i64, fd_out: i32, off_out: *mut i64,
         }
     }
     Some(r)
+}
+
+/// Free space in `fd` if it is a pipe (its whole capacity when full, so a blocking write
+/// waits for the reader as splice would).
+fn pipe_room(fd: i32) -> Option<usize> {
+    let st = sys::fstat(fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return None;
+    }
+    let cap = sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).ok()? as usize;
+    let queued = sys::ioctl_int(fd, libc::FIONREAD).unwrap_or(0) as usize;
+    Some(match cap.saturating_sub(queued) {
+        0 => cap,
+        room => room,
+    })
 }
 
 /// Descriptors whose O_DIRECT was cleared for an exec, to restore if the exec fails.
@@ -836,21 +838,13 @@ pub fn write_stats() {
     }
 }
 
-/// The process is ending (exit, `_exit`): drop cached pieces, hand adopted descriptions
-/// back as they came, and write the statistics.
+/// The process is ending (exit, `_exit`): drop what buffered pieces cached and write the
+/// statistics.
 pub fn at_exit() {
     if EXITED.swap(true, Ordering::AcqRel) || STATE.get().is_none() {
         return;
     }
-    let me = sys::getpid();
-    FDS.for_each(|fd, d| {
-        d.companion.drop_cached();
-        if d.adopted_by == me && d.direct.load(Ordering::Relaxed) {
-            if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
-                let _ = sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long);
-            }
-        }
-    });
+    FDS.for_each(|_, d| d.companion.drop_cached());
     write_stats();
 }
 
