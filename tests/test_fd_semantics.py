@@ -346,3 +346,37 @@ def test_dprintf_on_a_direct_fd(run, strict_fs):
     assert_same_run(p, s, "dprintf")
     assert_same_file(dp / "out", ds / "out", "dprintf")
     assert b"direct True" in s.stderr, s.stderr  # the kernel had O_DIRECT on that fd
+
+
+READONLY_MODE_PROG = r"""
+import os, sys
+d = sys.argv[1]
+fd = os.open(d + "/ro", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+flags = [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("flags")][0].split()[1]
+print("direct at open", bool(int(flags, 8) & 0o40000), file=sys.stderr)
+print(os.write(fd, b"a" * 5000), os.write(fd, b"b" * 10003), os.lseek(fd, 0, os.SEEK_CUR))
+os.close(fd)
+fd = os.open(d + "/wo", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o200)
+print(os.write(fd, b"c" * 7001), os.pwrite(fd, b"d" * 3, 4095))
+os.close(fd)
+"""
+
+
+def test_unprivileged_files_whose_mode_forbids_reopening(run, strict_fs):
+    """As nobody, a file created O_WRONLY with mode 0444 cannot be reopened through /proc for
+    the buffered companion: it must go buffered with one warning, bytes intact; mode 0200
+    (write-only) must work too."""
+    py = "/usr/bin/python3"
+    if not os.path.exists(py):
+        pytest.fail("needs /usr/bin/python3 (a python nobody can run); .ci/run installs it")
+    dp, ds = pair(strict_fs)
+    for d in (dp, ds):
+        os.chmod(d, 0o1777)
+    p = run([py, "-c", READONLY_MODE_PROG, str(dp)], shim=False, user="nobody")
+    s = run([py, "-c", READONLY_MODE_PROG, str(ds)], shim=True, paths=[str(ds)], user="nobody")
+    assert_same_run(p, s, "mode 0444/0200 files as nobody")
+    for name in ("ro", "wo"):
+        assert_same_file(dp / name, ds / name, name)
+    assert b"direct at open True" in s.stderr, s.stderr
+    warnings = [w for w in shim_warnings(s.stderr) if "reopen" in w]
+    assert len(warnings) == 1, s.stderr

@@ -849,12 +849,18 @@ pub fn at_exit() {
 }
 
 extern "C" fn atexit_handler() {
-    at_exit();
+    // A panic must not unwind into libc's exit path.
+    let _ = std::panic::catch_unwind(at_exit);
 }
 
 /// In a fork child: every lock another thread held is free again, and the statistics
 /// start from zero (the child is a new process with its own file).
 extern "C" fn after_fork_child() {
+    // A panic must not unwind into libc's fork.
+    let _ = std::panic::catch_unwind(reset_after_fork);
+}
+
+fn reset_after_fork() {
     FDS.reset_after_fork();
     FDS.for_each(|_, d| {
         d.lock.reset_after_fork();

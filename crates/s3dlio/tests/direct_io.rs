@@ -5,30 +5,15 @@
 
 mod common;
 
-use common::{fdinfo_during, filesystems, pattern, TestFs, FDINFO_O_DIRECT, FDINFO_O_SYNC};
+use common::{fdinfo_during, filesystems, pattern, same, store, TestFs, FDINFO_O_DIRECT, FDINFO_O_SYNC};
 use s3dlio::align;
 use s3dlio::direct_file::Fallback;
-use s3dlio::file_store_direct::{
-    get_system_page_size, test_direct_io_support, ConfigurableFileSystemObjectStore, FileSystemConfig, IoReport,
-    IO_CHUNK,
-};
+use s3dlio::file_store_direct::{get_system_page_size, test_direct_io_support, FileSystemConfig, IoReport, IO_CHUNK};
 use s3dlio::object_store::{
     direct_io_store_for_uri, high_performance_store_for_uri, store_for_uri, ObjectStore, Operation, StoreError,
 };
 
 const MIB: usize = 1 << 20;
-
-fn store(config: FileSystemConfig) -> ConfigurableFileSystemObjectStore {
-    ConfigurableFileSystemObjectStore::new(config)
-}
-
-/// Byte-for-byte equality without printing megabytes on failure.
-fn same(got: &[u8], want: &[u8], ctx: &str) {
-    if got != want {
-        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!("{ctx}: {} bytes returned, {} expected, first difference at {at}", got.len(), want.len());
-    }
-}
 
 /// Direct I/O was requested: on a filesystem that takes O_DIRECT it must have been fully in
 /// effect; elsewhere the report must say why not.

@@ -14,25 +14,12 @@
 
 mod common;
 
-use common::{fdinfo_during, filesystems, pattern, FsKind, FDINFO_O_DIRECT, FDINFO_O_SYNC};
+use common::{fdinfo_during, filesystems, pattern, same, store, FsKind, FDINFO_O_DIRECT, FDINFO_O_SYNC};
 use s3dlio::direct_file::Fallback;
-use s3dlio::file_store_direct::{
-    test_direct_io_support, ConfigurableFileSystemObjectStore, FileSystemConfig, MIN_PART_IO,
-};
+use s3dlio::file_store_direct::{test_direct_io_support, FileSystemConfig, MIN_PART_IO};
 use s3dlio::object_store::{direct_io_store_for_uri, ObjectStore};
 
 const MIB: usize = 1 << 20;
-
-fn store(config: FileSystemConfig) -> ConfigurableFileSystemObjectStore {
-    ConfigurableFileSystemObjectStore::new(config)
-}
-
-fn same(got: &[u8], want: &[u8], ctx: &str) {
-    if got != want {
-        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!("{ctx}: {} bytes, {} expected, first difference at {at}", got.len(), want.len());
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_writes_keep_o_direct() {

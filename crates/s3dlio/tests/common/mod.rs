@@ -263,6 +263,21 @@ pub fn filesystems(test: &str) -> Vec<TestFs> {
 }
 
 /// Deterministic bytes that differ between offsets and seeds (catches misplaced blocks).
+/// Byte-for-byte equality without printing megabytes on failure.
+pub fn same(got: &[u8], want: &[u8], ctx: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!("{ctx}: {} bytes returned, {} expected, first difference at {at}", got.len(), want.len());
+    }
+}
+
+/// A store with `config`.
+pub fn store(
+    config: s3dlio::file_store_direct::FileSystemConfig,
+) -> s3dlio::file_store_direct::ConfigurableFileSystemObjectStore {
+    s3dlio::file_store_direct::ConfigurableFileSystemObjectStore::new(config)
+}
+
 pub fn pattern(n: usize, seed: u32) -> Vec<u8> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 13) as u8).collect()
 }
