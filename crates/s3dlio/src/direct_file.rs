@@ -115,8 +115,7 @@ impl DirectFile {
         } else if align.supported == Some(false) {
             Some(Fallback::FileNoDirect)
         } else {
-            let fl = sys::fcntl(raw, libc::F_GETFL, 0).map_err(io::Error::from_raw_os_error)?;
-            match sys::fcntl(raw, libc::F_SETFL, (fl | libc::O_DIRECT) as libc::c_long) {
+            match sys::set_o_direct(raw, true) {
                 Ok(_) => None,
                 Err(libc::EINVAL) => Some(Fallback::FsNoDirect),
                 Err(e) => return Err(io::Error::from_raw_os_error(e)),

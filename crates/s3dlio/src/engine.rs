@@ -51,9 +51,7 @@ impl Desc {
     /// with I/O the engine cannot see.
     fn demote(&self, fd: i32, why: Reason) {
         if self.direct.swap(false, Ordering::AcqRel) {
-            if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
-                let _ = sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long);
-            }
+            let _ = sys::set_o_direct(fd, false);
             self.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
             STATS.fallback(why);
         }
@@ -240,9 +238,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
         fallback(fd, Reason::FileNoDirect, added_sync, st);
         return;
     }
-    let set = sys::fcntl(fd, libc::F_GETFL, 0)
-        .and_then(|fl| sys::fcntl(fd, libc::F_SETFL, (fl | libc::O_DIRECT) as libc::c_long));
-    if let Err(e) = set {
+    if let Err(e) = sys::set_o_direct(fd, true) {
         if e == libc::EINVAL {
             remember_no_direct(st.st_dev);
         }
@@ -297,9 +293,7 @@ fn adopt_inherited() {
 /// Forgets `fd` (it is being closed, or a new object now has that number).
 #[inline]
 pub fn forget(fd: i32) {
-    if FDS.contains(fd) {
-        FDS.remove(fd);
-    }
+    FDS.remove(fd);
 }
 
 /// Forgets every managed fd in `[lo, hi]` (close_range, closefrom).
@@ -359,9 +353,7 @@ fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> 
         return false;
     }
     if let Some(e) = o.demoted {
-        d.direct.store(false, Ordering::Relaxed);
-        d.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
-        STATS.fallback(Reason::NoCompanion);
+        d.demote(fd, Reason::NoCompanion);
         log::once(
             LogLevel::Warn,
             Cause::NoCompanion,
@@ -778,23 +770,23 @@ fn pipe_room(fd: i32) -> Option<usize> {
 }
 
 /// Descriptors whose O_DIRECT was cleared for an exec, to restore if the exec fails.
-pub struct ExecToken(Vec<(i32, Arc<Desc>)>);
+pub struct ExecToken(Vec<i32>);
+
+/// True if `fd` survives an exec (no FD_CLOEXEC).
+fn inherited_by_exec(fd: i32) -> bool {
+    sys::fcntl(fd, libc::F_GETFD, 0).is_ok_and(|f| f & libc::FD_CLOEXEC == 0)
+}
 
 /// Before exec replaces the process: write the statistics, and clear O_DIRECT on managed
-/// descriptions the new image inherits (it may be a program the shim cannot enter); a new
-/// image that loads the shim adopts them again.
+/// descriptions the new image inherits (it may be a program the shim cannot enter, and a
+/// shim that loads there never turns O_DIRECT on for an inherited description).
 pub fn before_exec() -> ExecToken {
     write_stats();
     let mut cleared = Vec::new();
     FDS.for_each(|fd, d| {
         d.companion.drop_cached();
-        let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f & libc::FD_CLOEXEC != 0).unwrap_or(true);
-        if !cloexec && d.direct.load(Ordering::Relaxed) {
-            if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
-                if sys::fcntl(fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long).is_ok() {
-                    cleared.push((fd, d.clone()));
-                }
-            }
+        if d.direct.load(Ordering::Relaxed) && inherited_by_exec(fd) && sys::set_o_direct(fd, false).is_ok() {
+            cleared.push(fd);
         }
     });
     ExecToken(cleared)
@@ -802,10 +794,8 @@ pub fn before_exec() -> ExecToken {
 
 /// The exec failed: the process goes on, direct as before.
 pub fn exec_failed(t: ExecToken) {
-    for (fd, _d) in t.0 {
-        if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
-            let _ = sys::fcntl(fd, libc::F_SETFL, (fl | libc::O_DIRECT) as libc::c_long);
-        }
+    for fd in t.0 {
+        let _ = sys::set_o_direct(fd, true);
     }
 }
 
@@ -813,8 +803,7 @@ pub fn exec_failed(t: ExecToken) {
 /// descriptions while this process goes on, so they go buffered for good.
 pub fn before_spawn() {
     FDS.for_each(|fd, d| {
-        let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f & libc::FD_CLOEXEC != 0).unwrap_or(true);
-        if !cloexec && d.direct.load(Ordering::Relaxed) {
+        if d.direct.load(Ordering::Relaxed) && inherited_by_exec(fd) {
             log::once(
                 LogLevel::Info,
                 Cause::InheritedByChild,

@@ -105,6 +105,14 @@ pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> SysResult<c_int> {
     check(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as c_int)
 }
 
+/// Adds (`on`) or clears O_DIRECT on the open file description of `fd`, keeping its other
+/// status flags. EINVAL when adding means the filesystem refuses O_DIRECT.
+pub fn set_o_direct(fd: c_int, on: bool) -> SysResult<()> {
+    let fl = fcntl(fd, libc::F_GETFL, 0)?;
+    let fl = if on { fl | libc::O_DIRECT } else { fl & !libc::O_DIRECT };
+    fcntl(fd, libc::F_SETFL, fl as c_long).map(|_| ())
+}
+
 /// `statx(fd, "", AT_EMPTY_PATH, mask)`.
 pub fn statx_fd(fd: c_int, mask: u32) -> SysResult<libc::statx> {
     // SAFETY: statx is plain old data; all-zero is a valid value.

@@ -188,8 +188,7 @@ unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &
         Ok(c) => unsafe { io.companion.write(c, buf, len, off) }?,
         Err(libc::ESTALE) => return Err(libc::ESTALE),
         Err(e) => {
-            let fl = sys::fcntl(io.fd, libc::F_GETFL, 0)?;
-            sys::fcntl(io.fd, libc::F_SETFL, (fl & !libc::O_DIRECT) as libc::c_long)?;
+            sys::set_o_direct(io.fd, false)?;
             out.demoted = Some(e);
             if off < 0 {
                 // An append: on the O_APPEND description pwrite appends without moving the
