@@ -209,12 +209,16 @@ def test_malformed_variable_one_warning_nothing_else(run, strict_fs, var, value)
     assert all(is_direct(fl) for _l, _f, fl in fdinfo_lines(s.stderr)), "the rest of the configuration must still apply"
 
 
+
+def make_files(d, count, base_size):
+    """`count` files f0.. in `d`, of sizes base_size, base_size+1, ...; returns their paths."""
+    for i in range(count):
+        make_file(d / f"f{i}", base_size + i)
+    return [d / f"f{i}" for i in range(count)]
+
 def test_malformed_warning_once_per_process_not_per_open(run, strict_fs):
     d = strict_fs.new_dir("data")
-    names = []
-    for i in range(20):
-        make_file(d / f"f{i}", 10_000 + i)
-        names.append(d / f"f{i}")
+    names = make_files(d, 20, 10_000)
     base = run([bin_path("loader"), "-b", "1000", *names], paths=str(d))
     s = run([bin_path("loader"), "-b", "1000", *names], paths=str(d), env={"S3DLIO_DIRECT_ALIGN": "7"})
     assert_same_run(base, s)
@@ -276,10 +280,7 @@ def test_log_file_receives_the_warning(run, strict_fs):
 def test_log_at_most_one_line_per_cause(run, ramfs):
     """Many fallbacks of the same kind: at most one line per distinct cause."""
     d = ramfs.new_dir("data")
-    names = []
-    for i in range(30):
-        make_file(d / f"f{i}", 5000 + i)
-        names.append(d / f"f{i}")
+    names = make_files(d, 30, 5000)
     for level in ("warn",):
         s = run([bin_path("loader"), "-b", "1000", *names], paths=str(d), env={"S3DLIO_DIRECT_LOG": level})
         w = shim_warnings(s.stderr)
