@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod fdops;
+mod mapping;
 mod open;
 mod process;
 mod real;

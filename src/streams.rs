@@ -1,52 +1,210 @@
 //! stdio entry points that open or close descriptors inside glibc, where no hook sees the
-//! underlying open or close: a stream on a direct fd goes buffered (its I/O would bypass the
-//! engine), and a number glibc closed or reused is forgotten.
+//! underlying open or close. `fopen` of a matched path and `fdopen` of a direct fd make a
+//! stream the engine serves (`s3dlio::stream`); `freopen` keeps its `FILE*` and so stays
+//! buffered; a number glibc closed or reused is forgotten.
 
-use crate::{quietly, real};
-use libc::{c_char, c_int, FILE};
+use crate::{engine, errno, quietly, real, set_errno};
+use libc::{c_char, c_int, mode_t, FILE};
 use s3dlio::engine as eng;
+use s3dlio::stream::{self, Mode};
 
-fn forget_stream_fd(f: *mut FILE) -> *mut FILE {
-    if !f.is_null() {
-        // SAFETY: `f` is a live stream just returned by libc.
-        let fd = unsafe { libc::fileno(f) };
-        if fd >= 0 && eng::is_managed(fd) {
-            quietly(|| eng::forget(fd));
+type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
+type FdopenFn = unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE;
+
+/// The stream's descriptor, or -1.
+fn fd_of(f: *mut FILE) -> c_int {
+    if f.is_null() {
+        return -1;
+    }
+    // SAFETY: `f` is a live stream handed over by the program or just returned by libc.
+    unsafe { libc::fileno(f) }
+}
+
+/// Forgets a number glibc closed or reused unseen.
+fn forget_fd(fd: c_int) {
+    if fd >= 0 && eng::is_managed(fd) {
+        quietly(|| eng::forget(fd));
+    }
+}
+
+/// `fopen` of a matched path: opened through the engine like `open`, then a stream over the
+/// descriptor (served by the engine if it went direct, glibc's own if it fell back).
+unsafe fn fopen_with(
+    path: *const c_char,
+    mode: *const c_char,
+    open: OpenFn,
+    real_fopen: impl FnOnce() -> *mut FILE,
+) -> *mut FILE {
+    if !eng::active() || path.is_null() || mode.is_null() {
+        return real_fopen();
+    }
+    // SAFETY: the program passes a NUL-terminated mode.
+    let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false) else {
+        let f = real_fopen();
+        quietly(|| eng::unserved_stream(fd_of(f)));
+        return f;
+    };
+    // SAFETY: `path` comes from the program as a C string.
+    let Some(plan) = engine(|_| unsafe { eng::plan_open(libc::AT_FDCWD, path, m.flags) }) else {
+        return real_fopen();
+    };
+    // SAFETY: the program's path, with the flags and creation mode glibc's fopen uses.
+    let fd = unsafe { open(path, m.flags | plan.extra_flags, 0o666) };
+    if fd < 0 {
+        return std::ptr::null_mut();
+    }
+    quietly(|| eng::opened(fd, plan));
+    let saved = errno();
+    // SAFETY: `fd` was just opened for this fopen.
+    let f = match engine(|_| unsafe { stream::after_fopen(fd, m) }) {
+        Some(Ok(f)) => {
+            set_errno(saved);
+            return f;
         }
+        Some(Err(e)) => {
+            set_errno(e);
+            std::ptr::null_mut()
+        }
+        // SAFETY: an ordinary stream over the descriptor, with the program's mode.
+        None => unsafe { real!(fdopen: FdopenFn)(fd, mode) },
+    };
+    if f.is_null() {
+        let e = errno();
+        forget_fd(fd);
+        // SAFETY: closing the descriptor this call opened.
+        unsafe { real!(close: unsafe extern "C" fn(c_int) -> c_int)(fd) };
+        set_errno(e);
     }
     f
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
-    if eng::is_managed(fd) {
-        quietly(|| eng::stream_opened(fd));
-    }
-    // SAFETY: forwarding the program's arguments.
-    unsafe { real!(fdopen: unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE)(fd, mode) }
-}
-
 /// Hooks for `fopen`-shaped functions.
 macro_rules! fopen_hooks {
-    ($($name:ident),*) => {$(
+    ($($name:ident => $open:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char) -> *mut FILE {
             // SAFETY: forwarding the program's arguments.
-            forget_stream_fd(unsafe { real!($name: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE)(path, mode) })
+            unsafe {
+                fopen_with(path, mode, real!($open: OpenFn), || {
+                    real!($name: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE)(path, mode)
+                })
+            }
         }
     )*};
 }
-fopen_hooks!(fopen, fopen64);
+fopen_hooks!(fopen => open, fopen64 => open64);
 
-/// Hooks for `freopen`-shaped functions: the stream's old fd is closed inside glibc.
+#[no_mangle]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    if eng::is_managed(fd) {
+        let saved = errno();
+        // SAFETY: the program passes a NUL-terminated mode.
+        match engine(|_| unsafe { stream::fdopen(fd, mode) }) {
+            Some(Ok(f)) => {
+                set_errno(saved);
+                return f;
+            }
+            Some(Err(e)) => {
+                set_errno(e);
+                return std::ptr::null_mut();
+            }
+            // A stream glibc makes itself cannot be served: a direct fd goes buffered.
+            None => quietly(|| eng::stream_opened(fd)),
+        }
+    }
+    // SAFETY: forwarding the program's arguments.
+    unsafe { real!(fdopen: FdopenFn)(fd, mode) }
+}
+
+/// `freopen` of a stream the engine made, which glibc cannot do (it crashes on cookie
+/// streams): as glibc does for a file stream, flush, open the new file (the old one again
+/// for a NULL path), put it on the old number, and give the same stream the new mode.
+unsafe fn reopen_ours(path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE {
+    let old = fd_of(f);
+    // SAFETY: `f` is the program's live stream; glibc ignores a failing flush here too.
+    unsafe { libc::fflush(f) };
+    // SAFETY: the program passes a NUL-terminated mode.
+    let m =
+        (!mode.is_null()).then(|| Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false)).flatten();
+    let new = match m {
+        // SAFETY: the program's path, opened like `open` would.
+        Some(m) if !path.is_null() => unsafe { crate::open::open(path, m.flags, 0o666) },
+        Some(m) => {
+            let plan = engine(|_| eng::plan_reopen(old, m.flags));
+            let mut link = [0u8; 32];
+            let n = s3dlio::sys::proc_fd_link(old, &mut link);
+            type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
+            // SAFETY: `link` is NUL-terminated at `n`.
+            let fd = unsafe {
+                real!(open: OpenFn)(
+                    link[..=n].as_ptr() as *const c_char,
+                    m.flags | plan.map_or(0, |p| p.extra_flags),
+                    0o666,
+                )
+            };
+            if fd >= 0 {
+                quietly(|| match plan {
+                    Some(p) => eng::opened(fd, p),
+                    None => eng::forget(fd),
+                });
+            }
+            fd
+        }
+        None => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    };
+    // SAFETY: the hooks keep the engine's table right for the numbers involved.
+    unsafe {
+        if new < 0 {
+            let e = errno();
+            crate::fdops::close(old);
+            set_errno(e);
+            return std::ptr::null_mut();
+        }
+        let m = m.expect("opened with a parsed mode");
+        if new != old {
+            let cloexec = m.flags & libc::O_CLOEXEC;
+            if crate::fdops::dup3(new, old, cloexec) < 0 {
+                let e = errno();
+                crate::fdops::close(new);
+                crate::fdops::close(old);
+                set_errno(e);
+                return std::ptr::null_mut();
+            }
+            crate::fdops::close(new);
+        }
+        stream::reopened(f, m);
+    }
+    f
+}
+
+/// Hooks for `freopen`-shaped functions. For other streams glibc flushes, opens the new
+/// file itself and puts it on the old number, so the old number is forgotten (after a
+/// flush through the engine while it is still served) and the new stream stays buffered.
 macro_rules! freopen_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE {
-            forget_stream_fd(f);
+            // SAFETY: `f` is the program's live stream.
+            if !f.is_null() && unsafe { stream::is_ours(f) } {
+                // SAFETY: forwarding the program's arguments.
+                return unsafe { reopen_ours(path, mode, f) };
+            }
+            let old = fd_of(f);
+            if old >= 0 && eng::is_managed(old) {
+                // SAFETY: `f` is the program's live stream.
+                unsafe { libc::fflush(f) };
+                forget_fd(old);
+            }
             type F = unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
             // SAFETY: forwarding the program's arguments.
-            forget_stream_fd(unsafe { real!($name: F)(path, mode, f) })
+            let r = unsafe { real!($name: F)(path, mode, f) };
+            let new = fd_of(r);
+            forget_fd(new);
+            quietly(|| eng::unserved_stream(new));
+            r
         }
     )*};
 }
@@ -54,7 +212,13 @@ freopen_hooks!(freopen, freopen64);
 
 #[no_mangle]
 pub unsafe extern "C" fn fclose(f: *mut FILE) -> c_int {
-    forget_stream_fd(f);
+    // A stream the engine made still writes through the engine while glibc flushes, and
+    // its close callback forgets the number. Any other stream's number is forgotten before
+    // glibc closes it inside.
+    // SAFETY: `f` is the program's live stream.
+    if !f.is_null() && !unsafe { stream::is_ours(f) } {
+        forget_fd(fd_of(f));
+    }
     // SAFETY: forwarding the program's argument.
     unsafe { real!(fclose: unsafe extern "C" fn(*mut FILE) -> c_int)(f) }
 }

@@ -5,6 +5,7 @@ report (bytes they got) and against the kernel's fdinfo, not against the shim al
 
 import json
 import os
+import sys
 import re
 import socket
 
@@ -176,13 +177,27 @@ def test_ramfs_fallback_counted(run, ramfs):
     assert sum(obj["fallbacks"].values()) >= 1, obj
 
 
-def test_fdopen_fallback_counted(run, strict_fs):
+def test_fdopen_streams_counted(run, strict_fs):
+    """fdopen on a direct descriptor gives a stream the engine serves: counted, no fallback."""
     d, st = setup(strict_fs)
     r = run([bin_path("fdsem"), "reuse", d / "f", d.parent / "other"], paths=str(d),
             env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
     assert r.returncode == 0, r.stderr
     [obj] = load_all(st).values()
-    assert sum(obj["fallbacks"].values()) >= 1, f"fdopen on direct descriptors must be counted as a fallback: {obj}"
+    assert obj["streams_direct"] >= 2, f"fdopen on direct descriptors must give served streams: {obj}"
+    assert sum(obj["fallbacks"].values()) == 0, obj
+
+
+def test_freopen_onto_matched_file_counted(run, strict_fs):
+    """freopen of glibc's own stdin onto a matched file stays buffered: counted as a fallback."""
+    d, st = setup(strict_fs)
+    code = f"import ctypes; c = ctypes.CDLL(None); c.freopen.restype = ctypes.c_void_p; " \
+           f"c.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]; " \
+           f"stdin = ctypes.c_void_p.in_dll(c, 'stdin'); assert c.freopen(b'{d / 'f'}', b'r', stdin)"
+    r = run([sys.executable, "-c", code], paths=str(d), env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
+    assert r.returncode == 0, r.stderr
+    [obj] = load_all(st).values()
+    assert obj["fallbacks"]["fdopen_stream"] == 1, obj
 
 
 def test_stats_as_nobody(run, strict_fs):

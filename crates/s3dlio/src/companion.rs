@@ -23,6 +23,7 @@ const DROP_THRESHOLD: u64 = 8 << 20;
 
 /// A lazily opened buffered twin of one open file description.
 pub struct Companion {
+    ident: (u64, u64),
     fd: AtomicI32,
     open_errno: AtomicI32,
     dontcache: AtomicBool,
@@ -35,16 +36,11 @@ unsafe impl Sync for Companion {}
 // SAFETY: plain data.
 unsafe impl Send for Companion {}
 
-impl Default for Companion {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Companion {
-    /// Not yet opened.
-    pub const fn new() -> Self {
+    /// Not yet opened; `ident` is the (dev, ino) of the file.
+    pub const fn new(ident: (u64, u64)) -> Self {
         Companion {
+            ident,
             fd: AtomicI32::new(NONE),
             open_errno: AtomicI32::new(0),
             dontcache: AtomicBool::new(true),
@@ -61,28 +57,23 @@ impl Companion {
         if (st.st_dev, st.st_ino) != ident {
             return Err(libc::ESTALE);
         }
-        let cur = self.fd.load(Ordering::Acquire);
+        let mut cur = self.fd.load(Ordering::Acquire);
         if cur >= 0 {
-            return Ok(cur);
+            if is_file(cur, ident) {
+                return Ok(cur);
+            }
+            // The program closed the companion's number (closefrom, a close loop) and it may
+            // now be another file's: never write there, never close it; open a new one.
+            if self.fd.compare_exchange(cur, NONE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                cur = NONE;
+            } else {
+                return self.get(fd, accmode, append, ident);
+            }
         }
         if cur == FAILED {
             return Err(self.open_errno.load(Ordering::Relaxed));
         }
-        let mut link = [0u8; 32];
-        let n = sys::proc_fd_link(fd, &mut link);
-        let path = std::ffi::CStr::from_bytes_with_nul(&link[..=n]).map_err(|_| libc::EINVAL)?;
-        // The companion writes what the program wrote, so it must be as durable: carry
-        // O_SYNC/O_DSYNC over from the program's description.
-        let sync = sys::fcntl(fd, libc::F_GETFL, 0).map_or(0, |fl| fl & (libc::O_SYNC | libc::O_DSYNC));
-        let flags = accmode | sync | libc::O_CLOEXEC | libc::O_LARGEFILE | if append { libc::O_APPEND } else { 0 };
-        let opened = sys::openat(libc::AT_FDCWD, path, flags, 0).and_then(|c| match sys::fstat(c) {
-            Ok(cst) if (cst.st_dev, cst.st_ino) == ident => Ok(c),
-            _ => {
-                let _ = sys::close(c);
-                Err(libc::ESTALE)
-            }
-        });
-        match opened {
+        match reopen(fd, accmode, append, 0, ident) {
             Ok(c) => match self.fd.compare_exchange(NONE, c, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => Ok(c),
                 Err(winner) => {
@@ -102,18 +93,24 @@ impl Companion {
         }
     }
 
-    /// The companion fd if it is open.
+    /// The companion fd if it is open and still the engine's (a number the program closed
+    /// and reused is given up, neither used nor closed).
     pub fn current(&self) -> Option<i32> {
-        Some(self.fd.load(Ordering::Acquire)).filter(|&f| f >= 0)
+        let c = self.fd.load(Ordering::Acquire);
+        if c < 0 {
+            return None;
+        }
+        if is_file(c, self.ident) {
+            return Some(c);
+        }
+        let _ = self.fd.compare_exchange(c, NONE, Ordering::AcqRel, Ordering::Acquire);
+        None
     }
 
     /// Sets or clears O_APPEND on the companion after the program changed it on its fd.
     pub fn set_append(&self, append: bool) {
         if let Some(c) = self.current() {
-            if let Ok(fl) = sys::fcntl(c, libc::F_GETFL, 0) {
-                let fl = if append { fl | libc::O_APPEND } else { fl & !libc::O_APPEND };
-                let _ = sys::fcntl(c, libc::F_SETFL, fl as libc::c_long);
-            }
+            set_append(c, append);
         }
     }
 
@@ -194,12 +191,21 @@ impl Companion {
         }
     }
 
+    /// Writes back and drops `[lo, hi)`, which calls the engine did not make dirtied through
+    /// the companion (glibc's posix_fallocate emulation).
+    pub fn drop_written(&self, lo: u64, hi: u64) {
+        if let Some(c) = self.current() {
+            drop_range(c, lo, hi);
+        }
+    }
+
     /// Drops the cached pages and closes the companion (the description's last close).
     pub fn close(&self) {
         self.drop_cached();
-        let c = self.fd.swap(NONE, Ordering::AcqRel);
-        if c >= 0 {
-            let _ = sys::close(c);
+        if let Some(c) = self.current() {
+            if self.fd.compare_exchange(c, NONE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                let _ = sys::close(c);
+            }
         }
     }
 
@@ -212,6 +218,39 @@ impl Companion {
     pub fn open_error(&self) -> Option<Errno> {
         (self.fd.load(Ordering::Relaxed) == FAILED).then(|| self.open_errno.load(Ordering::Relaxed))
     }
+}
+
+/// Opens the file behind `fd` again, through `/proc/self/fd/N`, as a new description with
+/// access mode `accmode`, O_APPEND if `append`, the `extra` flags, close-on-exec, and the
+/// program's O_SYNC/O_DSYNC (what it writes must be as durable as the program's own writes).
+/// Fails with ESTALE unless the new descriptor is the file `ident` names.
+pub fn reopen(fd: i32, accmode: i32, append: bool, extra: i32, ident: (u64, u64)) -> SysResult<i32> {
+    let mut link = [0u8; 32];
+    let n = sys::proc_fd_link(fd, &mut link);
+    let path = std::ffi::CStr::from_bytes_with_nul(&link[..=n]).map_err(|_| libc::EINVAL)?;
+    let sync = sys::fcntl(fd, libc::F_GETFL, 0).map_or(0, |fl| fl & (libc::O_SYNC | libc::O_DSYNC));
+    let flags = accmode | sync | extra | libc::O_CLOEXEC | libc::O_LARGEFILE | if append { libc::O_APPEND } else { 0 };
+    sys::openat(libc::AT_FDCWD, path, flags, 0).and_then(|c| {
+        if is_file(c, ident) {
+            Ok(c)
+        } else {
+            let _ = sys::close(c);
+            Err(libc::ESTALE)
+        }
+    })
+}
+
+/// Sets or clears O_APPEND on one of the engine's own descriptors.
+pub fn set_append(fd: i32, append: bool) {
+    if let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) {
+        let fl = if append { fl | libc::O_APPEND } else { fl & !libc::O_APPEND };
+        let _ = sys::fcntl(fd, libc::F_SETFL, fl as libc::c_long);
+    }
+}
+
+/// True if `fd` is open on the file `ident` names.
+pub fn is_file(fd: i32, ident: (u64, u64)) -> bool {
+    sys::fstat(fd).is_ok_and(|st| (st.st_dev, st.st_ino) == ident)
 }
 
 /// Writes back `[lo, hi)` (rounded out to pages) and asks the kernel to drop it.

@@ -127,7 +127,7 @@ impl DirectFile {
             accmode,
             ident: (st.st_dev, st.st_ino),
             fallback: std::sync::Mutex::new(fallback),
-            companion: Companion::new(),
+            companion: Companion::new((st.st_dev, st.st_ino)),
             counters: Counters::default(),
         })
     }

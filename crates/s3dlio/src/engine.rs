@@ -16,7 +16,7 @@ use crate::lock::FutexMutex;
 use crate::log::{self, Cause};
 use crate::stats::{self, Counter, Reason, Stats};
 use crate::sys::{self, Errno, SysResult};
-use crate::{align, pathmatch, read_path, write_path};
+use crate::{align, companion, pathmatch, read_path, write_path};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -31,12 +31,17 @@ pub struct Desc {
     /// O_DIRECT / O_SYNC bits the shim added, hidden from F_GETFL.
     added: AtomicI32,
     companion: Companion,
+    /// A private O_DIRECT descriptor of the same file that carries the direct I/O when the
+    /// program's own description must stay buffered (-1: none, the program's fd is direct):
+    /// on fd 0-2, glibc's standard streams read and write with calls no hook sees.
+    twin: AtomicI32,
 }
 
 impl Desc {
     fn io<'a>(&'a self, fd: i32, pool: &'a BufPool, nowait: bool) -> FileIo<'a> {
+        let twin = self.twin.load(Ordering::Acquire);
         FileIo {
-            fd,
+            fd: if twin >= 0 { twin } else { fd },
             align: self.align,
             companion: &self.companion,
             accmode: self.accmode,
@@ -47,6 +52,34 @@ impl Desc {
         }
     }
 
+    fn has_twin(&self) -> bool {
+        self.twin.load(Ordering::Acquire) >= 0
+    }
+
+    /// With a twin, both the program's fd and the twin must still be this file: glibc may
+    /// close and reuse fd 0-2 unseen (fclose(stdin)), and the program may close the twin's
+    /// number (a close loop before exec).
+    fn check_twin(&self, fd: i32) -> bool {
+        let t = self.twin.load(Ordering::Acquire);
+        t < 0 || (companion::is_file(fd, self.ident) && companion::is_file(t, self.ident))
+    }
+
+    /// Moves the description's direct I/O onto a twin (see `twin`); false if none could be
+    /// opened.
+    fn use_twin(&self, fd: i32) -> bool {
+        if self.has_twin() {
+            return true;
+        }
+        let append = self.append.load(Ordering::Relaxed);
+        let Ok(t) = companion::reopen(fd, self.accmode, append, libc::O_DIRECT, self.ident) else { return false };
+        if self.twin.compare_exchange(-1, t, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            let _ = sys::close(t);
+        }
+        let _ = sys::set_o_direct(fd, false);
+        self.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
+        true
+    }
+
     /// Clears O_DIRECT on the description for good: a stream or another process will use it
     /// with I/O the engine cannot see.
     fn demote(&self, fd: i32, why: Reason) {
@@ -54,6 +87,15 @@ impl Desc {
             let _ = sys::set_o_direct(fd, false);
             self.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
             STATS.fallback(why);
+        }
+    }
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        let t = *self.twin.get_mut();
+        if t >= 0 && companion::is_file(t, self.ident) {
+            let _ = sys::close(t);
         }
     }
 }
@@ -117,6 +159,11 @@ pub fn is_managed(fd: i32) -> bool {
     FDS.contains(fd)
 }
 
+/// True if `fd` is managed and its reads and writes are served direct.
+pub fn is_direct(fd: i32) -> bool {
+    FDS.get(fd, false).is_some_and(|d| d.direct.load(Ordering::Relaxed))
+}
+
 /// What the shim must change in a matched open before calling the real one.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenPlan {
@@ -158,6 +205,16 @@ pub unsafe fn plan_open(dirfd: i32, path: *const libc::c_char, flags: i32) -> Op
     Some(OpenPlan { extra_flags, program_flags: flags })
 }
 
+/// `plan_open` for a reopen of the file behind `fd` (freopen with no path): the path the
+/// kernel reports for it.
+pub fn plan_reopen(fd: i32, flags: i32) -> Option<OpenPlan> {
+    let mut p = [0u8; 4097];
+    let n = sys::fd_path(fd, &mut p[..4096]).ok()?;
+    p[n] = 0;
+    // SAFETY: `p` is NUL-terminated at `n`.
+    unsafe { plan_open(libc::AT_FDCWD, p.as_ptr() as *const libc::c_char, flags) }
+}
+
 /// After the real open of a planned path returned `fd`.
 pub fn opened(fd: i32, plan: OpenPlan) {
     if fd < 0 {
@@ -185,11 +242,12 @@ fn fallback(fd: i32, why: Reason, added_sync: i32, st: &libc::stat) {
     STATS.fallback(why);
     if added_sync != 0 {
         // Tracked only so that F_GETFL hides the O_SYNC the shim added.
-        insert(fd, st, Alignment::page(), libc::O_RDWR, false, false, added_sync);
+        insert(fd, st, Alignment::page(), libc::O_RDWR, false, false, added_sync, -1);
     }
 }
 
-fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool, direct: bool, added: i32) {
+#[allow(clippy::too_many_arguments)]
+fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool, direct: bool, added: i32, twin: i32) {
     FDS.insert(
         fd,
         Arc::new(Desc {
@@ -200,7 +258,8 @@ fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool
             accmode,
             append: AtomicBool::new(append),
             added: AtomicI32::new(added),
-            companion: Companion::new(),
+            companion: Companion::new((st.st_dev, st.st_ino)),
+            twin: AtomicI32::new(twin),
         }),
     );
 }
@@ -238,19 +297,39 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
         fallback(fd, Reason::FileNoDirect, added_sync, st);
         return;
     }
-    if let Err(e) = sys::set_o_direct(fd, true) {
-        if e == libc::EINVAL {
-            remember_no_direct(st.st_dev);
+    let ident = (st.st_dev, st.st_ino);
+    // On fd 0-2 the program's description stays buffered and a twin does the direct I/O.
+    let direct = if fd <= 2 {
+        companion::reopen(fd, accmode, append, libc::O_DIRECT, ident)
+    } else {
+        sys::set_o_direct(fd, true).map(|_| -1)
+    };
+    let twin = match direct {
+        Ok(t) => t,
+        Err(e) if fd <= 2 && e != libc::EINVAL => {
+            log::once(
+                LogLevel::Warn,
+                Cause::NoCompanion,
+                format_args!("cannot reopen a matched file on fd {fd} through /proc (errno {e}); it stays buffered"),
+            );
+            fallback(fd, Reason::NoCompanion, added_sync, st);
+            return;
         }
-        log::once(
-            LogLevel::Warn,
-            Cause::FsNoDirect,
-            format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
-        );
-        fallback(fd, Reason::FsNoDirect, added_sync, st);
-        return;
-    }
-    insert(fd, st, align, accmode, append, true, libc::O_DIRECT | added_sync);
+        Err(e) => {
+            if e == libc::EINVAL {
+                remember_no_direct(st.st_dev);
+            }
+            log::once(
+                LogLevel::Warn,
+                Cause::FsNoDirect,
+                format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
+            );
+            fallback(fd, Reason::FsNoDirect, added_sync, st);
+            return;
+        }
+    };
+    let added = if twin >= 0 { added_sync } else { libc::O_DIRECT | added_sync };
+    insert(fd, st, align, accmode, append, true, added, twin);
     STATS.add(Counter::OpensDirect, 1);
     log::once(
         LogLevel::Debug,
@@ -282,7 +361,7 @@ fn adopt_inherited() {
             continue;
         }
         let (align, _) = align::discover(fd).with_minimum(state().cfg.align);
-        insert(fd, &st, align, fl & libc::O_ACCMODE, fl & libc::O_APPEND != 0, true, 0);
+        insert(fd, &st, align, fl & libc::O_ACCMODE, fl & libc::O_APPEND != 0, true, 0, -1);
         adopted += 1;
     }
     if adopted > 0 {
@@ -317,9 +396,9 @@ pub fn duped(oldfd: i32, newfd: i32) {
     }
     forget(newfd);
     if let Some(d) = FDS.get(oldfd, false) {
-        if (0..=2).contains(&newfd) {
+        if (0..=2).contains(&newfd) && d.direct.load(Ordering::Relaxed) && !d.use_twin(oldfd) {
             // A standard stream now writes to the file through glibc's internal calls.
-            d.demote(oldfd, Reason::FdopenStream);
+            d.demote(oldfd, Reason::NoCompanion);
         }
         FDS.insert(newfd, d);
     }
@@ -341,15 +420,26 @@ pub fn stream_opened(fd: i32) {
 }
 
 fn managed_direct(fd: i32, nowait: bool) -> Option<Arc<Desc>> {
-    FDS.get(fd, nowait).filter(|d| d.direct.load(Ordering::Relaxed))
+    let d = FDS.get(fd, nowait).filter(|d| d.direct.load(Ordering::Relaxed))?;
+    if d.check_twin(fd) {
+        return Some(d);
+    }
+    stale(fd);
+    None
+}
+
+/// `fd` no longer refers to what the engine tracked: let it go (the program's call then
+/// goes to the kernel unchanged).
+fn stale(fd: i32) {
+    STATS.fallback(Reason::StaleFd);
+    log::once(LogLevel::Warn, Cause::StaleFd, format_args!("fd {fd} was reused behind the shim's back; released"));
+    forget(fd);
 }
 
 /// Applies what a path call reported: reused fd, demotion, statistics.
 fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
     if *r == Err(libc::ESTALE) {
-        STATS.fallback(Reason::StaleFd);
-        log::once(LogLevel::Warn, Cause::StaleFd, format_args!("fd {fd} was reused behind the shim's back; released"));
-        forget(fd);
+        stale(fd);
         return false;
     }
     if let Some(e) = o.demoted {
@@ -453,7 +543,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
                 .and_then(|(n, pos)| sys::lseek(fd, pos as i64, libc::SEEK_SET).map(|_| n));
             return (o, r);
         }
-        if len > 0 && d.align.write_ok(buf as usize, 0, len) {
+        if !d.has_twin() && d.align.write_ok(buf as usize, 0, len) {
             // SAFETY: forwarded from the caller.
             match unsafe { sys::write(fd, buf, len) } {
                 Err(libc::EINVAL) => {}
@@ -612,8 +702,11 @@ pub fn setfl(fd: i32, arg: i32) -> i32 {
     let append = arg & libc::O_APPEND != 0;
     if d.append.swap(append, Ordering::Relaxed) != append {
         d.companion.set_append(append);
+        if d.has_twin() {
+            companion::set_append(d.twin.load(Ordering::Acquire), append);
+        }
     }
-    if d.direct.load(Ordering::Relaxed) {
+    if d.direct.load(Ordering::Relaxed) && !d.has_twin() {
         arg | libc::O_DIRECT
     } else {
         arg
@@ -624,6 +717,61 @@ pub fn setfl(fd: i32, arg: i32) -> i32 {
 pub fn synced(fd: i32) {
     if let Some(d) = FDS.get(fd, true) {
         d.companion.drop_cached();
+    }
+}
+
+/// Before `mmap` of `fd`: a mapping of a direct file works, through the page cache; it is
+/// counted and reported once, since those accesses are not direct.
+pub fn mapping(fd: i32) {
+    if is_direct(fd) {
+        STATS.add(Counter::MmapCalls, 1);
+        log::once(
+            LogLevel::Info,
+            Cause::Mapped,
+            format_args!("a direct file was memory-mapped; mapped accesses go through the page cache"),
+        );
+    }
+}
+
+/// True if a readahead request on `fd` (`posix_fadvise(WILLNEED)`, `readahead(2)`) must be
+/// swallowed: it would fill the page cache the user asked to keep clean.
+pub fn swallow_readahead(fd: i32) -> bool {
+    let swallow = is_direct(fd);
+    if swallow {
+        STATS.add(Counter::AdviceSwallowed, 1);
+    }
+    swallow
+}
+
+/// The buffered companion of a direct `fd`, for calls that must see buffered semantics
+/// (glibc's posix_fallocate emulation writes single bytes). `None`: not direct.
+pub fn companion_of(fd: i32) -> Option<Result<i32, Errno>> {
+    let d = managed_direct(fd, false)?;
+    Some(d.companion.get(fd, d.accmode, d.append.load(Ordering::Relaxed), d.ident))
+}
+
+/// After a call on the companion wrote `[off, off+len)` behind the engine's back.
+pub fn companion_wrote(fd: i32, off: i64, len: i64) {
+    if let (Some(d), Ok(lo), Ok(n)) = (FDS.get(fd, false), u64::try_from(off), u64::try_from(len)) {
+        d.companion.drop_written(lo, lo.saturating_add(n));
+    }
+}
+
+/// A stream on a matched file was made by glibc itself (freopen, a `,ccs=` stream): its I/O
+/// stays buffered, which is counted and reported once.
+pub fn unserved_stream(fd: i32) {
+    if !active() || fd < 0 {
+        return;
+    }
+    let mut p = [0u8; 4096];
+    let Ok(n) = sys::fd_path(fd, &mut p) else { return };
+    if state().cfg.wants(&p[..n]) && sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+        STATS.fallback(Reason::FdopenStream);
+        log::once(
+            LogLevel::Info,
+            Cause::StreamBuffered,
+            format_args!("a stream on a matched file was opened by freopen or with ,ccs=; it stays buffered"),
+        );
     }
 }
 
@@ -785,7 +933,11 @@ pub fn before_exec() -> ExecToken {
     let mut cleared = Vec::new();
     FDS.for_each(|fd, d| {
         d.companion.drop_cached();
-        if d.direct.load(Ordering::Relaxed) && inherited_by_exec(fd) && sys::set_o_direct(fd, false).is_ok() {
+        if d.direct.load(Ordering::Relaxed)
+            && !d.has_twin()
+            && inherited_by_exec(fd)
+            && sys::set_o_direct(fd, false).is_ok()
+        {
             cleared.push(fd);
         }
     });

@@ -19,5 +19,6 @@ pub mod object_store;
 pub mod pathmatch;
 pub mod read_path;
 pub mod stats;
+pub mod stream;
 pub mod sys;
 pub mod write_path;

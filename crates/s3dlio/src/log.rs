@@ -44,6 +44,10 @@ pub enum Cause {
     StaleFd,
     /// Descriptors inherited at start were adopted.
     Adopted,
+    /// A direct file was memory-mapped (the mapping uses the page cache).
+    Mapped,
+    /// A stream on a matched file stays buffered (freopen, a wide-character stream).
+    StreamBuffered,
 }
 
 /// Sets the level and destination (called once at start-up).

@@ -56,6 +56,9 @@ pub const COUNTERS: &[&str] = &[
     "write_bounced_calls",
     "write_bounced_bytes",
     "einval_retries",
+    "streams_direct",
+    "mmap_calls",
+    "advice_swallowed",
 ];
 
 /// Index into [`COUNTERS`].
@@ -75,12 +78,18 @@ pub enum Counter {
     WriteBouncedCalls,
     WriteBouncedBytes,
     EinvalRetries,
+    /// stdio streams whose reads and writes the engine serves.
+    StreamsDirect,
+    /// mmap of a direct file: served by the page cache, not direct.
+    MmapCalls,
+    /// posix_fadvise(WILLNEED) and readahead calls not passed on.
+    AdviceSwallowed,
 }
 
 /// The process's counters.
 pub struct Stats {
-    counters: [AtomicU64; 12],
-    fallbacks: [AtomicU64; 8],
+    counters: [AtomicU64; COUNTERS.len()],
+    fallbacks: [AtomicU64; FALLBACK_REASONS.len()],
 }
 
 impl Default for Stats {
@@ -92,7 +101,10 @@ impl Default for Stats {
 impl Stats {
     /// All zero.
     pub const fn new() -> Self {
-        Stats { counters: [const { AtomicU64::new(0) }; 12], fallbacks: [const { AtomicU64::new(0) }; 8] }
+        Stats {
+            counters: [const { AtomicU64::new(0) }; COUNTERS.len()],
+            fallbacks: [const { AtomicU64::new(0) }; FALLBACK_REASONS.len()],
+        }
     }
 
     /// Adds `n` to a counter.
