@@ -87,6 +87,11 @@ def sh(cmd, check=True, timeout=60, **kw):
     return r
 
 
+# Extra variables for every run under the shim, e.g. "S3DLIO_DIRECT_READAHEAD=0 S3DLIO_DIRECT_WRITE_BEHIND=0"
+# to run the suite with the speed mechanisms off (`make test` does both).
+SHIM_ENV = dict(kv.split("=", 1) for kv in os.environ.get("S3DLIO_TEST_SHIM_ENV", "").split())
+
+
 def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("S3DLIO_DIRECT_")}
     env["LC_ALL"] = "C"
@@ -296,6 +301,7 @@ class Runner:
             e["LD_PRELOAD"] = str(self.nobody_dir() / "libs3dlio_direct.so") if user else self.shim
             if paths is not None:
                 e["S3DLIO_DIRECT_PATHS"] = paths if isinstance(paths, str) else ":".join(map(str, paths))
+            e.update(SHIM_ENV)
         for k, v in (env or {}).items():
             if v is None:
                 e.pop(k, None)
@@ -543,3 +549,73 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in _KNOWN:
             item.add_marker(pytest.mark.xfail(reason="known failure, listed in tests/known_failures.txt", strict=False))
+
+
+# --------------------------------------------------------------------------- streams and processes (#3)
+
+
+def load_stats(d) -> dict:
+    """Every statistics file in directory d, {file name: parsed JSON}. A leftover temporary
+    file (the writer renames into place) or a file that is not JSON fails the test."""
+    import json
+
+    out = {}
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        try:
+            with open(p) as f:
+                out[name] = json.load(f)
+        except ValueError as ex:
+            raise AssertionError(f"statistics file {p} is not JSON ({ex}): {Path(p).read_text()[:500]!r}") from None
+    return out
+
+
+def stats_total(objs, key: str) -> int:
+    """Sum of an integer counter over statistics objects (a missing key counts 0)."""
+    objs = objs.values() if isinstance(objs, dict) else objs
+    return sum(int(o.get(key, 0) or 0) for o in objs)
+
+
+def fallback_total(objs, reason: str | None = None) -> int:
+    """Sum of one fallback reason (or of all of them) over statistics objects."""
+    objs = objs.values() if isinstance(objs, dict) else objs
+    tot = 0
+    for o in objs:
+        fb = o.get("fallbacks") or {}
+        tot += sum(fb.values()) if reason is None else int(fb.get(reason, 0))
+    return tot
+
+
+def stats_summary(objs) -> str:
+    """A short text of the non-zero counters per statistics file, for assertion messages."""
+    objs = objs if isinstance(objs, dict) else dict(enumerate(objs))
+    lines = []
+    for name, o in objs.items():
+        nz = {k: v for k, v in o.items() if isinstance(v, int) and not isinstance(v, bool) and v and k not in ("pid", "schema", "starttime")}
+        fb = {k: v for k, v in (o.get("fallbacks") or {}).items() if v}
+        lines.append(f"{name} ({o.get('program')}): {nz} fallbacks={fb}")
+    return "\n".join(lines) or "(no statistics files)"
+
+
+def _setup_ext4_noextent(base: Path, mnt: Path, state: dict, size=128 << 20):
+    """ext4 without extents (indirect blocks) on a 4096-sector loop device: O_DIRECT works,
+    fallocate(2) says EOPNOTSUPP, so glibc's posix_fallocate emulates it."""
+    img = base / "ext4-noextent.img"
+    with open(img, "wb") as f:
+        f.truncate(size)
+    loop = sh(["losetup", "--find", "--show", "--sector-size", "4096", str(img)]).stdout.strip()
+    state["loop"] = loop
+    ss = sh(["blockdev", "--getss", loop]).stdout.strip()
+    if ss != "4096":
+        raise RuntimeError(f"{loop} has logical sector size {ss}, wanted 4096")
+    # a 64-bit ext4 needs extents: switch both off
+    sh(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^extent,^64bit", "-E", "nodiscard", loop], timeout=120)
+    sh(["mount", loop, str(mnt)])
+    state["mounted"] = True
+
+
+@pytest.fixture
+def ext4_noextent():
+    """ext4 made with -O ^extent on a loop device with 4096-byte logical sectors:
+    rejects misaligned O_DIRECT like strict_fs, and has no fallocate(2) (EOPNOTSUPP)."""
+    yield from _mount_fixture("noextent", _setup_ext4_noextent, "ext4 without extents on a 4096-sector loop device")

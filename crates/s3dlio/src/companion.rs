@@ -14,12 +14,16 @@
 use crate::lock::FutexMutex;
 use crate::sys::{self, Errno, SysResult};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+/// A byte range of the file, `[lo, hi)`.
+type Range = (u64, u64);
 
 const NONE: i32 = -1;
 const FAILED: i32 = -2;
-/// Drop the written-behind range once it spans this much.
-const DROP_THRESHOLD: u64 = 8 << 20;
+/// Start writing back the dirtied range once it spans this much, and drop the previous one
+/// (whose write-back has had time to finish): at most about twice this stays cached.
+const DROP_THRESHOLD: u64 = 4 << 20;
 
 /// A lazily opened buffered twin of one open file description.
 pub struct Companion {
@@ -28,7 +32,11 @@ pub struct Companion {
     open_errno: AtomicI32,
     dontcache: AtomicBool,
     range_lock: FutexMutex,
-    dirty: UnsafeCell<Option<(u64, u64)>>,
+    /// The range written since the last write-back started, and the range being written back.
+    dirty: UnsafeCell<(Option<Range>, Option<Range>)>,
+    /// A range noted while another thread held `range_lock`, merged in by the next holder.
+    pending_lo: AtomicU64,
+    pending_hi: AtomicU64,
 }
 
 // SAFETY: `dirty` is only touched with `range_lock` held.
@@ -45,7 +53,9 @@ impl Companion {
             open_errno: AtomicI32::new(0),
             dontcache: AtomicBool::new(true),
             range_lock: FutexMutex::new(),
-            dirty: UnsafeCell::new(None),
+            dirty: UnsafeCell::new((None, None)),
+            pending_lo: AtomicU64::new(u64::MAX),
+            pending_hi: AtomicU64::new(0),
         }
     }
 
@@ -119,8 +129,8 @@ impl Companion {
     ///
     /// # Safety
     /// `buf` must be valid for reads of `len` bytes.
-    pub unsafe fn write(&self, c: i32, buf: *const u8, len: usize, off: i64) -> SysResult<usize> {
-        let r = if self.dontcache.load(Ordering::Relaxed) {
+    pub unsafe fn write(&self, c: i32, buf: *const u8, len: usize, off: i64, behind: bool) -> SysResult<usize> {
+        let r = if !behind && self.dontcache.load(Ordering::Relaxed) {
             // SAFETY: forwarded from the caller.
             match unsafe { sys::pwritev2(c, buf, len, off, libc::RWF_DONTCACHE) } {
                 Err(libc::EOPNOTSUPP) | Err(libc::EINVAL) if len > 0 => {
@@ -166,27 +176,44 @@ impl Companion {
     }
 
     fn note_dirty(&self, c: i32, lo: u64, hi: u64) {
-        let Some(_g) = self.range_lock.try_lock() else { return };
+        let Some(_g) = self.range_lock.try_lock() else {
+            self.pending_lo.fetch_min(lo, Ordering::Relaxed);
+            self.pending_hi.fetch_max(hi, Ordering::Relaxed);
+            return;
+        };
         // SAFETY: the lock is held.
-        let dirty = unsafe { &mut *self.dirty.get() };
-        let (l, h) = dirty.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi)));
-        if h - l >= DROP_THRESHOLD {
-            *dirty = None;
-            drop_range(c, l, h);
-        } else {
-            *dirty = Some((l, h));
+        let (dirty, flushing) = unsafe { &mut *self.dirty.get() };
+        let mut r = merge(dirty.take(), (lo, hi));
+        if let Some(p) = self.take_pending() {
+            r = merge(Some(r), p);
         }
+        if r.1 - r.0 >= DROP_THRESHOLD {
+            if let Some((fl, fh)) = flushing.take() {
+                drop_range(c, fl, fh);
+            }
+            start_writeback(c, r.0, r.1);
+            *flushing = Some(r);
+        } else {
+            *dirty = Some(r);
+        }
+    }
+
+    fn take_pending(&self) -> Option<(u64, u64)> {
+        let hi = self.pending_hi.swap(0, Ordering::Relaxed);
+        let lo = self.pending_lo.swap(u64::MAX, Ordering::Relaxed);
+        (hi > lo).then_some((lo, hi))
     }
 
     /// Writes back and drops whatever this companion left in the page cache.
     pub fn drop_cached(&self) {
         let Some(c) = self.current() else { return };
-        let range = {
+        let ranges = {
             let _g = self.range_lock.lock();
             // SAFETY: the lock is held.
-            unsafe { (*self.dirty.get()).take() }
+            let (d, f) = unsafe { &mut *self.dirty.get() };
+            [f.take(), d.take(), self.take_pending()]
         };
-        if let Some((l, h)) = range {
+        for (l, h) in ranges.into_iter().flatten() {
             drop_range(c, l, h);
         }
     }
@@ -251,6 +278,17 @@ pub fn set_append(fd: i32, append: bool) {
 /// True if `fd` is open on the file `ident` names.
 pub fn is_file(fd: i32, ident: (u64, u64)) -> bool {
     sys::fstat(fd).is_ok_and(|st| (st.st_dev, st.st_ino) == ident)
+}
+
+fn merge(a: Option<(u64, u64)>, (lo, hi): (u64, u64)) -> (u64, u64) {
+    a.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi)))
+}
+
+/// Starts writing back `[lo, hi)` without waiting.
+fn start_writeback(c: i32, lo: u64, hi: u64) {
+    let page = crate::align::page_size() as u64;
+    let lo = lo - lo % page;
+    let _ = sys::sync_file_range(c, lo, hi.next_multiple_of(page) - lo, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 /// Writes back `[lo, hi)` (rounded out to pages) and asks the kernel to drop it.

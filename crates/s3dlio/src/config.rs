@@ -3,12 +3,14 @@
 //! A bad value never stops the program and never affects another variable: it is replaced by
 //! a documented fallback and reported once. An empty value means the same as unset, without a
 //! warning. If a name occurs twice in the environment the first occurrence wins, as with
-//! `getenv`. Values are read as raw bytes: `PATHS`, `EXCLUDE`, `LOG_FILE` and `STATS` may
-//! hold any non-NUL bytes (file names need not be UTF-8); the other variables must be ASCII
-//! words or numbers.
+//! `getenv`. Values are read as raw bytes: `PATHS`, `EXCLUDE`, `PROGRAMS`, `LOG_FILE` and
+//! `STATS` may hold any non-NUL bytes (file names need not be UTF-8); the other variables
+//! must be ASCII words or numbers.
 
 use crate::pathmatch::PatternSet;
+use crate::sys;
 use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
 /// Colon-separated absolute globs/prefixes of files to make direct.
@@ -29,11 +31,32 @@ pub const VAR_LOG_FILE: &str = "S3DLIO_DIRECT_LOG_FILE";
 pub const VAR_STATS: &str = "S3DLIO_DIRECT_STATS";
 /// Bytes of bounce buffers kept.
 pub const VAR_POOL: &str = "S3DLIO_DIRECT_POOL";
+/// Colon-separated globs of the program names the shim works in.
+pub const VAR_PROGRAMS: &str = "S3DLIO_DIRECT_PROGRAMS";
+/// Read-ahead window for small sequential reads (0: off).
+pub const VAR_READAHEAD: &str = "S3DLIO_DIRECT_READAHEAD";
+/// Writes shorter than this go through the page cache, written back and dropped behind (0: off).
+pub const VAR_WRITE_BEHIND: &str = "S3DLIO_DIRECT_WRITE_BEHIND";
+/// `direct` or `dontcache`.
+pub const VAR_MODE: &str = "S3DLIO_DIRECT_MODE";
 
 /// Every variable this module reads; any other `S3DLIO_DIRECT_*` name gets an
 /// "unknown variable" warning (most likely a typo the user wants to hear about).
-pub const KNOWN_VARS: &[&str] =
-    &[VAR_PATHS, VAR_EXCLUDE, VAR_SYNC, VAR_ALIGN, VAR_MIN_SIZE, VAR_LOG, VAR_LOG_FILE, VAR_STATS, VAR_POOL];
+pub const KNOWN_VARS: &[&str] = &[
+    VAR_PATHS,
+    VAR_EXCLUDE,
+    VAR_SYNC,
+    VAR_ALIGN,
+    VAR_MIN_SIZE,
+    VAR_LOG,
+    VAR_LOG_FILE,
+    VAR_STATS,
+    VAR_POOL,
+    VAR_PROGRAMS,
+    VAR_READAHEAD,
+    VAR_WRITE_BEHIND,
+    VAR_MODE,
+];
 
 const PREFIX: &str = "S3DLIO_DIRECT_";
 const KIB: u64 = 1 << 10;
@@ -47,6 +70,25 @@ pub const DEFAULT_POOL_BYTES: usize = 64 << 20;
 pub const MIN_POOL_BYTES: usize = 1 << 20;
 /// Largest accepted `S3DLIO_DIRECT_ALIGN` (1 GiB); no device needs more.
 pub const MAX_ALIGN: usize = 1 << 30;
+
+/// Default for `S3DLIO_DIRECT_READAHEAD`: one device request of this size runs at the
+/// device's full speed (measured: 1 MiB at a time reaches about half of it).
+pub const DEFAULT_READAHEAD: usize = 8 << 20;
+/// Default for `S3DLIO_DIRECT_WRITE_BEHIND`: below this size a direct write costs a device
+/// round trip each, and the page cache written back behind the program is faster.
+pub const DEFAULT_WRITE_BEHIND: usize = 1 << 20;
+/// Largest accepted read-ahead window and write-behind size.
+pub const MAX_TUNING: usize = 1 << 30;
+
+/// How matched files' calls reach the device (`S3DLIO_DIRECT_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// O_DIRECT, with read-ahead and write-behind for small calls (the default).
+    Direct,
+    /// Every call through the page cache with RWF_DONTCACHE (Linux 6.14+), which drops the
+    /// pages it brought in; for comparison and for devices where that is faster.
+    Dontcache,
+}
 
 /// How much the shim logs. Ordered: a message is emitted when its level is `<=` the
 /// configured one (`Error` is the least verbose).
@@ -105,11 +147,22 @@ pub struct Config {
     pub stats_path: Option<OsString>,
     /// `S3DLIO_DIRECT_POOL`, default 64 MiB, at least 1 MiB.
     pub pool_bytes: usize,
+    /// `S3DLIO_DIRECT_PROGRAMS`; `None`: every program.
+    pub programs: Option<ProgramSet>,
+    /// `S3DLIO_DIRECT_READAHEAD`, default 8 MiB, 0: off.
+    pub readahead: usize,
+    /// `S3DLIO_DIRECT_WRITE_BEHIND`, default 1 MiB, 0: off.
+    pub write_behind: usize,
+    /// `S3DLIO_DIRECT_MODE`, default `Direct`.
+    pub mode: Mode,
+    /// Whether this process is one of `programs`: decided once, when the variables are read,
+    /// because `enabled` runs inside every `open()`.
+    pub program_selected: bool,
 }
 
 impl Default for Config {
     /// Everything off: no paths, no sync, kernel alignment, no minimum size, `warn` to
-    /// stderr, no statistics, a 64 MiB pool.
+    /// stderr, no statistics, a 64 MiB pool, every program.
     fn default() -> Self {
         Config {
             paths: PatternSet::default(),
@@ -121,6 +174,11 @@ impl Default for Config {
             log_file: None,
             stats_path: None,
             pool_bytes: DEFAULT_POOL_BYTES,
+            readahead: DEFAULT_READAHEAD,
+            write_behind: DEFAULT_WRITE_BEHIND,
+            mode: Mode::Direct,
+            programs: None,
+            program_selected: true,
         }
     }
 }
@@ -163,6 +221,10 @@ impl Config {
             seen.push(name);
             cfg.apply(name, v.as_ref(), &mut warnings);
         }
+        if let Some(programs) = &cfg.programs {
+            let names = current_program_names();
+            cfg.program_selected = programs.matches_any(names.iter().map(Vec::as_slice));
+        }
         (cfg, warnings)
     }
 
@@ -171,9 +233,10 @@ impl Config {
         Self::from_vars(std::env::vars_os())
     }
 
-    /// True when PATHS has at least one usable entry: otherwise the shim changes nothing.
+    /// True when PATHS has at least one usable entry and PROGRAMS (if set) names this
+    /// program: otherwise the shim changes nothing.
     pub fn enabled(&self) -> bool {
-        !self.paths.is_empty()
+        self.program_selected && !self.paths.is_empty()
     }
 
     /// Whether `path` (absolute and normalised) should be direct: PATHS matches, EXCLUDE does
@@ -206,6 +269,26 @@ impl Config {
             }
             VAR_STATS => {
                 self.stats_path = non_empty(raw);
+                return;
+            }
+            VAR_PROGRAMS => {
+                let (set, bad) = ProgramSet::parse(bytes);
+                if set.is_empty() && bad.is_empty() {
+                    return; // empty, or only separators: unset
+                }
+                if !bad.is_empty() {
+                    let using = if set.is_empty() {
+                        "matching no program, so the shim stays off".to_string()
+                    } else {
+                        format!("using '{}'", set.texts.join(":"))
+                    };
+                    warnings.push(format!(
+                        "{name}='{}': {} (use base names or globs such as python3:python3.*); {using}",
+                        String::from_utf8_lossy(bytes),
+                        bad.join(", ")
+                    ));
+                }
+                self.programs = Some(set);
                 return;
             }
             _ => {}
@@ -272,10 +355,167 @@ impl Config {
                     "{name}='{shown}' is not a size (use e.g. 64MiB, 256M, 1G); using 64MiB"
                 )),
             },
+            VAR_READAHEAD | VAR_WRITE_BEHIND => {
+                let (slot, default) = if name == VAR_READAHEAD {
+                    (&mut self.readahead, "8MiB")
+                } else {
+                    (&mut self.write_behind, "1MiB")
+                };
+                match parse_size(value).and_then(|n| usize::try_from(n).ok()).filter(|&n| n <= MAX_TUNING) {
+                    Some(n) if name == VAR_READAHEAD && n != 0 && n < 65536 => {
+                        *slot = 65536;
+                        Some(format!("{name}='{shown}' is below the minimum of 64KiB (0 turns it off); using 64KiB"))
+                    }
+                    Some(n) => {
+                        *slot = if name == VAR_READAHEAD { n.next_multiple_of(65536) } else { n };
+                        None
+                    }
+                    None => Some(format!(
+                        "{name}='{shown}' is not a size up to 1GiB (use e.g. 0, 256K, 8MiB); using {default}"
+                    )),
+                }
+            }
+            VAR_MODE => match value.trim().to_ascii_lowercase().as_str() {
+                "direct" => {
+                    self.mode = Mode::Direct;
+                    None
+                }
+                "dontcache" => {
+                    self.mode = Mode::Dontcache;
+                    None
+                }
+                _ => Some(format!("{name}='{shown}' is not one of direct, dontcache; using direct")),
+            },
             _ => None,
         };
         warnings.extend(warning);
     }
+}
+
+/// The `S3DLIO_DIRECT_PROGRAMS` list: globs in the PATHS language (`*`, `?`, `[...]`, `\`)
+/// over a program's base name, so `python3*` matches `/usr/bin/python3.11`.
+#[derive(Clone, Default)]
+pub struct ProgramSet {
+    /// Each usable entry made into a one-component absolute glob (`/python3*`), which gives
+    /// names exactly the PATHS glob semantics.
+    globs: PatternSet,
+    texts: Vec<String>,
+}
+
+impl fmt::Debug for ProgramSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.texts).finish()
+    }
+}
+
+impl ProgramSet {
+    /// Parse a colon-separated list (`\:` is a literal colon). Returns the set and one
+    /// description per unusable entry: one with a `/` (a base name has none), `.`, `..`, or
+    /// a malformed glob. Empty entries are ignored.
+    pub fn parse(spec: &[u8]) -> (ProgramSet, Vec<String>) {
+        let mut joined = Vec::with_capacity(spec.len() + 8);
+        let mut texts = Vec::new();
+        let mut bad = Vec::new();
+        for entry in split_list(spec).filter(|e| !e.is_empty()) {
+            let text = String::from_utf8_lossy(entry).into_owned();
+            let mut glob = Vec::with_capacity(entry.len() + 1);
+            glob.push(b'/');
+            glob.extend_from_slice(entry);
+            let why = if entry.contains(&b'/') {
+                Some("contains '/'")
+            } else if entry == b"." || entry == b".." {
+                Some("is not a program name")
+            } else if !PatternSet::parse_bytes(VAR_PROGRAMS, &glob).1.is_empty() {
+                Some("is not a valid glob")
+            } else {
+                None
+            };
+            match why {
+                Some(why) => bad.push(format!("'{text}' {why}")),
+                None => {
+                    if !joined.is_empty() {
+                        joined.push(b':');
+                    }
+                    joined.extend_from_slice(&glob);
+                    texts.push(text);
+                }
+            }
+        }
+        let (globs, _) = PatternSet::parse_bytes(VAR_PROGRAMS, &joined);
+        (ProgramSet { globs, texts }, bad)
+    }
+
+    /// True when no usable entry was parsed: no program matches.
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    /// Whether `name` (a base name, no `/`) matches an entry.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        let mut path = Vec::with_capacity(name.len() + 1);
+        path.push(b'/');
+        path.extend_from_slice(name);
+        !name.is_empty() && !name.contains(&b'/') && self.globs.matches(&path)
+    }
+
+    /// Whether any of `names` matches (a program is known by more than one name).
+    pub fn matches_any<'a>(&self, mut names: impl Iterator<Item = &'a [u8]>) -> bool {
+        names.any(|n| self.matches(n))
+    }
+}
+
+/// Splits a colon-separated list at the colons that are not escaped with `\`, the way the
+/// `PATHS` language does. Escapes stay in the entries.
+pub fn split_list(spec: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut i = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        while i < spec.len() {
+            match spec[i] {
+                b'\\' => i += 2,
+                b':' => {
+                    let entry = &spec[start..i];
+                    i += 1;
+                    start = i;
+                    return Some(entry);
+                }
+                _ => i += 1,
+            }
+        }
+        done = true;
+        Some(&spec[start.min(spec.len())..])
+    })
+}
+
+/// The base names this process goes by: that of its executable (/proc/self/exe) and that of
+/// its argv[0] (a script run through an interpreter, a symlink such as `python3` to
+/// `python3.11`, or a multi-call binary differ there). Read with raw calls: this runs in the
+/// shim's constructor.
+fn current_program_names() -> Vec<Vec<u8>> {
+    let mut names = Vec::with_capacity(2);
+    let mut buf = [0u8; 4096];
+    // SAFETY: the path is NUL-terminated and `buf` is writable for its whole length.
+    let n = unsafe {
+        libc::syscall(libc::SYS_readlinkat, libc::AT_FDCWD, c"/proc/self/exe".as_ptr(), buf.as_mut_ptr(), buf.len())
+    };
+    if let Ok(n @ 1..) = usize::try_from(n) {
+        names.push(base_name(&buf[..n.min(buf.len())]).to_vec());
+    }
+    if let Ok(n) = sys::read_small_file(c"/proc/self/cmdline", &mut buf) {
+        if let Some(argv0) = buf[..n].split(|&b| b == 0).next().filter(|a| !a.is_empty()) {
+            names.push(base_name(argv0).to_vec());
+        }
+    }
+    names
+}
+
+fn base_name(path: &[u8]) -> &[u8] {
+    let trimmed = path.strip_suffix(b"/").unwrap_or(path);
+    trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed)
 }
 
 /// `/proc`, `/sys` and anything below them (whole components: `/procfs` is not).
@@ -637,6 +877,7 @@ mod tests {
             ("S3DLIO_DIRECT_LOG_FILE", "/tmp/l"),
             ("S3DLIO_DIRECT_STATS", "/tmp/s"),
             ("S3DLIO_DIRECT_POOL", "8M"),
+            ("S3DLIO_DIRECT_PROGRAMS", "*"),
         ];
         let bad = [
             ("S3DLIO_DIRECT_PATHS", "rel"),
@@ -646,6 +887,7 @@ mod tests {
             ("S3DLIO_DIRECT_MIN_SIZE", "12Q"),
             ("S3DLIO_DIRECT_LOG", "loud"),
             ("S3DLIO_DIRECT_POOL", "huge"),
+            ("S3DLIO_DIRECT_PROGRAMS", "a/b"),
             ("S3DLIO_DIRECT_BOGUS", "1"),
         ];
         // Swap one variable at a time for its bad value: one warning, all the rest intact.
@@ -655,8 +897,9 @@ mod tests {
             let (c, w) = cfg(&vars);
             assert_eq!(w.len(), 1, "{bad_name}: {w:?}");
             assert!(w[0].contains(bad_name), "{}", w[0]);
-            assert_eq!(c.enabled(), bad_name != VAR_PATHS, "{bad_name}");
-            if bad_name != VAR_PATHS {
+            let switched_off = bad_name == VAR_PATHS || bad_name == VAR_PROGRAMS;
+            assert_eq!(c.enabled(), !switched_off, "{bad_name}");
+            if !switched_off {
                 assert!(c.wants(b"/data/x"));
                 assert_eq!(c.wants(b"/data/tmp/x"), bad_name == VAR_EXCLUDE);
             }
@@ -679,6 +922,112 @@ mod tests {
         assert_eq!(c.min_size, 0);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert_eq!(c.pool_bytes, 64 << 20);
+    }
+
+    fn own_exe_name() -> String {
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.file_name().expect("file name").to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn current_program_names_are_exe_and_argv0_base_names() {
+        let names = current_program_names();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[0], own_exe_name().into_bytes());
+        let argv0 = std::env::args_os().next().expect("argv[0]");
+        assert_eq!(names[1], base_name(argv0.as_bytes()));
+        assert!(names.iter().all(|n| !n.contains(&b'/')));
+    }
+
+    #[test]
+    fn base_names() {
+        assert_eq!(base_name(b"/usr/bin/python3.11"), b"python3.11");
+        assert_eq!(base_name(b"python3"), b"python3");
+        assert_eq!(base_name(b"./bin/cat"), b"cat");
+        assert_eq!(base_name(b"/opt/tool/"), b"tool");
+    }
+
+    #[test]
+    fn programs_unset_or_empty_selects_every_program() {
+        for v in ["", ":", "::"] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_PROGRAMS", v)]);
+            assert!(w.is_empty(), "{v:?}: {w:?}");
+            assert!(c.programs.is_none(), "{v:?}");
+            assert!(c.enabled(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn programs_selects_this_process_by_its_names() {
+        let me = own_exe_name();
+        let prefix: String = me.chars().take(3).collect();
+        for v in [me.clone(), format!("{prefix}*"), format!("nope:{me}"), "*".to_string(), "?*".to_string()] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_PROGRAMS", v.as_str())]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert!(c.program_selected, "{v}");
+            assert!(c.enabled(), "{v}");
+            assert!(c.wants(b"/data/x"), "{v}");
+        }
+        for v in ["python3", "nope:cat", &format!("{me}x"), &format!("x{me}")] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_PROGRAMS", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert!(!c.program_selected, "{v}");
+            assert!(!c.enabled(), "{v}");
+            assert!(!c.wants(b"/data/x"), "{v}");
+        }
+    }
+
+    #[test]
+    fn program_set_matching() {
+        let (p, bad) = ProgramSet::parse(b"python3*:cat:[dt]d:a\\:b:*.sh");
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(format!("{p:?}"), r#"["python3*", "cat", "[dt]d", "a\\:b", "*.sh"]"#);
+        for yes in ["python3", "python3.11", "cat", "dd", "td", "a:b", "run.sh", ".sh"] {
+            assert!(p.matches(yes.as_bytes()), "{yes}");
+        }
+        for no in ["python", "python2", "Cat", "cats", "xcat", "ddd", "a", "b", "run.shx", "", "/cat", "bin/cat"] {
+            assert!(!p.matches(no.as_bytes()), "{no}");
+        }
+        assert!(p.matches_any([b"bash".as_slice(), b"cat".as_slice()].into_iter()));
+        assert!(!p.matches_any([b"bash".as_slice(), b"sh".as_slice()].into_iter()));
+        assert!(!p.matches_any(std::iter::empty()));
+    }
+
+    #[test]
+    fn programs_malformed_entries_give_one_warning() {
+        let (c, w) = one_warning(&[
+            ("S3DLIO_DIRECT_PATHS", "/data"),
+            ("S3DLIO_DIRECT_PROGRAMS", "/usr/bin/python3:..:py[:*"),
+            ("S3DLIO_DIRECT_MIN_SIZE", "4K"),
+        ]);
+        assert_eq!(
+            w,
+            "S3DLIO_DIRECT_PROGRAMS='/usr/bin/python3:..:py[:*': '/usr/bin/python3' contains '/', \
+             '..' is not a program name, 'py[' is not a valid glob \
+             (use base names or globs such as python3:python3.*); using '*'"
+        );
+        assert!(c.enabled());
+        assert_eq!(c.min_size, 4096);
+        let (c, w) = one_warning(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_PROGRAMS", "bin/cat")]);
+        assert!(w.ends_with("; matching no program, so the shim stays off"), "{w}");
+        assert!(c.programs.as_ref().is_some_and(ProgramSet::is_empty));
+        assert!(!c.enabled());
+    }
+
+    #[test]
+    fn programs_non_utf8_names() {
+        let (p, bad) = ProgramSet::parse(b"tool\xff*");
+        assert!(bad.is_empty());
+        assert!(p.matches(b"tool\xff-x"));
+        assert!(!p.matches(b"tool\xfe-x"));
+    }
+
+    #[test]
+    fn split_list_honours_escapes() {
+        let parts: Vec<&[u8]> = split_list(b"a:b\\:c::d\\").collect();
+        assert_eq!(parts, [b"a".as_slice(), b"b\\:c", b"", b"d\\"]);
+        assert_eq!(split_list(b"").collect::<Vec<_>>(), [b"".as_slice()]);
+        assert_eq!(split_list(b"x:").collect::<Vec<_>>(), [b"x".as_slice(), b""]);
     }
 
     #[test]

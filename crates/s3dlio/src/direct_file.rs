@@ -169,6 +169,7 @@ impl DirectFile {
             ident: self.ident,
             pool: shared_pool(),
             nowait: false,
+            tuning: Default::default(),
         }
     }
 

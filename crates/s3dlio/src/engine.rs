@@ -9,11 +9,12 @@
 use crate::align::Alignment;
 use crate::bufpool::BufPool;
 use crate::companion::Companion;
-use crate::config::{Config, LogLevel};
+use crate::config::{Config, LogLevel, Mode};
 use crate::fdtable::FdTable;
-use crate::io::{FileIo, Outcome};
+use crate::io::{FileIo, Outcome, Tuning};
 use crate::lock::FutexMutex;
 use crate::log::{self, Cause};
+use crate::readahead::{self, Params, Readahead};
 use crate::stats::{self, Counter, Reason, Stats};
 use crate::sys::{self, Errno, SysResult};
 use crate::{align, companion, pathmatch, read_path, write_path};
@@ -35,6 +36,7 @@ pub struct Desc {
     /// program's own description must stay buffered (-1: none, the program's fd is direct):
     /// on fd 0-2, glibc's standard streams read and write with calls no hook sees.
     twin: AtomicI32,
+    ra: Readahead,
 }
 
 impl Desc {
@@ -49,6 +51,7 @@ impl Desc {
             ident: self.ident,
             pool,
             nowait,
+            tuning: state().tuning(&self.ra),
         }
     }
 
@@ -103,6 +106,18 @@ impl Drop for Desc {
 struct State {
     cfg: Config,
     pool: BufPool,
+}
+
+impl State {
+    fn tuning<'a>(&self, ra: &'a Readahead) -> Tuning<'a> {
+        let c = &self.cfg;
+        let p = Params { window: c.readahead, budget: c.pool_bytes };
+        Tuning {
+            readahead: (c.readahead > 0).then_some((ra, p)),
+            write_behind: c.write_behind,
+            dontcache: c.mode == Mode::Dontcache,
+        }
+    }
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
@@ -260,6 +275,7 @@ fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool
             added: AtomicI32::new(added),
             companion: Companion::new((st.st_dev, st.st_ino)),
             twin: AtomicI32::new(twin),
+            ra: Readahead::new(),
         }),
     );
 }
@@ -468,6 +484,9 @@ fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> 
     if let Ok(n) = r {
         STATS.add(bytes, *n as u64);
     }
+    if o.readahead_bytes > 0 {
+        STATS.add(Counter::ReadaheadBytes, o.readahead_bytes);
+    }
     let b = o.bounced_bytes + o.buffered_bytes;
     if b > 0 {
         STATS.add(bcalls, 1);
@@ -543,7 +562,10 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
                 .and_then(|(n, pos)| sys::lseek(fd, pos as i64, libc::SEEK_SET).map(|_| n));
             return (o, r);
         }
-        if !d.has_twin() && d.align.write_ok(buf as usize, 0, len) {
+        // An aligned write that goes direct needs no offset bookkeeping: the kernel's own
+        // write moves the offset.
+        if !d.has_twin() && !write_path::through_cache(&io, len) && d.align.write_ok(buf as usize, 0, len) {
+            d.ra.wrote();
             // SAFETY: forwarded from the caller.
             match unsafe { sys::write(fd, buf, len) } {
                 Err(libc::EINVAL) => {}
@@ -969,6 +991,11 @@ pub fn before_spawn() {
 /// Writes this process's statistics file, if one was asked for.
 pub fn write_stats() {
     let Some(st) = STATE.get() else { return };
+    // A process the configuration leaves alone (no paths, or not one of
+    // S3DLIO_DIRECT_PROGRAMS) has nothing to report.
+    if !st.cfg.enabled() {
+        return;
+    }
     let Some(tpl) = st.cfg.stats_path.as_ref() else { return };
     let mut comm = [0u8; 64];
     let n = sys::read_small_file(c"/proc/self/comm", &mut comm).unwrap_or(0);
@@ -1006,7 +1033,9 @@ fn reset_after_fork() {
     FDS.for_each(|_, d| {
         d.lock.reset_after_fork();
         d.companion.reset_after_fork();
+        d.ra.reset_after_fork();
     });
+    readahead::reset_budget_after_fork();
     if let Some(st) = STATE.get() {
         st.pool.reset_after_fork();
     }

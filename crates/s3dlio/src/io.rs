@@ -3,6 +3,7 @@
 use crate::align::Alignment;
 use crate::bufpool::BufPool;
 use crate::companion::Companion;
+use crate::readahead::{Params, Readahead};
 
 /// One open file description as the read and write paths see it.
 pub struct FileIo<'a> {
@@ -22,6 +23,20 @@ pub struct FileIo<'a> {
     pub pool: &'a BufPool,
     /// Running inside a signal handler that interrupted the engine: never block.
     pub nowait: bool,
+    /// Which speed mechanisms the call may use.
+    pub tuning: Tuning<'a>,
+}
+
+/// Which of the engine's speed mechanisms a call may use (all off by default).
+#[derive(Clone, Copy, Default)]
+pub struct Tuning<'a> {
+    /// The description's read-ahead state and parameters.
+    pub readahead: Option<(&'a Readahead, Params)>,
+    /// Writes shorter than this many bytes go through the companion's page cache, written
+    /// back and dropped behind (0: off).
+    pub write_behind: usize,
+    /// Every call goes through the companion with RWF_DONTCACHE.
+    pub dontcache: bool,
 }
 
 /// What one call did, for statistics and for the caller's fallback decisions.
@@ -33,6 +48,8 @@ pub struct Outcome {
     pub bounced_bytes: u64,
     /// Bytes that went through the page cache (companion), dropped afterwards.
     pub buffered_bytes: u64,
+    /// Bytes read from the device into read-ahead windows.
+    pub readahead_bytes: u64,
     /// A direct call failed with EINVAL and was redone on the buffered path.
     pub einval_retry: bool,
     /// The companion could not be opened, so the description was switched to buffered

@@ -18,6 +18,7 @@ pub mod log;
 pub mod object_store;
 pub mod pathmatch;
 pub mod read_path;
+pub mod readahead;
 pub mod stats;
 pub mod stream;
 pub mod sys;

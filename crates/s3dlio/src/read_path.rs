@@ -18,11 +18,25 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
         // SAFETY: forwarded from the caller; the kernel answers the edge cases itself.
         return unsafe { sys::pread(io.fd, buf, len, off) };
     }
+    if io.tuning.dontcache {
+        // SAFETY: forwarded from the caller.
+        return unsafe { companion_read(io, buf, len, off, out) };
+    }
+    let st = sys::fstat(io.fd)?;
+    if let Some((ra, _)) = io.tuning.readahead {
+        // SAFETY: forwarded from the caller.
+        if let Some(r) = unsafe { ra.serve(io, &st, buf, len, off, out) } {
+            if let Ok(n) = r {
+                out.bounced_bytes += n as u64;
+            }
+            return r;
+        }
+    }
     let a = &io.align;
     // The kernel may fill the caller's buffer up to the end of the last block even past end
     // of file, beyond the count it returns; a buffered read never touches those bytes, so a
     // read that crosses end of file takes the bounce path, which copies exactly.
-    if a.read_ok(buf as usize, off, len) && !crosses_eof(io.fd, off, len) {
+    if a.read_ok(buf as usize, off, len) && !crosses_eof(&st, off, len) {
         // SAFETY: forwarded from the caller.
         match unsafe { sys::pread(io.fd, buf, len, off) } {
             Err(libc::EINVAL) => {}
@@ -47,40 +61,65 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
     }
 }
 
-fn crosses_eof(fd: i32, off: u64, len: usize) -> bool {
-    match sys::fstat(fd) {
-        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => off + len as u64 > st.st_size as u64,
-        _ => false,
-    }
+fn crosses_eof(st: &libc::stat, off: u64, len: usize) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && off + len as u64 > st.st_size as u64
 }
 
-/// Reads the aligned superset of `[off, off+len)` chunk by chunk and copies the wanted part.
+/// Bounce buffers one read may use: the device serves one request of several MiB at full
+/// speed, where 1 MiB at a time leaves it idle between requests.
+const MAX_BOUNCE: usize = 8;
+
+/// Reads the aligned superset of `[off, off+len)` into bounce buffers, several at a time
+/// with one vectored read, and copies the wanted part.
 unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64) -> SysResult<usize> {
     let a = io.align.read_offset as u64;
     let end = off.checked_add(len as u64).ok_or(libc::EINVAL)?;
     let mut pos = off - off % a;
     let aligned_end = end.checked_next_multiple_of(a).ok_or(libc::EINVAL)?;
-    let mut bounce = io.pool.get(io.nowait).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
-    let chunk = (bounce.len() as u64 / a) * a;
-    if chunk == 0 || !(bounce.as_mut_ptr() as usize).is_multiple_of(io.align.mem) {
+    let chunk = (io.pool.chunk() as u64 / a) * a;
+    let wanted = ((aligned_end - pos).div_ceil(chunk.max(1)) as usize).clamp(1, MAX_BOUNCE);
+    let mut bufs = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
+        match io.pool.get(io.nowait) {
+            Ok(b) => bufs.push(b),
+            Err(e) if bufs.is_empty() => return Err(e.raw_os_error().unwrap_or(libc::ENOMEM)),
+            Err(_) => break,
+        }
+    }
+    if chunk == 0 || bufs.iter_mut().any(|b| !(b.as_mut_ptr() as usize).is_multiple_of(io.align.mem)) {
         return Err(libc::EINVAL);
     }
     let mut done = 0usize;
     while pos < aligned_end {
-        let want = chunk.min(aligned_end - pos) as usize;
-        // SAFETY: the bounce buffer holds at least `chunk >= want` bytes.
-        let n = match unsafe { sys::pread(io.fd, bounce.as_mut_ptr(), want, pos) } {
+        let want = (chunk * bufs.len() as u64).min(aligned_end - pos) as usize;
+        let iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .scan(want, |left, b| {
+                let l = (*left).min(chunk as usize);
+                *left -= l;
+                (l > 0).then(|| libc::iovec { iov_base: b.as_mut_ptr() as *mut libc::c_void, iov_len: l })
+            })
+            .collect();
+        // SAFETY: each iovec lies inside its bounce buffer.
+        let n = match unsafe { sys::preadv(io.fd, &iov, pos) } {
             Ok(n) => n,
             Err(e) if done == 0 => return Err(e),
             Err(_) => return Ok(done),
         };
         let lo = pos.max(off);
         let hi = (pos + n as u64).min(end);
+        for (k, b) in bufs.iter_mut().enumerate() {
+            let b_lo = pos + k as u64 * chunk;
+            let (from, to) = (lo.max(b_lo), hi.min(b_lo + chunk));
+            if from >= to {
+                continue;
+            }
+            let src = &b.as_mut_slice()[(from - b_lo) as usize..(to - b_lo) as usize];
+            // SAFETY: `from - off + src.len() <= len`, inside the caller's buffer, which
+            // cannot overlap the engine's private bounce mappings.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.add((from - off) as usize), src.len()) };
+        }
         if hi > lo {
-            let src = &bounce.as_mut_slice()[(lo - pos) as usize..(hi - pos) as usize];
-            // SAFETY: `lo - off + src.len() <= len`, inside the caller's buffer, which cannot
-            // overlap the engine's private bounce mapping.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.add((lo - off) as usize), src.len()) };
             done = (hi - off) as usize;
         }
         if n < want {
@@ -91,9 +130,15 @@ unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64) -> SysRes
     Ok(done)
 }
 
-/// The program's call, unchanged, on the buffered companion.
+/// The program's call, unchanged, on the buffered companion (a direct call was refused).
 unsafe fn buffered(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
     out.einval_retry = true;
+    // SAFETY: forwarded from the caller.
+    unsafe { companion_read(io, buf, len, off, out) }
+}
+
+/// The program's call, unchanged, on the buffered companion with RWF_DONTCACHE.
+unsafe fn companion_read(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
     let c = io.companion.get(io.fd, io.accmode, io.append, io.ident)?;
     // SAFETY: forwarded from the caller.
     let n = unsafe { io.companion.read(c, buf, len, off as i64) }?;

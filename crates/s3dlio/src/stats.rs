@@ -59,6 +59,7 @@ pub const COUNTERS: &[&str] = &[
     "streams_direct",
     "mmap_calls",
     "advice_swallowed",
+    "read_ahead_bytes",
 ];
 
 /// Index into [`COUNTERS`].
@@ -84,6 +85,8 @@ pub enum Counter {
     MmapCalls,
     /// posix_fadvise(WILLNEED) and readahead calls not passed on.
     AdviceSwallowed,
+    /// Bytes read from the device into read-ahead windows.
+    ReadaheadBytes,
 }
 
 /// The process's counters.

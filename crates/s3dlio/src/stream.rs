@@ -177,8 +177,8 @@ pub unsafe fn after_fopen(fd: i32, m: Mode) -> Option<Result<*mut FILE, Errno>> 
 }
 
 /// `fdopen(fd, mode)` on a direct descriptor, with glibc's checks and effects: the access
-/// mode must allow the stream's directions (EINVAL), `a` adds O_APPEND to the description
-/// and, for a write-only stream, moves to the end. `None` if `fd` is not direct or glibc
+/// mode must allow the stream's directions (EINVAL), and `a` on a description without
+/// O_APPEND adds it and, for a write-only stream, moves to the end. `None` if `fd` is not direct or glibc
 /// must answer itself.
 ///
 /// # Safety
@@ -202,10 +202,11 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
         if let Err(e) = sys::fcntl(fd, libc::F_SETFL, arg as libc::c_long) {
             return Some(Err(e));
         }
-    }
-    if m.append && !m.plus {
-        if let Some(Err(e)) = engine::lseek(fd, 0, libc::SEEK_END, false) {
-            return Some(Err(e));
+        // glibc moves to the end only when it added O_APPEND itself, for a write-only stream.
+        if !m.plus {
+            if let Some(Err(e)) = engine::lseek(fd, 0, libc::SEEK_END, false) {
+                return Some(Err(e));
+            }
         }
     }
     // SAFETY: `fd` is open and direct.

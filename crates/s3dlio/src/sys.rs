@@ -65,6 +65,17 @@ pub unsafe fn pwritev2(fd: c_int, buf: *const u8, len: usize, off: i64, flags: c
     retry(|| unsafe { libc::syscall(libc::SYS_pwritev2, fd, &iov as *const libc::iovec, 1, off, 0 as c_long, flags) })
 }
 
+/// `preadv(2)`.
+///
+/// # Safety
+/// Every iovec must describe memory valid for writes of its length.
+pub unsafe fn preadv(fd: c_int, iov: &[libc::iovec], off: u64) -> SysResult<usize> {
+    // SAFETY: the caller vouches for the iovecs; the slice lives across the call.
+    retry(|| unsafe {
+        libc::syscall(libc::SYS_preadv, fd, iov.as_ptr(), iov.len() as c_int, off as off_t, 0 as c_long)
+    })
+}
+
 /// `preadv2(2)` with one buffer.
 ///
 /// # Safety

@@ -31,6 +31,11 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
         // SAFETY: forwarded; the kernel answers the edge cases itself.
         return unsafe { sys::pwrite(io.fd, buf, len, off) };
     }
+    wrote(io);
+    if through_cache(io, len) {
+        // SAFETY: forwarded from the caller.
+        return unsafe { buffered(io, buf, len, off as i64, out) };
+    }
     if io.align.write_ok(buf as usize, off, len) {
         // SAFETY: forwarded from the caller.
         return unsafe { direct_all(io, buf, len, off, out) };
@@ -83,7 +88,8 @@ pub unsafe fn append(
     moves_offset: bool,
     out: &mut Outcome,
 ) -> SysResult<(usize, u64)> {
-    if len > 0 && io.align.write_ok(buf as usize, 0, len) {
+    wrote(io);
+    if !through_cache(io, len) && len > 0 && io.align.write_ok(buf as usize, 0, len) {
         // The kernel appends atomically if the current end of file is aligned; if it is
         // not, it refuses with EINVAL and nothing was written. pwrite on an O_APPEND
         // description appends without moving the offset, as the program's pwrite would.
@@ -114,6 +120,20 @@ pub unsafe fn append(
         None => sys::lseek(io.fd, 0, libc::SEEK_END)?, // demoted: the fd itself appended
     };
     Ok((n, pos))
+}
+
+/// The description's read-ahead window may hold bytes this write replaces.
+fn wrote(io: &FileIo<'_>) {
+    if let Some((ra, _)) = io.tuning.readahead {
+        ra.wrote();
+    }
+}
+
+/// True if a write of `len` bytes goes through the companion's page cache as a whole:
+/// `S3DLIO_DIRECT_MODE=dontcache`, or a write small enough for write-behind, where a direct
+/// write would cost a device round trip each.
+pub fn through_cache(io: &FileIo<'_>, len: usize) -> bool {
+    io.tuning.dontcache || len < io.tuning.write_behind
 }
 
 /// An aligned write straight from the program's buffer; EINVAL is redone buffered.
@@ -183,9 +203,10 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
 /// Writes through the page cache on the companion (`off == -1`: append). If the companion
 /// cannot be opened, clears O_DIRECT on the description and writes on the fd itself.
 unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &mut Outcome) -> SysResult<usize> {
+    let behind = !io.tuning.dontcache && len < io.tuning.write_behind;
     let n = match io.companion.get(io.fd, io.accmode, io.append, io.ident) {
         // SAFETY: forwarded from the caller.
-        Ok(c) => unsafe { io.companion.write(c, buf, len, off) }?,
+        Ok(c) => unsafe { io.companion.write(c, buf, len, off, behind) }?,
         Err(libc::ESTALE) => return Err(libc::ESTALE),
         Err(e) => {
             sys::set_o_direct(io.fd, false)?;

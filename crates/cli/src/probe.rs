@@ -1,0 +1,513 @@
+//! `s3dlio-direct probe`: what the kernel offers O_DIRECT on a path, found the way the
+//! library finds it (F_SETFL, `align::discover`) and then confirmed with real I/O.
+
+use crate::{absolute_globs, current_dir, error, warning, ProbeArgs};
+use s3dlio::align::{self, Alignment};
+use s3dlio::config::{Config, VAR_EXCLUDE, VAR_PATHS, VAR_PROGRAMS};
+use s3dlio::pathmatch::normalize_into;
+use serde_json::{json, Value};
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A yes/no answer and the kernel's words for it; `None`: could not be tried.
+struct Answer {
+    ok: Option<bool>,
+    detail: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        json!({ "supported": self.ok, "detail": self.detail })
+    }
+}
+
+struct Mount {
+    fstype: String,
+    source: String,
+    point: PathBuf,
+}
+
+struct Report {
+    path: PathBuf,
+    /// The file actually opened, when it is not `path` itself.
+    tested: Option<PathBuf>,
+    note: Option<String>,
+    mount: Option<Mount>,
+    direct: Answer,
+    align: Option<Alignment>,
+    effective: Option<Alignment>,
+    dontcache: Answer,
+    pattern: Pattern,
+}
+
+struct Pattern {
+    direct: bool,
+    entry: Option<String>,
+    detail: String,
+}
+
+pub fn main(args: ProbeArgs) -> i32 {
+    let cwd = match current_dir() {
+        Ok(c) => c,
+        Err(e) => {
+            error(&e);
+            return 1;
+        }
+    };
+    let cfg = config(&args, &cwd);
+    let mut failed = false;
+    let mut reports = Vec::new();
+    for target in &args.targets {
+        match probe(target, &cwd, &cfg) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                error(&e);
+                failed = true;
+            }
+        }
+    }
+    if args.json {
+        println!("{}", Value::Array(reports.iter().map(report_json).collect()));
+    } else {
+        for (i, r) in reports.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", report_text(r));
+        }
+    }
+    i32::from(failed)
+}
+
+/// The configuration `run` would give the library: `--paths`/`--exclude` over the
+/// environment. PROGRAMS is left out: it would be judged against this command's own name.
+fn config(args: &ProbeArgs, cwd: &Path) -> Config {
+    let mut vars: Vec<(OsString, OsString)> = Vec::new();
+    if !args.paths.is_empty() {
+        vars.push((VAR_PATHS.into(), absolute_globs(&args.paths, cwd)));
+    }
+    if !args.exclude.is_empty() {
+        vars.push((VAR_EXCLUDE.into(), absolute_globs(&args.exclude, cwd)));
+    }
+    let inherited =
+        std::env::vars_os().filter(|(k, _)| k.as_bytes().starts_with(b"S3DLIO_DIRECT_") && k != VAR_PROGRAMS);
+    let (cfg, warnings) = Config::from_vars(vars.into_iter().chain(inherited));
+    for w in warnings {
+        warning(&w);
+    }
+    cfg
+}
+
+fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
+    let mut note = None;
+    let mut existing = cwd.join(given);
+    while std::fs::metadata(&existing).is_err() {
+        let Some(parent) = existing.parent() else {
+            return Err(format!("{}: nothing along this path exists", given.display()));
+        };
+        existing = parent.to_path_buf();
+        note = Some(format!("does not exist; probed its nearest existing parent {}", existing.display()));
+    }
+    let real = existing.canonicalize().map_err(|e| format!("{}: {e}", existing.display()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    let mount = mount_of(&real);
+    let pattern = pattern(given, cwd, cfg, meta.is_file().then_some(meta.len()));
+
+    let opened = if meta.is_dir() {
+        open_in_dir(&real)
+    } else if meta.is_file() || meta.file_type().is_block_device() {
+        File::open(&real).map(|f| Some((f, None, false))).map_err(|e| format!("cannot open {}: {e}", real.display()))
+    } else {
+        Ok(None)
+    };
+    let (file, tested, scratch) = match opened? {
+        Some(found) => found,
+        None => {
+            let why = if meta.is_dir() {
+                "cannot create a file in this directory and it holds none to open: probe a file in it"
+            } else {
+                "not a regular file or block device: the library leaves it alone"
+            };
+            let unknown = || Answer { ok: None, detail: why.to_string() };
+            return Ok(Report {
+                path: given.to_path_buf(),
+                tested: None,
+                note,
+                mount,
+                direct: unknown(),
+                align: None,
+                effective: None,
+                dontcache: unknown(),
+                pattern,
+            });
+        }
+    };
+    let fd = file.as_raw_fd();
+    let alignment = align::discover(fd);
+    let (effective, align_warning) = alignment.with_minimum(cfg.align);
+    if let Some(w) = align_warning {
+        warning(&w);
+    }
+    let dontcache = try_dontcache(fd);
+    let direct = try_direct(fd, &alignment, scratch);
+    Ok(Report {
+        path: given.to_path_buf(),
+        tested,
+        note,
+        mount,
+        direct,
+        align: Some(alignment),
+        effective: (effective != alignment).then_some(effective),
+        dontcache,
+        pattern,
+    })
+}
+
+/// A file to test a directory with: a new one, deleted at once (so the write test cannot
+/// touch anyone's data), else the first file already there, opened read-only. The bool
+/// says whether it is the new one.
+fn open_in_dir(dir: &Path) -> Result<Option<(File, Option<PathBuf>, bool)>, String> {
+    let name = dir.join(format!(".s3dlio-direct-probe.{}", std::process::id()));
+    let created = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&name);
+    if let Ok(f) = created {
+        let _ = std::fs::remove_file(&name);
+        return Ok(Some((f, None, true)));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for e in entries.filter_map(Result::ok).take(10_000) {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            if let Ok(f) = File::open(&p) {
+                return Ok(Some((f, Some(p), false)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        libc::EINVAL => "EINVAL",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        _ => "",
+    };
+    let text = std::io::Error::from_raw_os_error(e).to_string();
+    let text = text.split(" (os error").next().unwrap_or_default();
+    if name.is_empty() {
+        text.to_string()
+    } else {
+        format!("{name}: {text}")
+    }
+}
+
+/// A one-byte read with RWF_DONTCACHE (Linux 6.14+): the kernel checks the flag before it
+/// looks at the file's size, so an empty file answers as well as a full one.
+fn try_dontcache(fd: i32) -> Answer {
+    let mut byte = [0u8; 1];
+    let iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: `iov` describes `byte`, which is writable and outlives the call.
+    let r = unsafe { libc::preadv2(fd, &iov, 1, 0, libc::RWF_DONTCACHE) };
+    if r >= 0 {
+        return Answer { ok: Some(true), detail: "yes: a read with RWF_DONTCACHE went through".into() };
+    }
+    let e = last_errno();
+    let why = match (e, kernel_at_least(6, 14)) {
+        (libc::EOPNOTSUPP, true) => "this filesystem does not support it",
+        (libc::EOPNOTSUPP, false) => "this kernel is older than 6.14, which brought it",
+        _ => "the kernel refused it",
+    };
+    Answer { ok: Some(false), detail: format!("no: {why} ({})", errno_name(e)) }
+}
+
+/// Whether the running kernel's release (uname) is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// O_DIRECT turned on the way the library does it (F_SETFL after open), then one aligned
+/// read (and on a scratch file first one aligned write) to see the kernel take it.
+fn try_direct(fd: i32, a: &Alignment, scratch: bool) -> Answer {
+    if a.supported == Some(false) {
+        return Answer { ok: Some(false), detail: "no: statx says this file cannot do O_DIRECT".into() };
+    }
+    // SAFETY: fcntl on an fd we own, integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
+        let e = last_errno();
+        return Answer {
+            ok: Some(false),
+            detail: format!(
+                "no: the filesystem refuses O_DIRECT ({}); the library keeps such files buffered",
+                errno_name(e)
+            ),
+        };
+    }
+    let len = a.offset.max(a.read_offset);
+    let Some(buf) = AlignedBuf::new(len, a.mem.max(align::page_size())) else {
+        return Answer { ok: None, detail: "could not allocate an aligned buffer to test with".into() };
+    };
+    if scratch {
+        // SAFETY: `buf` is valid for `len` bytes.
+        let w = unsafe { libc::pwrite(fd, buf.ptr.cast(), len, 0) };
+        if w < 0 {
+            let e = last_errno();
+            return Answer {
+                ok: Some(false),
+                detail: format!("no: F_SETFL took O_DIRECT but an aligned write failed ({})", errno_name(e)),
+            };
+        }
+    }
+    // SAFETY: `buf` is valid and writable for `len` bytes.
+    let r = unsafe { libc::pread(fd, buf.ptr.cast(), len, 0) };
+    buf.touch();
+    if r < 0 {
+        let e = last_errno();
+        return Answer {
+            ok: Some(false),
+            detail: format!("no: F_SETFL took O_DIRECT but an aligned read failed ({})", errno_name(e)),
+        };
+    }
+    let what = if scratch { "an aligned write and read went through" } else { "an aligned read went through" };
+    Answer { ok: Some(true), detail: format!("yes: {what}") }
+}
+
+/// A zeroed buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize, align: usize) -> Option<AlignedBuf> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), align).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(AlignedBuf { ptr, layout })
+    }
+
+    /// Reads the first byte back, so the compiler cannot treat the buffer as write-only.
+    fn touch(&self) {
+        // SAFETY: the buffer holds at least one initialised byte.
+        std::hint::black_box(unsafe { *self.ptr });
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// What the library would decide for `given` as a program spells it (lexically
+/// normalised, symlinks not followed), with the entry that decided it.
+fn pattern(given: &Path, cwd: &Path, cfg: &Config, size: Option<u64>) -> Pattern {
+    let mut buf = vec![0u8; 8192];
+    let norm = normalize_into(cwd.as_os_str().as_bytes(), given.as_os_str().as_bytes(), &mut buf)
+        .map(|n| buf[..n].to_vec())
+        .unwrap_or_default();
+    if cfg.paths.is_empty() {
+        return Pattern {
+            direct: false,
+            entry: None,
+            detail: format!("{VAR_PATHS} is not set (nor --paths given): the library would change nothing"),
+        };
+    }
+    if let Some(e) = cfg.exclude.first_match(&norm) {
+        return Pattern {
+            direct: false,
+            entry: Some(e.to_string()),
+            detail: format!("excluded by '{e}': stays buffered"),
+        };
+    }
+    let Some(entry) = cfg.paths.first_match(&norm) else {
+        return Pattern { direct: false, entry: None, detail: "no entry of the paths matches: stays buffered".into() };
+    };
+    if !cfg.wants(&norm) {
+        return Pattern {
+            direct: false,
+            entry: Some(entry.to_string()),
+            detail: format!("matches '{entry}', but /proc and /sys are never made direct"),
+        };
+    }
+    let small = size.is_some_and(|s| s < cfg.min_size);
+    let detail = if small {
+        format!("matches '{entry}'; smaller than the minimum size, so read-only opens stay buffered")
+    } else {
+        format!("matches '{entry}': direct under the library")
+    };
+    Pattern { direct: !small, entry: Some(entry.to_string()), detail }
+}
+
+/// The mount holding `real` (a canonical path): the last-mounted of the longest mount
+/// points that contain it, as /proc/self/mountinfo lists them.
+fn mount_of(real: &Path) -> Option<Mount> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<Mount> = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(point), Some(fstype), Some(source)) = (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+        else {
+            continue;
+        };
+        let point = PathBuf::from(unescape_mountinfo(point));
+        if !real.starts_with(&point) {
+            continue;
+        }
+        let longer = best.as_ref().is_none_or(|b| point.as_os_str().len() >= b.point.as_os_str().len());
+        if longer {
+            best = Some(Mount { fstype: fstype.to_string(), source: unescape_mountinfo(source), point });
+        }
+    }
+    best
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d[0] <= b'3' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(d)) = (b[i], octal) {
+            out.push(d.iter().fold(0u8, |v, c| v * 8 + (c - b'0')));
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn align_text(a: &Alignment) -> String {
+    let read = if a.read_offset != a.offset { format!(" (reads {})", a.read_offset) } else { String::new() };
+    format!("memory {}, offset and length {}{read}", a.mem, a.offset)
+}
+
+fn align_source(a: &Alignment) -> &'static str {
+    match a.source {
+        align::AlignSource::Statx => "statx STATX_DIOALIGN",
+        align::AlignSource::BlockDevice => "the block device's logical block size",
+        align::AlignSource::PageSize => "the page size (the kernel reported nothing better)",
+    }
+}
+
+fn report_text(r: &Report) -> String {
+    let mut out = format!("{}\n", r.path.display());
+    let mut line = |k: &str, v: &str| out.push_str(&format!("  {k:<14} {v}\n"));
+    if let Some(n) = &r.note {
+        line("note", n);
+    }
+    if let Some(t) = &r.tested {
+        line("tested with", &t.display().to_string());
+    }
+    match &r.mount {
+        Some(m) => line("filesystem", &format!("{} ({} on {})", m.fstype, m.source, m.point.display())),
+        None => line("filesystem", "unknown (not in /proc/self/mountinfo)"),
+    }
+    line("O_DIRECT", &r.direct.detail);
+    match &r.align {
+        Some(a) => {
+            line("alignment", &format!("{}, from {}", align_text(a), align_source(a)));
+            if let Some(e) = &r.effective {
+                line("with --align", &align_text(e));
+            }
+        }
+        None => line("alignment", "unknown"),
+    }
+    line("RWF_DONTCACHE", &r.dontcache.detail);
+    line("pattern", &r.pattern.detail);
+    out
+}
+
+fn report_json(r: &Report) -> Value {
+    let align = |a: &Alignment| {
+        json!({
+            "memory": a.mem,
+            "offset": a.offset,
+            "read_offset": a.read_offset,
+            "source": a.source.to_string(),
+        })
+    };
+    json!({
+        "path": r.path.to_string_lossy(),
+        "tested": r.tested.as_ref().map(|t| t.to_string_lossy().into_owned()),
+        "note": r.note,
+        "filesystem": r.mount.as_ref().map(|m| json!({
+            "type": m.fstype,
+            "source": m.source,
+            "mount_point": m.point.to_string_lossy(),
+        })),
+        "o_direct": r.direct.json(),
+        "alignment": r.align.as_ref().map(align),
+        "effective_alignment": r.effective.as_ref().or(r.align.as_ref()).map(align),
+        "rwf_dontcache": r.dontcache.json(),
+        "pattern": { "direct": r.pattern.direct, "entry": r.pattern.entry, "detail": r.pattern.detail },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn kernel_release_comparison() {
+        assert!(kernel_at_least(2, 6));
+        assert!(!kernel_at_least(999, 0));
+    }
+
+    #[test]
+    fn root_is_always_a_mount() {
+        let m = mount_of(Path::new("/")).expect("/ is mounted");
+        assert_eq!(m.point, Path::new("/"));
+        assert!(!m.fstype.is_empty());
+    }
+
+    fn cfg(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().copied()).0
+    }
+
+    #[test]
+    fn pattern_decisions() {
+        let cwd = Path::new("/work");
+        let c = cfg(&[("S3DLIO_DIRECT_PATHS", "/work/data:/proc"), ("S3DLIO_DIRECT_EXCLUDE", "/work/data/logs")]);
+        let p = pattern(Path::new("data/x.bin"), cwd, &c, Some(10));
+        assert!(p.direct);
+        assert_eq!(p.entry.as_deref(), Some("/work/data"));
+        let p = pattern(Path::new("/work/data/logs/a"), cwd, &c, None);
+        assert!(!p.direct);
+        assert!(p.detail.starts_with("excluded by '/work/data/logs'"), "{}", p.detail);
+        assert!(!pattern(Path::new("/elsewhere"), cwd, &c, None).direct);
+        assert!(pattern(Path::new("/proc/self/maps"), cwd, &c, None).detail.contains("never"));
+        let small = cfg(&[("S3DLIO_DIRECT_PATHS", "/work"), ("S3DLIO_DIRECT_MIN_SIZE", "1M")]);
+        assert!(!pattern(Path::new("f"), cwd, &small, Some(10)).direct);
+        assert!(pattern(Path::new("f"), cwd, &small, Some(2 << 20)).direct);
+        assert!(pattern(Path::new("f"), cwd, &cfg(&[]), None).detail.contains("is not set"));
+    }
+}
