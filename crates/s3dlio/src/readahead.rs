@@ -227,3 +227,143 @@ fn fill(s: &mut State, io: &FileIo<'_>, p: Params, pos: u64) -> SysResult<bool> 
     s.eof = n < want;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align;
+    use crate::bufpool::BufPool;
+    use crate::companion::Companion;
+    use crate::io::Tuning;
+    use std::path::PathBuf;
+
+    const WINDOW: usize = 1 << 20;
+
+    struct File {
+        fd: i32,
+        dir: PathBuf,
+        align: align::Alignment,
+        companion: Companion,
+        pool: BufPool,
+        ra: Readahead,
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = sys::close(self.fd);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 12) as u8)).collect()
+    }
+
+    fn file(name: &str, data: &[u8]) -> File {
+        let dir = std::env::temp_dir().join(format!("s3dlio-ra-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), data).unwrap();
+        let path = std::ffi::CString::new(dir.join("f").to_str().unwrap()).unwrap();
+        // O_DIRECT where the test directory's filesystem has it; the window logic is the same.
+        let fd = sys::openat(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_DIRECT, 0)
+            .or_else(|_| sys::openat(libc::AT_FDCWD, &path, libc::O_RDONLY, 0))
+            .unwrap();
+        let st = sys::fstat(fd).unwrap();
+        File {
+            fd,
+            dir,
+            align: align::discover(fd),
+            companion: Companion::new((st.st_dev, st.st_ino)),
+            pool: BufPool::new(1 << 20, 4 << 20),
+            ra: Readahead::new(),
+        }
+    }
+
+    impl File {
+        fn read(&self, off: u64, len: usize, out: &mut Outcome) -> Option<Vec<u8>> {
+            let st = sys::fstat(self.fd).unwrap();
+            let io = FileIo {
+                fd: self.fd,
+                align: self.align,
+                companion: &self.companion,
+                accmode: libc::O_RDONLY,
+                append: false,
+                ident: (st.st_dev, st.st_ino),
+                pool: &self.pool,
+                nowait: false,
+                tuning: Tuning {
+                    readahead: Some((&self.ra, Params { window: WINDOW, budget: 64 << 20 })),
+                    ..Default::default()
+                },
+            };
+            let mut buf = vec![0u8; len];
+            // SAFETY: `buf` holds `len` bytes.
+            let r = unsafe { self.ra.serve(&io, &st, buf.as_mut_ptr(), len, off, out) }?;
+            buf.truncate(r.unwrap());
+            Some(buf)
+        }
+    }
+
+    #[test]
+    fn sequential_small_reads_come_from_one_window() {
+        let data = pattern(3 * WINDOW + 1234, 1);
+        let f = file("seq", &data);
+        let mut out = Outcome::default();
+        let mut got = Vec::new();
+        let mut off = 0u64;
+        loop {
+            let b = f.read(off, 4097, &mut out).expect("sequential reads are served");
+            if b.is_empty() {
+                break;
+            }
+            off += b.len() as u64;
+            got.extend(b);
+        }
+        assert!(got == data, "bytes differ");
+        // three full windows and a short one, each read from the device once
+        assert_eq!(out.readahead_bytes, data.len() as u64);
+    }
+
+    #[test]
+    fn random_and_large_reads_take_the_ordinary_path() {
+        let data = pattern(2 * WINDOW, 2);
+        let f = file("rand", &data);
+        let mut out = Outcome::default();
+        for off in [700_000u64, 5_000, 300_000, 1_500_000] {
+            assert!(f.read(off, 65536, &mut out).is_none(), "random read at {off} served from a window");
+        }
+        assert!(f.read(0, WINDOW / 2, &mut out).is_none(), "a read of half a window is not read ahead");
+        assert_eq!(out.readahead_bytes, 0, "random reads must not read ahead");
+    }
+
+    #[test]
+    fn a_changed_file_or_a_write_discards_the_window() {
+        let data = pattern(WINDOW, 3);
+        let f = file("stale", &data);
+        let mut out = Outcome::default();
+        assert_eq!(f.read(0, 4096, &mut out).unwrap(), data[..4096]);
+        let filled = out.readahead_bytes;
+        // another writer changes bytes the window holds
+        let mut w = std::fs::OpenOptions::new().write(true).open(f.dir.join("f")).unwrap();
+        std::io::Seek::seek(&mut w, std::io::SeekFrom::Start(4096)).unwrap();
+        std::io::Write::write_all(&mut w, b"fresh bytes").unwrap();
+        drop(w);
+        assert_eq!(&f.read(4096, 11, &mut out).unwrap(), b"fresh bytes");
+        assert!(out.readahead_bytes > filled, "the window must be read again");
+        let refilled = out.readahead_bytes;
+        f.ra.wrote();
+        assert_eq!(f.read(4107, 100, &mut out).unwrap(), data[4107..4207]);
+        assert!(out.readahead_bytes > refilled, "a write through the description discards the window");
+    }
+
+    #[test]
+    fn end_of_file_inside_the_window() {
+        let data = pattern(10_000, 4);
+        let f = file("eof", &data);
+        let mut out = Outcome::default();
+        let sizes: Vec<usize> = (0..3).map(|i| f.read(i * 4096, 4096, &mut out).unwrap().len()).collect();
+        assert_eq!(sizes, [4096, 4096, 1808]);
+        assert_eq!(f.read(10_000, 4096, &mut out).unwrap().len(), 0, "the next read is at end of file");
+        assert!(f.read(12_288, 4096, &mut out).is_none(), "past the end, out of sequence: the kernel answers");
+    }
+}
