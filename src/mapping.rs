@@ -31,7 +31,7 @@ macro_rules! fadvise_hooks {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, off: off_t, len: off_t, advice: c_int) -> c_int {
             if advice == libc::POSIX_FADV_WILLNEED && off >= 0 && len >= 0 && eng::is_managed(fd)
-                && engine(|_| Some(eng::swallow_readahead(fd))).unwrap_or(false)
+                && engine(|_| Some(eng::swallow_readahead(fd, false))).unwrap_or(false)
             {
                 return 0;
             }
@@ -44,7 +44,7 @@ fadvise_hooks!(posix_fadvise, posix_fadvise64);
 
 #[no_mangle]
 pub unsafe extern "C" fn readahead(fd: c_int, off: off_t, count: size_t) -> ssize_t {
-    if eng::is_managed(fd) && engine(|_| Some(eng::swallow_readahead(fd))).unwrap_or(false) {
+    if eng::is_managed(fd) && engine(|_| Some(eng::swallow_readahead(fd, true))).unwrap_or(false) {
         return 0;
     }
     // SAFETY: forwarding the program's arguments.

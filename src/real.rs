@@ -114,6 +114,8 @@ symbols!(
     freopen,
     freopen64,
     fclose,
+    fread,
+    fread_unlocked,
     mmap,
     mmap64,
     posix_fadvise,

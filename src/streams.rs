@@ -65,8 +65,16 @@ unsafe fn fopen_with(
             set_errno(e);
             std::ptr::null_mut()
         }
-        // SAFETY: an ordinary stream over the descriptor, with the program's mode.
-        None => unsafe { real!(fdopen: FdopenFn)(fd, mode) },
+        None => {
+            if m.append && !m.plus {
+                // glibc's fopen("a") starts at the end (ftell reports the size); its fdopen
+                // does not when the descriptor already has O_APPEND.
+                // SAFETY: the descriptor this call opened.
+                unsafe { crate::fdops::lseek(fd, 0, libc::SEEK_END) };
+            }
+            // SAFETY: an ordinary stream over the descriptor, with the program's mode.
+            unsafe { real!(fdopen: FdopenFn)(fd, mode) }
+        }
     };
     if f.is_null() {
         let e = errno();
@@ -222,3 +230,29 @@ pub unsafe extern "C" fn fclose(f: *mut FILE) -> c_int {
     // SAFETY: forwarding the program's argument.
     unsafe { real!(fclose: unsafe extern "C" fn(*mut FILE) -> c_int)(f) }
 }
+
+/// Hooks for `fread`-shaped functions: a large read, or any read of an unbuffered stream,
+/// on a stream the engine made goes straight to the engine (glibc would refill the stream's
+/// small buffer again and again, or read one byte per call).
+macro_rules! fread_hooks {
+    ($($name:ident),*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(ptr: *mut libc::c_void, size: libc::size_t, n: libc::size_t, f: *mut FILE) -> libc::size_t {
+            // SAFETY: `f` is the program's live stream.
+            if !f.is_null() && !ptr.is_null() && unsafe { stream::is_ours(f) } {
+                let saved = errno();
+                // SAFETY: forwarding the program's arguments.
+                if let Some(r) = engine(|_| unsafe { stream::fread(ptr as *mut u8, size, n, f) }) {
+                    if r == n {
+                        set_errno(saved);
+                    }
+                    return r;
+                }
+            }
+            type F = unsafe extern "C" fn(*mut libc::c_void, libc::size_t, libc::size_t, *mut FILE) -> libc::size_t;
+            // SAFETY: forwarding the program's arguments.
+            unsafe { real!($name: F)(ptr, size, n, f) }
+        }
+    )*};
+}
+fread_hooks!(fread, fread_unlocked);

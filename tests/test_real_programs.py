@@ -2,7 +2,9 @@
 (block sizes that are not a multiple of the sector, and iflag/oflag=direct left alone), tar c
 and x, gzip, xz, zstd, sha256sum, sqlite3, python3 open()/read()/readinto()/write(), numpy,
 libstdc++ streams. Each is compared with the plain run (stdout, stderr, status and every file
-it leaves); the kernel's fdinfo proves O_DIRECT where a program keeps a descriptor open."""
+it leaves); the kernel's fdinfo proves O_DIRECT where a program keeps a descriptor open, and
+the statistics of every process (S3DLIO_DIRECT_STATS) or the page cache prove that the reads
+and writes were served direct (issue #3: stdio streams, fd 0/1 of dd, numpy's fdopen)."""
 
 import os
 import shutil
@@ -15,13 +17,21 @@ from pathlib import Path
 import pytest
 
 from conftest import (
+    assert_same_file,
     assert_same_run,
     bin_path,
+    cached_bytes,
     diff_text,
+    drop_cache,
+    fallback_total,
     fdinfo_flags,
+    fdinfo_lines,
     fds_of,
     is_direct,
+    load_stats,
     make_file,
+    stats_summary,
+    stats_total,
 )
 
 
@@ -96,6 +106,30 @@ def sh_both(run, fs, script: str, setup=seed_tree, env=None, timeout=180):
     return p, s
 
 
+def assert_direct(stats, what, reads=True, writes=False, streams=False):
+    """The statistics of all the processes of a shim run prove direct I/O: matched opens made
+    direct, and bytes read/written served by the engine (and streams, where asked)."""
+    summary = stats_summary(stats)
+    assert stats, f"{what}: no process wrote statistics (S3DLIO_DIRECT_STATS)"
+    assert stats_total(stats, "opens_direct") > 0, f"{what}: no matched open was made direct\n{summary}"
+    if reads:
+        assert stats_total(stats, "read_bytes") > 0, f"{what}: no read was served direct by the engine\n{summary}"
+    if writes:
+        assert stats_total(stats, "write_bytes") > 0, f"{what}: no write was served direct by the engine\n{summary}"
+    if streams:
+        assert stats_total(stats, "streams_direct") > 0, (
+            f"{what}: the program's stdio streams (fopen) on matched files were not served direct\n{summary}")
+
+
+def sh_both_direct(run, fs, script, reads=True, writes=False, streams=False, env=None, **kw):
+    """sh_both with per-process statistics for the shim run, then assert_direct."""
+    st = fs.new_dir("stats")
+    p, s = sh_both(run, fs, script, env={**(env or {}), "S3DLIO_DIRECT_STATS": str(st / "s-%p.json")}, **kw)
+    stats = load_stats(st)
+    assert_direct(stats, script, reads=reads, writes=writes, streams=streams)
+    return p, s, stats
+
+
 # ------------------------------------------------------------------------- coreutils
 
 
@@ -116,7 +150,12 @@ def sh_both(run, fs, script: str, setup=seed_tree, env=None, timeout=180):
     ids=["cat", "cat-redirect", "cat-pipe-sha", "cp", "cp-r", "sha256sum", "md5sum-stdin", "head-tail", "split-cat", "wc"],
 )
 def test_coreutils(run, strict_fs, script):
-    sh_both(run, strict_fs, script)
+    # writes are direct where the program opens its output itself (not a shell redirection,
+    # which the program inherits buffered); md5sum reads the shell's fd 0
+    if "md5sum <" in script:
+        sh_both(run, strict_fs, script)
+        return
+    sh_both_direct(run, strict_fs, script, reads=True, writes=script.startswith(("cp ", "split ")))
 
 
 @pytest.mark.parametrize(
@@ -137,27 +176,65 @@ def test_coreutils(run, strict_fs, script):
     ],
 )
 def test_dd(run, strict_fs, args):
-    sh_both(run, strict_fs, f"dd if=$D/in of=$D/out {args} status=none; echo status=$?; "
-                            f"dd if=$D/big of=$D/out2 {args} status=none; echo status=$?")
+    # dd opens if= and of= and dup2()s them onto fd 0 and 1: the shim serves those direct
+    # (where dd does not ask for O_DIRECT itself)
+    script = (f"dd if=$D/in of=$D/out {args} status=none; echo status=$?; "
+              f"dd if=$D/big of=$D/out2 {args} status=none; echo status=$?")
+    st = strict_fs.new_dir("stats")
+    sh_both(run, strict_fs, script, env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
+    if "iflag=direct" in args and "oflag=direct" in args:
+        return  # dd asks for O_DIRECT itself on both ends: the shim leaves them alone
+    wrote = (strict_fs.path / "plain" / "out").stat().st_size > 0  # iflag=direct bs=4097 reads nothing
+    assert_direct(load_stats(st), f"dd {args}", reads="iflag=direct" not in args,
+                  writes="oflag=direct" not in args and wrote)
+
+
+@pytest.mark.parametrize("bs", ["1000", "4097", "1048577"])
+def test_dd_odd_block_sizes_direct(run, strict_fs, bs):
+    """dd's fd 0 and 1 (dup2 of its own opens): statistics and the page cache prove the
+    reads and writes were direct (the kernel's fdinfo of fd 0/1 may not show it: the shim
+    serves them through a private O_DIRECT twin)."""
+    size = 8 * 1048576 + 4097
+    res = {}
+    for side in ("plain", "shim"):
+        d = strict_fs.new_dir(side)
+        st = strict_fs.new_dir(f"stats-{side}")
+        make_file(d / "in", size, seed=11)
+        drop_cache(d / "in")
+        shim = side == "shim"
+        r = run(["dd", f"if={d}/in", f"of={d}/out", f"bs={bs}", "status=none"], shim=shim,
+                paths=str(d) if shim else None, env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")}, timeout=180)
+        assert r.returncode == 0, r.stderr
+        res[side] = (d, r, cached_bytes(d / "in"), cached_bytes(d / "out"), load_stats(st))
+    (dp, p, pin, pout, _), (ds, s, sin, sout, stats) = res["plain"], res["shim"]
+    assert_same_run(p, s, f"dd bs={bs}", compare_stderr=True)
+    assert_same_file(dp / "out", ds / "out", f"dd bs={bs}")
+    assert pin >= size * 0.9, f"the plain dd cached only {pin} bytes of its input: measurement broken?"
+    summary = stats_summary(stats)
+    assert stats_total(stats, "read_bytes") >= size and stats_total(stats, "write_bytes") >= size, (
+        f"dd bs={bs} read and wrote {size} bytes on fd 0/1: the statistics must show them served direct\n{summary}")
+    assert sin <= size // 100 and sout <= size // 100, (
+        f"dd bs={bs} through the shim left {sin} bytes of its input and {sout} of its output cached (of {size})"
+        f"\n{summary}")
 
 
 def test_dd_into_existing_file_odd_seek(run, strict_fs):
-    sh_both(run, strict_fs, "dd if=$D/in of=$D/big bs=999 seek=7 count=300 conv=notrunc status=none && "
+    sh_both_direct(run, strict_fs, writes=True, script= "dd if=$D/in of=$D/big bs=999 seek=7 count=300 conv=notrunc status=none && "
                             "dd if=$D/big bs=1001 skip=5 status=none | sha256sum")
 
 
 def test_tar_create_and_extract(run, strict_fs):
-    sh_both(run, strict_fs,
+    sh_both_direct(run, strict_fs, writes=True, script=
             "cd $D && tar cf $D/a.tar tree && mkdir x && tar xf $D/a.tar -C x && tar tvf a.tar | wc -l && "
             "tar czf $D/a.tgz tree && mkdir y && tar xzf a.tgz -C y && diff -r tree x/tree && diff -r tree y/tree")
 
 
 def test_tar_pipe(run, strict_fs):
-    sh_both(run, strict_fs, "cd $D && tar cf - tree | (mkdir z && cd z && tar xf -) && diff -r tree z/tree")
+    sh_both_direct(run, strict_fs, writes=True, script="cd $D && tar cf - tree | (mkdir z && cd z && tar xf -) && diff -r tree z/tree")
 
 
 def test_gzip_round_trip(run, strict_fs):
-    sh_both(run, strict_fs,
+    sh_both_direct(run, strict_fs, writes=True, script=
             "gzip -k -n $D/in && gzip -c -n $D/big > $D/big.gz && gzip -d -c $D/in.gz > $D/in.back && "
             "gunzip -k $D/big.gz -c > $D/big.back && cmp $D/in $D/in.back && cmp $D/big $D/big.back && "
             "sha256sum $D/in.gz $D/big.gz")
@@ -168,7 +245,8 @@ def test_xz_zstd_round_trip(run, strict_fs, tool):
     if not shutil.which(tool):
         pytest.fail(f"{tool} is not installed (.ci/run installs it)")
     q = "-q" if tool == "zstd" else ""
-    sh_both(run, strict_fs, f"{tool} {q} -k -T1 $D/in && {tool} {q} -d -c $D/in.{'xz' if tool == 'xz' else 'zst'} "
+    # zstd reads and writes its files through stdio streams (fopen/fread/fwrite)
+    sh_both_direct(run, strict_fs, writes=True, streams=tool == "zstd", script=f"{tool} {q} -k -T1 $D/in && {tool} {q} -d -c $D/in.{'xz' if tool == 'xz' else 'zst'} "
                             f"> $D/in.back && cmp $D/in $D/in.back")
 
 
@@ -206,10 +284,39 @@ def test_sqlite3(run, strict_fs):
         "update t set v = zeroblob(1234) where id % 7 = 0; delete from t where id % 11 = 0; "
         "select count(*), sum(length(v)) from t; pragma integrity_check;"
     )
-    sh_both(run, strict_fs, f"sqlite3 $D/db.sqlite '{sql}' && sqlite3 $D/db.sqlite 'select count(*) from t; vacuum;' "
+    sh_both_direct(run, strict_fs, writes=True, script=f"sqlite3 $D/db.sqlite '{sql}' && sqlite3 $D/db.sqlite 'select count(*) from t; vacuum;' "
                             f"&& sqlite3 $D/db.sqlite 'pragma journal_mode=wal; insert into t(v) values (zeroblob(5000)); "
                             f"select count(*) from t; pragma integrity_check;'",
             setup=None)
+
+
+def _sqlite_100k_setup(d: Path):
+    """ins.sql: a table, an index, then 100,000 INSERTs in 10 transactions, an UPDATE and a
+    DELETE in an eleventh (deterministic: no random())."""
+    lines = ["create table t(id integer primary key, name text, v real, b blob);", "create index tn on t(name);"]
+    for tx in range(10):
+        lines.append("begin;")
+        for i in range(tx * 10000, (tx + 1) * 10000):
+            lines.append(f"insert into t values({i}, 'name-{(i * 7919) % 100003}', {i}.25, zeroblob({i % 301}));")
+        lines.append("commit;")
+    lines.append("begin; update t set name = name || '-u' where id % 13 = 0; delete from t where id % 17 = 0; commit;")
+    (d / "ins.sql").write_text("\n".join(lines) + "\n")
+
+
+def test_sqlite3_100k_rows(run, strict_fs):
+    """sqlite3 reads the SQL through a stdio stream (.read), writes the database and its
+    journal with pread/pwrite: integrity_check, and .dump identical to the plain run."""
+    if not shutil.which("sqlite3"):
+        pytest.fail("sqlite3 is not installed (.ci/run installs it)")
+    script = ('sqlite3 $D/db.sqlite ".read $D/ins.sql" && '
+              "sqlite3 $D/db.sqlite 'pragma integrity_check; select count(*), sum(length(b)), sum(v) from t;' && "
+              "sqlite3 $D/db.sqlite .dump > $D/dump.sql && sqlite3 $D/db.sqlite .dump | sha256sum && wc -l < $D/dump.sql")
+    p, _s, stats = sh_both_direct(run, strict_fs, script, writes=True, streams=True, setup=_sqlite_100k_setup,
+                                  timeout=300)
+    assert b"ok\n" in p.stdout and b"94117|" in p.stdout, p.stdout  # 100000 - 5883 rows with id % 17 == 0
+    db = (strict_fs.path / "shim" / "db.sqlite").stat().st_size
+    assert stats_total(stats, "write_bytes") >= db, (
+        f"the database ({db} bytes) was not written through the engine\n{stats_summary(stats)}")
 
 
 # ------------------------------------------------------------------------- python
@@ -315,13 +422,26 @@ NUMPY_SCRIPT = textwrap.dedent(
     a[:77777].astype(np.int32).tofile(f"{D}/raw.bin")   # fwrite over fdopen
     c = np.fromfile(f"{D}/raw.bin", dtype=np.int32)
     print("fromfile", c.shape, int(c.sum()))
+    def fdinfo(label, fd):
+        with open(f"/proc/self/fdinfo/{fd}") as fi:
+            for line in fi:
+                if line.startswith("flags:"):
+                    sys.stderr.write(f"FDINFO {label} fd={fd} {line.strip()}\n")
     with open(f"{D}/raw.bin", "rb") as f:
         f.seek(4 * 1001)
-        d = np.fromfile(f, dtype=np.int32, count=5000)
+        d = np.fromfile(f, dtype=np.int32, count=5000)   # fdopen(dup(fd)), fread, fclose
+        fdinfo("fromfile-fileobj", f.fileno())
         print("fromfile(file object)", int(d.sum()), f.tell())
     with open(f"{D}/a.npy", "rb") as f:
         e = np.load(f)
+        fdinfo("load-fileobj", f.fileno())
         print("load(file object)", int(e[12345]), f.tell())
+    with open(f"{D}/raw2.bin", "wb") as f:
+        f.write(b"odd header")
+        a[:33333].tofile(f)                             # fdopen(dup(fd)), fwrite, fclose
+        fdinfo("tofile-fileobj", f.fileno())
+        f.write(b"trailer")
+    print("raw2", hashlib.sha256(open(f"{D}/raw2.bin", "rb").read()).hexdigest()[:16])
     m = np.load(f"{D}/a.npy", mmap_mode="r")
     print("mmap", float(m[-1]))
     np.savez(f"{D}/z.npz", x=a[:1001], y=a[:4097])
@@ -335,27 +455,45 @@ def test_numpy(run, strict_fs, tmp_path):
     pytest.importorskip("numpy")
     script = tmp_path / "np_prog.py"
     script.write_text(NUMPY_SCRIPT)
+    st = strict_fs.new_dir("stats")
     dirs, outs = {}, {}
     for side in ("plain", "shim"):
         d = strict_fs.new_dir(side)
         dirs[side] = d
-        outs[side] = run([sys.executable, script, d], shim=side == "shim", paths=str(d) if side == "shim" else None)
+        outs[side] = run([sys.executable, script, d], shim=side == "shim", paths=str(d) if side == "shim" else None,
+                         env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
     assert outs["plain"].returncode == 0, outs["plain"].stderr
     assert_same_run(outs["plain"], outs["shim"], "numpy save/load/fromfile/tofile")
     assert_same_tree(dirs["plain"], dirs["shim"], "numpy")
+    # numpy's tofile/fromfile/load on a file object use fdopen(dup(fd)): the file object's
+    # descriptor must stay direct, the streams must be served direct, nothing falls back
+    got = {lab: fl for lab, _fd, fl in fdinfo_lines(outs["shim"].stderr)}
+    for lab in ("fromfile-fileobj", "load-fileobj", "tofile-fileobj"):
+        assert is_direct(got[lab]), f"numpy {lab}: the file object's descriptor lost O_DIRECT ({got[lab]:o})"
+    stats = load_stats(st)
+    assert_direct(stats, "numpy", reads=True, writes=True, streams=True)
+    assert fallback_total(stats, "fdopen_stream") == 0, (
+        f"numpy's fdopen(dup(fd)) on direct descriptors must not fall back\n{stats_summary(stats)}")
 
 
 def test_python_shutil_copyfile_sendfile(run, strict_fs):
     code = ("import shutil,sys,hashlib; D=sys.argv[1]; shutil.copyfile(D+'/in', D+'/c1'); shutil.copy2(D+'/big', D+'/c2');"
             "print(hashlib.sha256(open(D+'/c1','rb').read()).hexdigest())")
+    st = strict_fs.new_dir("stats")
     dirs, outs = {}, {}
     for side in ("plain", "shim"):
         d = strict_fs.new_dir(side)
         seed_tree(d)
         dirs[side] = d
-        outs[side] = run([sys.executable, "-c", code, d], shim=side == "shim", paths=str(d) if side == "shim" else None)
+        outs[side] = run([sys.executable, "-c", code, d], shim=side == "shim", paths=str(d) if side == "shim" else None,
+                         env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
     assert_same_run(outs["plain"], outs["shim"], "shutil.copyfile")
     assert_same_tree(dirs["plain"], dirs["shim"], "shutil.copyfile")
+    stats = load_stats(st)
+    assert_direct(stats, "shutil.copyfile/copy2 (sendfile)", reads=True, writes=True)
+    copied = (dirs["shim"] / "in").stat().st_size + (dirs["shim"] / "big").stat().st_size
+    assert stats_total(stats, "write_bytes") >= copied, (
+        f"sendfile of {copied} bytes must be emulated with the engine's writes\n{stats_summary(stats)}")
 
 
 # ------------------------------------------------------------------------- C, C++
@@ -391,7 +529,8 @@ def test_writer_modes(run, strict_fs, mode, flags):
 
 
 def test_cxx_filebuf(run, strict_fs):
-    sh_both(run, strict_fs, "$BIN/filebuf $D/in $D/out")
+    # libstdc++ opens with fopen, then read(2)/write(2) on fileno()
+    sh_both_direct(run, strict_fs, "$BIN/filebuf $D/in $D/out", writes=True, streams=True)
 
 
 # ------------------------------------------------------------------------- kernel proof

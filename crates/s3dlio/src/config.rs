@@ -73,7 +73,7 @@ pub const MAX_ALIGN: usize = 1 << 30;
 
 /// Default for `S3DLIO_DIRECT_READAHEAD`: one device request of this size runs at the
 /// device's full speed (measured: 1 MiB at a time reaches about half of it).
-pub const DEFAULT_READAHEAD: usize = 8 << 20;
+pub const DEFAULT_READAHEAD: usize = 4 << 20;
 /// Default for `S3DLIO_DIRECT_WRITE_BEHIND`: below this size a direct write costs a device
 /// round trip each, and the page cache written back behind the program is faster.
 pub const DEFAULT_WRITE_BEHIND: usize = 1 << 20;
@@ -149,7 +149,7 @@ pub struct Config {
     pub pool_bytes: usize,
     /// `S3DLIO_DIRECT_PROGRAMS`; `None`: every program.
     pub programs: Option<ProgramSet>,
-    /// `S3DLIO_DIRECT_READAHEAD`, default 8 MiB, 0: off.
+    /// `S3DLIO_DIRECT_READAHEAD`, default 4 MiB, 0: off.
     pub readahead: usize,
     /// `S3DLIO_DIRECT_WRITE_BEHIND`, default 1 MiB, 0: off.
     pub write_behind: usize,
@@ -357,7 +357,7 @@ impl Config {
             },
             VAR_READAHEAD | VAR_WRITE_BEHIND => {
                 let (slot, default) = if name == VAR_READAHEAD {
-                    (&mut self.readahead, "8MiB")
+                    (&mut self.readahead, "4MiB")
                 } else {
                     (&mut self.write_behind, "1MiB")
                 };

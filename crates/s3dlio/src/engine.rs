@@ -111,7 +111,8 @@ struct State {
 impl State {
     fn tuning<'a>(&self, ra: &'a Readahead) -> Tuning<'a> {
         let c = &self.cfg;
-        let p = Params { window: c.readahead, budget: c.pool_bytes };
+        // Windows get three quarters of the pool setting, the rest is for bounce buffers.
+        let p = Params { window: c.readahead, budget: c.pool_bytes / 4 * 3 };
         Tuning {
             readahead: (c.readahead > 0).then_some((ra, p)),
             write_behind: c.write_behind,
@@ -517,9 +518,14 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
         let mut o = Outcome::default();
+        let io = d.io(fd, pool, nowait);
+        // SAFETY: forwarded from the caller.
+        if let Some(r) = unsafe { read_path::read_next(&io, fd, buf, len, &mut o) } {
+            return (o, r);
+        }
         let r = sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
             // SAFETY: forwarded from the caller.
-            let n = unsafe { read_path::pread(&d.io(fd, pool, nowait), buf, len, pos, &mut o) }?;
+            let n = unsafe { read_path::pread(&io, buf, len, pos, &mut o) }?;
             sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
             Ok(n)
         });
@@ -757,8 +763,12 @@ pub fn mapping(fd: i32) {
 
 /// True if a readahead request on `fd` (`posix_fadvise(WILLNEED)`, `readahead(2)`) must be
 /// swallowed: it would fill the page cache the user asked to keep clean.
-pub fn swallow_readahead(fd: i32) -> bool {
-    let swallow = is_direct(fd);
+/// `readahead(2)` (`needs_read`) refuses a descriptor not open for reading with EBADF, and
+/// is then passed on for the kernel to say so.
+pub fn swallow_readahead(fd: i32, needs_read: bool) -> bool {
+    let swallow = FDS
+        .get(fd, false)
+        .is_some_and(|d| d.direct.load(Ordering::Relaxed) && !(needs_read && d.accmode == libc::O_WRONLY));
     if swallow {
         STATS.add(Counter::AdviceSwallowed, 1);
     }

@@ -61,6 +61,31 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
     }
 }
 
+/// `read(2)` on `fd` (the program's descriptor) served from the read-ahead window without
+/// looking up the offset first; `None`: use [`pread`] at the offset.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn read_next(
+    io: &FileIo<'_>,
+    fd: i32,
+    buf: *mut u8,
+    len: usize,
+    out: &mut Outcome,
+) -> Option<SysResult<usize>> {
+    let (ra, _) = io.tuning.readahead?;
+    if io.tuning.dontcache {
+        return None;
+    }
+    let st = sys::fstat(io.fd).ok()?;
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { ra.serve_next(io, fd, &st, buf, len) }?;
+    if let Ok(n) = r {
+        out.bounced_bytes += n as u64;
+    }
+    Some(r)
+}
+
 fn crosses_eof(st: &libc::stat, off: u64, len: usize) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG && off + len as u64 > st.st_size as u64
 }

@@ -39,21 +39,54 @@ impl Stamp {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    #[default]
+    Empty,
+    /// Read asynchronously; `len` is not known yet.
+    InFlight,
+    Ready,
+}
+
+/// One window: a private buffer and the part of the file it holds.
+#[derive(Default)]
+struct Window {
+    buf: Option<MmapMut>,
+    phase: Phase,
+    /// File offset of the first byte, and how many bytes are valid (or asked for, in flight).
+    off: u64,
+    len: usize,
+    /// The read returned less than asked: end of file was inside the window.
+    eof: bool,
+    stamp: Stamp,
+    /// `Readahead::writes` when the read was issued.
+    gen: u64,
+}
+
+impl Window {
+    fn covers(&self, pos: u64) -> bool {
+        self.phase != Phase::Empty && pos >= self.off && pos < self.off + self.len as u64
+    }
+
+    fn end(&self) -> u64 {
+        self.off + self.len as u64
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Where the last read ended.
     next: u64,
     /// Reads in a row that started where the previous one ended.
     streak: u32,
-    buf: Option<MmapMut>,
-    /// File offset of the window's first byte, and how many bytes are valid.
-    off: u64,
-    len: usize,
-    /// The fill read less than asked: end of file was inside the window.
-    eof: bool,
-    stamp: Stamp,
-    /// `Readahead::writes` when the window was filled.
-    gen: u64,
+    /// The window being served and the one read ahead of it.
+    cur: Window,
+    ahead: Window,
+    /// This description's Linux AIO context (0: none yet), for reading `ahead` while the
+    /// program consumes `cur`; one per description, so that only its owner reaps it.
+    ctx: libc::c_ulong,
+    /// io_setup failed (aio-max-nr reached): read ahead synchronously only.
+    no_aio: bool,
 }
 
 /// The read-ahead state of one open file description.
@@ -65,7 +98,7 @@ pub struct Readahead {
 
 // SAFETY: `st` is only touched with `lock` held.
 unsafe impl Sync for Readahead {}
-// SAFETY: the window is plain memory owned by this value.
+// SAFETY: the windows are plain memory owned by this value.
 unsafe impl Send for Readahead {}
 
 impl Default for Readahead {
@@ -90,14 +123,14 @@ impl Readahead {
         Readahead { lock: FutexMutex::new(), writes: AtomicU64::new(0), st: UnsafeCell::new(State::default()) }
     }
 
-    /// A write through the description: the window may hold old bytes.
+    /// A write through the description: the windows may hold old bytes.
     pub fn wrote(&self) {
         self.writes.fetch_add(1, Ordering::Release);
     }
 
-    /// Serves a read of `len` bytes at `off` from the window, filling it if the reads are
+    /// Serves a read of `len` bytes at `off` from the windows, reading them if the reads are
     /// sequential; `None` when the read should take the ordinary path (not sequential, too
-    /// large, the window busy in another thread, no memory). `st` is the file's state
+    /// large, the windows busy in another thread, no memory). `st` is the file's state
     /// taken before this call touched it.
     ///
     /// # Safety
@@ -122,29 +155,40 @@ impl Readahead {
         let _g = self.lock.try_lock()?;
         // SAFETY: the lock is held.
         let s = unsafe { &mut *self.st.get() };
-        let stamp = Stamp::of(st);
-        let gen = self.writes.load(Ordering::Acquire);
-        if s.buf.is_some() && (s.stamp != stamp || s.gen != gen) {
-            s.len = 0;
+        let now = (Stamp::of(st), self.writes.load(Ordering::Acquire));
+        if s.cur.phase == Phase::Ready && (s.cur.stamp, s.cur.gen) != now {
+            s.cur.phase = Phase::Empty;
+        }
+        if s.ahead.phase == Phase::Ready && (s.ahead.stamp, s.ahead.gen) != now {
+            s.ahead.phase = Phase::Empty;
         }
         s.streak = if off == s.next { s.streak.saturating_add(1) } else { 0 };
-        let in_window = off >= s.off && off < s.off + s.len as u64;
-        if !in_window && s.streak < 1 {
+        if !s.cur.covers(off) && !s.ahead.covers(off) && s.streak < 1 {
             s.next = off + len as u64;
             return None;
         }
         let mut done = 0usize;
         while done < len {
             let pos = off + done as u64;
-            if !(pos >= s.off && pos < s.off + s.len as u64) {
-                if s.eof && pos >= s.off + s.len as u64 && s.len > 0 && s.stamp == stamp {
+            if !s.cur.covers(pos) {
+                if s.ahead.covers(pos) {
+                    if s.ahead.phase == Phase::InFlight {
+                        s.reap(now, out);
+                    }
+                    std::mem::swap(&mut s.cur, &mut s.ahead);
+                    s.ahead.phase = Phase::Empty; // the old window's buffer reads the next one
+                    continue;
+                }
+                if s.cur.phase == Phase::Ready && s.cur.eof && pos >= s.cur.end() {
                     break; // end of file, as of this call
                 }
-                match fill(s, io, p, pos) {
+                if s.ahead.phase == Phase::InFlight {
+                    s.reap(now, out); // its buffer is the kernel's until then
+                }
+                match fill(&mut s.cur, io, p, pos) {
                     Ok(true) => {
-                        s.stamp = stamp;
-                        s.gen = gen;
-                        out.readahead_bytes += s.len as u64;
+                        (s.cur.stamp, s.cur.gen) = now;
+                        out.readahead_bytes += s.cur.len as u64;
                     }
                     // No memory, or the kernel refused the window (EINVAL): the ordinary
                     // path knows what to do.
@@ -153,13 +197,14 @@ impl Readahead {
                     Err(e) if done == 0 => return Some(Err(e)),
                     Err(_) => break,
                 }
-                if pos >= s.off + s.len as u64 {
+                if !s.cur.covers(pos) {
                     break; // nothing at or past `pos`: end of file
                 }
             }
-            let from = (pos - s.off) as usize;
-            let n = (s.len - from).min(len - done);
-            let w = s.buf.as_ref().expect("filled window");
+            s.read_ahead(io, p, now);
+            let from = (pos - s.cur.off) as usize;
+            let n = (s.cur.len - from).min(len - done);
+            let w = s.cur.buf.as_ref().expect("filled window");
             // SAFETY: `done + n <= len` stays inside the caller's buffer; the window is the
             // engine's private mapping.
             unsafe { std::ptr::copy_nonoverlapping(w[from..from + n].as_ptr(), buf.add(done), n) };
@@ -169,17 +214,168 @@ impl Readahead {
         Some(Ok(done))
     }
 
-    /// In a fork child: the window was not inherited (MADV_DONTFORK), so it is forgotten
-    /// without unmapping, and the lock is free again.
+    /// `read(2)` at the file position, when the reads are sequential and the current window
+    /// holds all of `[next, next+len)` (or up to end of file): copies from the window and
+    /// moves the offset of `fd` (the program's descriptor) with one lseek by the count from
+    /// the current position, whose result also proves the offset was where the last read
+    /// left it. `None` when the ordinary path must find the position and serve the read.
+    ///
+    /// # Safety
+    /// `buf` must be valid for writes of `len` bytes.
+    pub unsafe fn serve_next(
+        &self,
+        io: &FileIo<'_>,
+        fd: i32,
+        st: &libc::stat,
+        buf: *mut u8,
+        len: usize,
+    ) -> Option<SysResult<usize>> {
+        let (_, p) = io.tuning.readahead?;
+        if p.window == 0 || len == 0 || len >= (p.window / 2).min(MAX_REQUEST) {
+            return None;
+        }
+        let _g = self.lock.try_lock()?;
+        // SAFETY: the lock is held.
+        let s = unsafe { &mut *self.st.get() };
+        let now = (Stamp::of(st), self.writes.load(Ordering::Acquire));
+        let pos = s.next;
+        if s.cur.phase != Phase::Ready || (s.cur.stamp, s.cur.gen) != now || !s.cur.covers(pos) {
+            return None;
+        }
+        let n = (s.cur.end() - pos).min(len as u64) as usize;
+        if n < len && !s.cur.eof {
+            return None; // the rest is in the next window: the ordinary path crosses over
+        }
+        match sys::lseek(fd, n as i64, libc::SEEK_CUR) {
+            Ok(at) if at == pos + n as u64 => {}
+            Ok(at) => {
+                // Someone else moved the offset: put it back where it was.
+                let _ = sys::lseek(fd, at as i64 - n as i64, libc::SEEK_SET);
+                return None;
+            }
+            Err(_) => return None,
+        }
+        s.read_ahead(io, p, now);
+        let from = (pos - s.cur.off) as usize;
+        let w = s.cur.buf.as_ref().expect("ready window");
+        // SAFETY: `n <= len` bytes into the caller's buffer from the engine's private window.
+        unsafe { std::ptr::copy_nonoverlapping(w[from..from + n].as_ptr(), buf, n) };
+        s.streak = s.streak.saturating_add(1);
+        s.next = pos + n as u64;
+        Some(Ok(n))
+    }
+
+    /// In a fork child: the windows were not inherited (MADV_DONTFORK) and neither was the
+    /// AIO context, so they are forgotten without unmapping or destroying, and the lock is
+    /// free again.
     pub fn reset_after_fork(&self) {
         self.lock.reset_after_fork();
         // SAFETY: only one thread exists in a fork child.
         let s = unsafe { &mut *self.st.get() };
-        if let Some(m) = s.buf.take() {
-            std::mem::forget(m);
+        for w in [&mut s.cur, &mut s.ahead] {
+            if let Some(m) = w.buf.take() {
+                std::mem::forget(m);
+            }
         }
         *s = State::default();
     }
+}
+
+impl State {
+    /// Starts reading the window after `cur` asynchronously, if there is one to read and
+    /// memory and an AIO context for it.
+    fn read_ahead(&mut self, io: &FileIo<'_>, p: Params, now: (Stamp, u64)) {
+        if self.cur.phase != Phase::Ready || self.cur.eof || self.ahead.phase != Phase::Empty || self.no_aio {
+            return;
+        }
+        if self.ctx == 0 {
+            // SAFETY: io_setup writes the new context id into `ctx`.
+            if unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut self.ctx as *mut libc::c_ulong) } != 0 {
+                self.ctx = 0;
+                self.no_aio = true;
+                return;
+            }
+        }
+        if self.ahead.buf.is_none() && !allocate(&mut self.ahead, p) {
+            return;
+        }
+        let w = &mut self.ahead;
+        let m = w.buf.as_mut().expect("allocated");
+        let want = m.len() - m.len() % io.align.read_offset.max(1);
+        // SAFETY: an iocb is plain data; the unused fields must be zero.
+        let mut cb: libc::iocb = unsafe { std::mem::zeroed() };
+        cb.aio_lio_opcode = IOCB_CMD_PREAD;
+        cb.aio_fildes = io.fd as u32;
+        cb.aio_buf = m.as_mut_ptr() as u64;
+        cb.aio_nbytes = want as u64;
+        cb.aio_offset = self.cur.end() as i64;
+        let mut cbp: *mut libc::iocb = &mut cb;
+        // SAFETY: `cb` describes the window's private memory, which stays mapped until the
+        // read is reaped (`reap`, or io_destroy in `drop`).
+        if unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, 1 as libc::c_long, &mut cbp as *mut *mut libc::iocb) }
+            == 1
+        {
+            w.phase = Phase::InFlight;
+            w.off = self.cur.end();
+            w.len = want;
+            (w.stamp, w.gen) = now;
+        }
+    }
+
+    /// Waits for the window in flight. It is kept only if the file is still as it was
+    /// when the read was issued.
+    fn reap(&mut self, now: (Stamp, u64), out: &mut Outcome) {
+        let mut ev = IoEvent::default();
+        loop {
+            // SAFETY: one event buffer; a null timeout waits.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    self.ctx,
+                    1 as libc::c_long,
+                    1 as libc::c_long,
+                    &mut ev as *mut IoEvent,
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+            if r == 1 {
+                break;
+            }
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // The context is unusable: the read may still be running, so its buffer is
+            // never reused.
+            if let Some(m) = self.ahead.buf.take() {
+                std::mem::forget(m);
+            }
+            self.ahead.phase = Phase::Empty;
+            self.no_aio = true;
+            return;
+        }
+        let w = &mut self.ahead;
+        if ev.res < 0 || (w.stamp, w.gen) != now {
+            w.phase = Phase::Empty;
+            return;
+        }
+        out.readahead_bytes += ev.res as u64;
+        w.eof = (ev.res as usize) < w.len;
+        w.len = ev.res as usize;
+        w.phase = Phase::Ready;
+    }
+}
+
+/// `IOCB_CMD_PREAD` of linux/aio_abi.h.
+const IOCB_CMD_PREAD: u16 = 0;
+
+/// `struct io_event` of linux/aio_abi.h.
+#[repr(C)]
+#[derive(Default)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
 }
 
 /// In a fork child: no window is the child's.
@@ -189,42 +385,57 @@ pub fn reset_budget_after_fork() {
 
 impl Drop for Readahead {
     fn drop(&mut self) {
-        if let Some(m) = self.st.get_mut().buf.take() {
-            IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
+        let s = self.st.get_mut();
+        if s.ctx != 0 {
+            // Waits for a read still in flight, so its window can be unmapped.
+            // SAFETY: the context is this description's own.
+            unsafe { libc::syscall(libc::SYS_io_destroy, s.ctx) };
+        }
+        for w in [&mut s.cur, &mut s.ahead] {
+            if let Some(m) = w.buf.take() {
+                IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
+            }
         }
     }
 }
 
-/// Reads the window that starts at `pos` rounded down to the offset alignment. `Ok(false)`
-/// when no window memory could be had.
-fn fill(s: &mut State, io: &FileIo<'_>, p: Params, pos: u64) -> SysResult<bool> {
-    if s.buf.is_none() {
-        if IN_USE.fetch_add(p.window, Ordering::Relaxed) + p.window > p.budget {
+/// Gives `w` a buffer of one window from the budget; false if none is left.
+fn allocate(w: &mut Window, p: Params) -> bool {
+    if IN_USE.fetch_add(p.window, Ordering::Relaxed) + p.window > p.budget {
+        IN_USE.fetch_sub(p.window, Ordering::Relaxed);
+        return false;
+    }
+    match MmapMut::map_anon(p.window) {
+        Ok(m) => {
+            // A fork child must never share a buffer the kernel may be writing into.
+            let _ = m.advise(Advice::DontFork);
+            w.buf = Some(m);
+            true
+        }
+        Err(_) => {
             IN_USE.fetch_sub(p.window, Ordering::Relaxed);
-            return Ok(false);
+            false
         }
-        match MmapMut::map_anon(p.window) {
-            Ok(m) => {
-                // A fork child must never share a buffer the kernel may be writing into.
-                let _ = m.advise(Advice::DontFork);
-                s.buf = Some(m);
-            }
-            Err(_) => {
-                IN_USE.fetch_sub(p.window, Ordering::Relaxed);
-                return Ok(false);
-            }
-        }
+    }
+}
+
+/// Reads the window that starts at `pos` rounded down to the offset alignment, now.
+/// `Ok(false)` when no window memory could be had.
+fn fill(w: &mut Window, io: &FileIo<'_>, p: Params, pos: u64) -> SysResult<bool> {
+    if w.buf.is_none() && !allocate(w, p) {
+        return Ok(false);
     }
     let a = io.align.read_offset.max(1) as u64;
     let start = pos - pos % a;
-    let w = s.buf.as_mut().expect("window allocated");
-    let want = w.len() - w.len() % io.align.read_offset.max(1);
-    s.len = 0;
-    // SAFETY: the window is `w.len() >= want` bytes of page-aligned private memory.
-    let n = unsafe { sys::pread(io.fd, w.as_mut_ptr(), want, start) }?;
-    s.off = start;
-    s.len = n;
-    s.eof = n < want;
+    let m = w.buf.as_mut().expect("window allocated");
+    let want = m.len() - m.len() % io.align.read_offset.max(1);
+    w.phase = Phase::Empty;
+    // SAFETY: the window is `m.len() >= want` bytes of page-aligned private memory.
+    let n = unsafe { sys::pread(io.fd, m.as_mut_ptr(), want, start) }?;
+    w.off = start;
+    w.len = n;
+    w.eof = n < want;
+    w.phase = Phase::Ready;
     Ok(true)
 }
 

@@ -79,13 +79,104 @@ impl Mode {
     }
 }
 
-/// The start of glibc's `struct _IO_FILE` (LP64), up to `_fileno`: a public layout that
-/// has not changed since glibc 2.1.
+/// The start of glibc's `struct _IO_FILE` (LP64, bits/types/struct_FILE.h), up to
+/// `_offset`: a public layout that has not changed since glibc 2.1.
 #[repr(C)]
 struct FileHead {
     flags: c_int,
-    pointers: [*mut c_void; 13],
+    read_ptr: *mut u8,
+    read_end: *mut u8,
+    read_base: *mut u8,
+    write_base: *mut u8,
+    write_ptr: *mut u8,
+    others: [*mut c_void; 8],
     fileno: c_int,
+    flags2: c_int,
+    old_offset: libc::c_long,
+    cur_column: u16,
+    vtable_offset: i8,
+    shortbuf: [u8; 1],
+    lock: *mut c_void,
+    /// The file position glibc believes matches `read_end` (-1: unknown, ask the kernel).
+    offset: i64,
+}
+
+/// `_flags` bits of glibc's libio.h.
+const IO_UNBUFFERED: c_int = 0x2;
+const IO_EOF_SEEN: c_int = 0x10;
+const IO_ERR_SEEN: c_int = 0x20;
+const IO_IN_BACKUP: c_int = 0x100;
+const IO_CURRENTLY_PUTTING: c_int = 0x800;
+/// Reads at least this large skip the stream's buffer, as glibc's file streams do (its
+/// cookie streams instead refill their 8 KiB buffer over and over, and read one byte per
+/// call when unbuffered).
+const FREAD_DIRECT: usize = 64 << 10;
+
+/// `fread` on a stream the engine made, when the request is large or the stream
+/// unbuffered: what the buffer holds, then the rest read by the engine straight into the
+/// program's memory. `None`: glibc's own fread must do it (pushed-back characters, a
+/// pending write, end of file already seen, a small buffered read).
+///
+/// # Safety
+/// `f` must be a live stream the engine made; `ptr` valid for `size * n` bytes.
+pub unsafe fn fread(ptr: *mut u8, size: usize, n: usize, f: *mut FILE) -> Option<usize> {
+    let total = size.checked_mul(n)?;
+    // SAFETY: the caller guarantees a live stream.
+    let unbuffered = unsafe { (*(f as *const FileHead)).flags } & IO_UNBUFFERED != 0;
+    if total == 0 || (total < FREAD_DIRECT && !(unbuffered && total > 1)) {
+        return None;
+    }
+    // SAFETY: as above; the stream's lock makes the buffer fields ours until unlocked.
+    unsafe { flockfile(f) };
+    // SAFETY: locked above.
+    let r = unsafe { fread_locked(ptr, size, total, f) };
+    // SAFETY: locked above.
+    unsafe { funlockfile(f) };
+    r
+}
+
+unsafe fn fread_locked(ptr: *mut u8, size: usize, total: usize, f: *mut FILE) -> Option<usize> {
+    let h = f as *mut FileHead;
+    // SAFETY: the caller holds the stream's lock.
+    let head = unsafe { &mut *h };
+    let wrong_direction = IO_NO_READS | IO_CURRENTLY_PUTTING | IO_IN_BACKUP | IO_EOF_SEEN | IO_ERR_SEEN;
+    if head.flags & wrong_direction != 0 || head.write_ptr > head.write_base || head.fileno < 0 {
+        return None;
+    }
+    let buffered = if head.read_end > head.read_ptr { head.read_end as usize - head.read_ptr as usize } else { 0 };
+    let mut done = buffered.min(total);
+    // SAFETY: `done` bytes lie in the stream's buffer and fit in the caller's.
+    unsafe {
+        std::ptr::copy_nonoverlapping(head.read_ptr, ptr, done);
+        head.read_ptr = head.read_ptr.add(done);
+    }
+    if done < total {
+        let fd = head.fileno;
+        while done < total {
+            // SAFETY: inside the caller's buffer.
+            let p = unsafe { ptr.add(done) };
+            // SAFETY: as above.
+            let r = unsafe { engine::read(fd, p, total - done, false) }
+                // SAFETY: as above.
+                .unwrap_or_else(|| unsafe { sys::read(fd, p, total - done) });
+            match r {
+                Ok(0) => {
+                    head.flags |= IO_EOF_SEEN;
+                    break;
+                }
+                Ok(k) => done += k,
+                Err(libc::EINTR) => continue,
+                Err(e) => {
+                    head.flags |= IO_ERR_SEEN;
+                    set_errno(e);
+                    break;
+                }
+            }
+        }
+        // The descriptor moved past what glibc knows; it asks the kernel when it needs to.
+        head.offset = -1;
+    }
+    Some(done / size)
 }
 
 /// `sizeof(struct _IO_FILE)` on LP64: every glibc stream is a `struct _IO_FILE_plus`, whose
@@ -155,6 +246,8 @@ struct CookieIoFunctions {
 
 extern "C" {
     fn fopencookie(cookie: *mut c_void, mode: *const c_char, funcs: CookieIoFunctions) -> *mut FILE;
+    fn flockfile(f: *mut FILE);
+    fn funlockfile(f: *mut FILE);
 }
 
 /// `fopen` of a matched path returned `fd`, opened with `m.flags`: a stream the engine
