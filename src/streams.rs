@@ -1,7 +1,7 @@
-//! stdio entry points that open or close descriptors inside glibc, where no hook sees the
-//! underlying open or close. `fopen` of a matched path and `fdopen` of a direct fd make a
-//! stream the engine serves (`s3dlio::stream`); `freopen` keeps its `FILE*` and so stays
-//! buffered; a number glibc closed or reused is forgotten.
+//! stdio entry points. `fopen` of a matched path and `fdopen` of a direct fd make a stream
+//! the engine serves (`s3dlio::stream`), which `freopen` and large or unbuffered `fread`s
+//! keep in the engine's hands; glibc's own streams stay glibc's, and a number glibc closed
+//! or reused inside (freopen, fclose) is forgotten.
 
 use crate::{engine, errno, quietly, real, set_errno};
 use libc::{c_char, c_int, mode_t, FILE};
