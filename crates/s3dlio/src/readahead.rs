@@ -18,9 +18,15 @@ use memmap2::{Advice, MmapMut};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Reads of this size or more are left alone: the device serves them well, and an aligned
-/// one goes straight into the program's buffer without a copy.
+/// Aligned reads of this size or more are left alone: the device serves them well, straight
+/// into the program's buffer. A misaligned one needs a copy anyway, and from the windows that
+/// copy overlaps the device reading the next window.
 const MAX_REQUEST: usize = 1 << 20;
+
+/// True if a read is large and aligned enough to go to the device as it is.
+fn goes_direct(io: &FileIo<'_>, p: Params, buf: *mut u8, len: usize, off: u64) -> bool {
+    len >= (p.window / 2).min(MAX_REQUEST) && io.align.read_ok(buf as usize, off, len)
+}
 
 /// Bytes of windows allocated in this process.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -61,6 +67,9 @@ struct Window {
     stamp: Stamp,
     /// `Readahead::writes` when the read was issued.
     gen: u64,
+    /// In flight: how many requests, of how many bytes each.
+    pieces: usize,
+    piece: usize,
 }
 
 impl Window {
@@ -110,8 +119,8 @@ impl Default for Readahead {
 /// How read-ahead is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    /// Window size in bytes (0: off). Reads of half a window or more, or of 1 MiB or more,
-    /// are not served from it.
+    /// Window size in bytes (0: off). Aligned reads of half a window or 1 MiB, whichever is
+    /// less, go to the device as they are.
     pub window: usize,
     /// Bytes all windows of the process may use together.
     pub budget: usize,
@@ -145,10 +154,7 @@ impl Readahead {
         out: &mut Outcome,
     ) -> Option<SysResult<usize>> {
         let (_, p) = io.tuning.readahead?;
-        if p.window == 0
-            || len == 0
-            || len >= (p.window / 2).min(MAX_REQUEST)
-            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+        if p.window == 0 || len == 0 || goes_direct(io, p, buf, len, off) || st.st_mode & libc::S_IFMT != libc::S_IFREG
         {
             return None;
         }
@@ -231,7 +237,7 @@ impl Readahead {
         len: usize,
     ) -> Option<SysResult<usize>> {
         let (_, p) = io.tuning.readahead?;
-        if p.window == 0 || len == 0 || len >= (p.window / 2).min(MAX_REQUEST) {
+        if p.window == 0 || len == 0 || len >= p.window / 2 {
             return None;
         }
         let _g = self.lock.try_lock()?;
@@ -290,7 +296,10 @@ impl State {
         }
         if self.ctx == 0 {
             // SAFETY: io_setup writes the new context id into `ctx`.
-            if unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut self.ctx as *mut libc::c_ulong) } != 0 {
+            if unsafe {
+                libc::syscall(libc::SYS_io_setup, MAX_PIECES as libc::c_long, &mut self.ctx as *mut libc::c_ulong)
+            } != 0
+            {
                 self.ctx = 0;
                 self.no_aio = true;
                 return;
@@ -302,68 +311,103 @@ impl State {
         let w = &mut self.ahead;
         let m = w.buf.as_mut().expect("allocated");
         let want = m.len() - m.len() % io.align.read_offset.max(1);
+        let start = self.cur.end();
+        // Several requests in flight keep the device busier than one large one (which the
+        // block layer sends as a single request up to max_sectors_kb).
+        let pieces = want.div_ceil(AIO_PIECE).clamp(1, MAX_PIECES);
+        let piece = want.div_ceil(pieces).next_multiple_of(io.align.read_offset.max(1));
         // SAFETY: an iocb is plain data; the unused fields must be zero.
-        let mut cb: libc::iocb = unsafe { std::mem::zeroed() };
-        cb.aio_lio_opcode = IOCB_CMD_PREAD;
-        cb.aio_fildes = io.fd as u32;
-        cb.aio_buf = m.as_mut_ptr() as u64;
-        cb.aio_nbytes = want as u64;
-        cb.aio_offset = self.cur.end() as i64;
-        let mut cbp: *mut libc::iocb = &mut cb;
-        // SAFETY: `cb` describes the window's private memory, which stays mapped until the
-        // read is reaped (`reap`, or io_destroy in `drop`).
-        if unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, 1 as libc::c_long, &mut cbp as *mut *mut libc::iocb) }
-            == 1
-        {
-            w.phase = Phase::InFlight;
-            w.off = self.cur.end();
-            w.len = want;
-            (w.stamp, w.gen) = now;
+        let mut cbs: [libc::iocb; MAX_PIECES] = unsafe { std::mem::zeroed() };
+        let mut ptrs = [std::ptr::null_mut::<libc::iocb>(); MAX_PIECES];
+        let mut n = 0;
+        while n < pieces && n * piece < want {
+            let cb = &mut cbs[n];
+            cb.aio_data = n as u64;
+            cb.aio_lio_opcode = IOCB_CMD_PREAD;
+            cb.aio_fildes = io.fd as u32;
+            cb.aio_buf = m.as_mut_ptr() as u64 + (n * piece) as u64;
+            cb.aio_nbytes = piece.min(want - n * piece) as u64;
+            cb.aio_offset = (start + (n * piece) as u64) as i64;
+            ptrs[n] = cb;
+            n += 1;
         }
+        // SAFETY: each iocb describes part of the window's private memory, which stays
+        // mapped until the reads are reaped (`reap`, or io_destroy in `drop`).
+        let submitted = unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, n as libc::c_long, ptrs.as_mut_ptr()) };
+        if submitted <= 0 {
+            return;
+        }
+        w.phase = Phase::InFlight;
+        w.off = start;
+        w.len = want;
+        w.pieces = submitted as usize;
+        w.piece = piece;
+        (w.stamp, w.gen) = now;
     }
 
     /// Waits for the window in flight. It is kept only if the file is still as it was
-    /// when the read was issued.
+    /// when the reads were issued; its valid bytes are the pieces read in full, up to the
+    /// first short one (end of file).
     fn reap(&mut self, now: (Stamp, u64), out: &mut Outcome) {
-        let mut ev = IoEvent::default();
-        loop {
-            // SAFETY: one event buffer; a null timeout waits.
+        let mut evs: [IoEvent; MAX_PIECES] = Default::default();
+        let mut got = [-1i64; MAX_PIECES];
+        let mut left = self.ahead.pieces;
+        while left > 0 {
+            // SAFETY: `evs` holds MAX_PIECES events; a null timeout waits.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_io_getevents,
                     self.ctx,
                     1 as libc::c_long,
-                    1 as libc::c_long,
-                    &mut ev as *mut IoEvent,
+                    left as libc::c_long,
+                    evs.as_mut_ptr(),
                     std::ptr::null_mut::<libc::timespec>(),
                 )
             };
-            if r == 1 {
-                break;
-            }
             if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            // The context is unusable: the read may still be running, so its buffer is
-            // never reused.
-            if let Some(m) = self.ahead.buf.take() {
-                std::mem::forget(m);
+            if r <= 0 {
+                // The context is unusable: reads may still be running, so the buffer is
+                // never reused.
+                if let Some(m) = self.ahead.buf.take() {
+                    std::mem::forget(m);
+                }
+                self.ahead.phase = Phase::Empty;
+                self.no_aio = true;
+                return;
             }
-            self.ahead.phase = Phase::Empty;
-            self.no_aio = true;
-            return;
+            for ev in &evs[..r as usize] {
+                if let Some(g) = got.get_mut(ev.data as usize) {
+                    *g = ev.res;
+                }
+            }
+            left -= r as usize;
         }
         let w = &mut self.ahead;
-        if ev.res < 0 || (w.stamp, w.gen) != now {
+        if got[0] < 0 || (w.stamp, w.gen) != now {
             w.phase = Phase::Empty;
             return;
         }
-        out.readahead_bytes += ev.res as u64;
-        w.eof = (ev.res as usize) < w.len;
-        w.len = ev.res as usize;
+        let mut len = 0usize;
+        for (k, &g) in got[..w.pieces].iter().enumerate() {
+            let full = w.piece.min(w.len - k * w.piece);
+            let g = g.max(0) as usize;
+            len += g;
+            if g < full {
+                break;
+            }
+        }
+        out.readahead_bytes += got[..w.pieces].iter().map(|&g| g.max(0) as u64).sum::<u64>();
+        w.eof = len < w.len;
+        w.len = len;
         w.phase = Phase::Ready;
     }
 }
+
+/// Size of each asynchronous request of a window, and at most how many there are.
+const AIO_PIECE: usize = 1 << 20;
+const MAX_PIECES: usize = 16;
 
 /// `IOCB_CMD_PREAD` of linux/aio_abi.h.
 const IOCB_CMD_PREAD: u16 = 0;
@@ -492,6 +536,11 @@ mod tests {
 
     impl File {
         fn read(&self, off: u64, len: usize, out: &mut Outcome) -> Option<Vec<u8>> {
+            self.read_into(off, len, false, out)
+        }
+
+        /// Reads into a page-aligned buffer (`aligned`) or one a byte past a page boundary.
+        fn read_into(&self, off: u64, len: usize, aligned: bool, out: &mut Outcome) -> Option<Vec<u8>> {
             let st = sys::fstat(self.fd).unwrap();
             let io = FileIo {
                 fd: self.fd,
@@ -507,11 +556,17 @@ mod tests {
                     ..Default::default()
                 },
             };
-            let mut buf = vec![0u8; len];
-            // SAFETY: `buf` holds `len` bytes.
-            let r = unsafe { self.ra.serve(&io, &st, buf.as_mut_ptr(), len, off, out) }?;
-            buf.truncate(r.unwrap());
-            Some(buf)
+            let layout = std::alloc::Layout::from_size_align(len + 4096, 4096).unwrap();
+            // SAFETY: a non-zero size.
+            let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+            let p = if aligned { mem } else { mem.wrapping_add(1) };
+            // SAFETY: `p` has `len` bytes inside the allocation.
+            let r = unsafe { self.ra.serve(&io, &st, p, len, off, out) };
+            // SAFETY: as above; freed with its own layout.
+            let got = r.map(|r| unsafe { std::slice::from_raw_parts(p, r.unwrap()) }.to_vec());
+            // SAFETY: allocated above with `layout`.
+            unsafe { std::alloc::dealloc(mem, layout) };
+            got
         }
     }
 
@@ -543,8 +598,25 @@ mod tests {
         for off in [700_000u64, 5_000, 300_000, 1_500_000] {
             assert!(f.read(off, 65536, &mut out).is_none(), "random read at {off} served from a window");
         }
-        assert!(f.read(0, WINDOW / 2, &mut out).is_none(), "a read of half a window is not read ahead");
         assert_eq!(out.readahead_bytes, 0, "random reads must not read ahead");
+        assert!(f.read_into(0, WINDOW / 2, true, &mut out).is_none(), "an aligned half window goes direct");
+        assert_eq!(out.readahead_bytes, 0);
+    }
+
+    #[test]
+    fn large_misaligned_sequential_reads_cross_windows() {
+        let data = pattern(5 * WINDOW + 77, 5);
+        let f = file("large", &data);
+        let mut out = Outcome::default();
+        let mut got = Vec::new();
+        while let Some(b) = f.read_into(got.len() as u64, 3 * WINDOW / 2 + 1, false, &mut out) {
+            if b.is_empty() {
+                break;
+            }
+            got.extend(b);
+        }
+        assert!(got == data, "bytes differ");
+        assert_eq!(out.readahead_bytes, data.len() as u64, "each byte read from the device once");
     }
 
     #[test]
