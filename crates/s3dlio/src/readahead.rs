@@ -18,15 +18,10 @@ use memmap2::{Advice, MmapMut};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Aligned reads of this size or more are left alone: the device serves them well, straight
-/// into the program's buffer. A misaligned one needs a copy anyway, and from the windows that
-/// copy overlaps the device reading the next window.
+/// Reads of this size or more are left alone: the device serves them well, an aligned one
+/// straight into the program's buffer, a misaligned one through several MiB of bounce
+/// buffers read with one call (measured faster than windows: see docs/benchmarks.md).
 const MAX_REQUEST: usize = 1 << 20;
-
-/// True if a read is large and aligned enough to go to the device as it is.
-fn goes_direct(io: &FileIo<'_>, p: Params, buf: *mut u8, len: usize, off: u64) -> bool {
-    len >= (p.window / 2).min(MAX_REQUEST) && io.align.read_ok(buf as usize, off, len)
-}
 
 /// Bytes of windows allocated in this process.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -119,8 +114,8 @@ impl Default for Readahead {
 /// How read-ahead is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    /// Window size in bytes (0: off). Aligned reads of half a window or 1 MiB, whichever is
-    /// less, go to the device as they are.
+    /// Window size in bytes (0: off). Reads of half a window or 1 MiB, whichever is less,
+    /// are not served from it.
     pub window: usize,
     /// Bytes all windows of the process may use together.
     pub budget: usize,
@@ -154,7 +149,10 @@ impl Readahead {
         out: &mut Outcome,
     ) -> Option<SysResult<usize>> {
         let (_, p) = io.tuning.readahead?;
-        if p.window == 0 || len == 0 || goes_direct(io, p, buf, len, off) || st.st_mode & libc::S_IFMT != libc::S_IFREG
+        if p.window == 0
+            || len == 0
+            || len >= (p.window / 2).min(MAX_REQUEST)
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
         {
             return None;
         }
@@ -312,8 +310,7 @@ impl State {
         let m = w.buf.as_mut().expect("allocated");
         let want = m.len() - m.len() % io.align.read_offset.max(1);
         let start = self.cur.end();
-        // Several requests in flight keep the device busier than one large one (which the
-        // block layer sends as a single request up to max_sectors_kb).
+        // A window larger than one request's worth is read as several requests in flight.
         let pieces = want.div_ceil(AIO_PIECE).clamp(1, MAX_PIECES);
         let piece = want.div_ceil(pieces).next_multiple_of(io.align.read_offset.max(1));
         // SAFETY: an iocb is plain data; the unused fields must be zero.
@@ -405,8 +402,10 @@ impl State {
     }
 }
 
-/// Size of each asynchronous request of a window, and at most how many there are.
-const AIO_PIECE: usize = 1 << 20;
+/// Size of each asynchronous request of a window, and at most how many there are. Measured
+/// here: one 4 MiB request reads faster than four of 1 MiB (docs/benchmarks.md, and
+/// max_sectors_kb of the disk is 4096).
+const AIO_PIECE: usize = 4 << 20;
 const MAX_PIECES: usize = 16;
 
 /// `IOCB_CMD_PREAD` of linux/aio_abi.h.
@@ -535,12 +534,9 @@ mod tests {
     }
 
     impl File {
+        /// Reads into a buffer one byte past a page boundary, as a program's malloc'd
+        /// buffer would be.
         fn read(&self, off: u64, len: usize, out: &mut Outcome) -> Option<Vec<u8>> {
-            self.read_into(off, len, false, out)
-        }
-
-        /// Reads into a page-aligned buffer (`aligned`) or one a byte past a page boundary.
-        fn read_into(&self, off: u64, len: usize, aligned: bool, out: &mut Outcome) -> Option<Vec<u8>> {
             let st = sys::fstat(self.fd).unwrap();
             let io = FileIo {
                 fd: self.fd,
@@ -559,7 +555,7 @@ mod tests {
             let layout = std::alloc::Layout::from_size_align(len + 4096, 4096).unwrap();
             // SAFETY: a non-zero size.
             let mem = unsafe { std::alloc::alloc_zeroed(layout) };
-            let p = if aligned { mem } else { mem.wrapping_add(1) };
+            let p = mem.wrapping_add(1);
             // SAFETY: `p` has `len` bytes inside the allocation.
             let r = unsafe { self.ra.serve(&io, &st, p, len, off, out) };
             // SAFETY: as above; freed with its own layout.
@@ -599,24 +595,8 @@ mod tests {
             assert!(f.read(off, 65536, &mut out).is_none(), "random read at {off} served from a window");
         }
         assert_eq!(out.readahead_bytes, 0, "random reads must not read ahead");
-        assert!(f.read_into(0, WINDOW / 2, true, &mut out).is_none(), "an aligned half window goes direct");
+        assert!(f.read(0, WINDOW / 2, &mut out).is_none(), "half a window is not read ahead");
         assert_eq!(out.readahead_bytes, 0);
-    }
-
-    #[test]
-    fn large_misaligned_sequential_reads_cross_windows() {
-        let data = pattern(5 * WINDOW + 77, 5);
-        let f = file("large", &data);
-        let mut out = Outcome::default();
-        let mut got = Vec::new();
-        while let Some(b) = f.read_into(got.len() as u64, 3 * WINDOW / 2 + 1, false, &mut out) {
-            if b.is_empty() {
-                break;
-            }
-            got.extend(b);
-        }
-        assert!(got == data, "bytes differ");
-        assert_eq!(out.readahead_bytes, data.len() as u64, "each byte read from the device once");
     }
 
     #[test]
