@@ -444,8 +444,9 @@ def _mount_fixture(kind: str, setup, what: str | None = None):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _setup_strict(base: Path, mnt: Path, state: dict, size=256 << 20):
-    img = base / "ext4-4k.img"
+def _setup_strict(base: Path, mnt: Path, state: dict, size=256 << 20, features=(), name="ext4-4k.img"):
+    """ext4 on a loop device with 4096-byte logical sectors; `features`: extra mkfs -O items."""
+    img = base / name
     with open(img, "wb") as f:
         f.truncate(size)
     loop = sh(["losetup", "--find", "--show", "--sector-size", "4096", str(img)]).stdout.strip()
@@ -453,7 +454,8 @@ def _setup_strict(base: Path, mnt: Path, state: dict, size=256 << 20):
     ss = sh(["blockdev", "--getss", loop]).stdout.strip()
     if ss != "4096":
         raise RuntimeError(f"{loop} has logical sector size {ss}, wanted 4096")
-    sh(["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "nodiscard", loop], timeout=120)
+    opts = ["-O", ",".join(features)] if features else []
+    sh(["mkfs.ext4", "-q", "-F", "-b", "4096", *opts, "-E", "nodiscard", loop], timeout=120)
     sh(["mount", loop, str(mnt)])
     state["mounted"] = True
 
@@ -597,21 +599,11 @@ def stats_summary(objs) -> str:
     return "\n".join(lines) or "(no statistics files)"
 
 
-def _setup_ext4_noextent(base: Path, mnt: Path, state: dict, size=128 << 20):
+def _setup_ext4_noextent(base: Path, mnt: Path, state: dict):
     """ext4 without extents (indirect blocks) on a 4096-sector loop device: O_DIRECT works,
-    fallocate(2) says EOPNOTSUPP, so glibc's posix_fallocate emulates it."""
-    img = base / "ext4-noextent.img"
-    with open(img, "wb") as f:
-        f.truncate(size)
-    loop = sh(["losetup", "--find", "--show", "--sector-size", "4096", str(img)]).stdout.strip()
-    state["loop"] = loop
-    ss = sh(["blockdev", "--getss", loop]).stdout.strip()
-    if ss != "4096":
-        raise RuntimeError(f"{loop} has logical sector size {ss}, wanted 4096")
-    # a 64-bit ext4 needs extents: switch both off
-    sh(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^extent,^64bit", "-E", "nodiscard", loop], timeout=120)
-    sh(["mount", loop, str(mnt)])
-    state["mounted"] = True
+    fallocate(2) says EOPNOTSUPP, so glibc's posix_fallocate emulates it. A 64-bit ext4
+    needs extents: both are switched off."""
+    _setup_strict(base, mnt, state, size=128 << 20, features=("^extent", "^64bit"), name="ext4-noextent.img")
 
 
 @pytest.fixture

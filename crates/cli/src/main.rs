@@ -8,7 +8,7 @@ mod run;
 mod stats;
 
 use clap::{Args, Parser, Subcommand};
-use s3dlio::config::split_list;
+use s3dlio::pathmatch::split_list;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};

@@ -416,7 +416,7 @@ impl ProgramSet {
         let mut joined = Vec::with_capacity(spec.len() + 8);
         let mut texts = Vec::new();
         let mut bad = Vec::new();
-        for entry in split_list(spec).filter(|e| !e.is_empty()) {
+        for entry in crate::pathmatch::split_list(spec).filter(|e| !e.is_empty()) {
             let text = String::from_utf8_lossy(entry).into_owned();
             let mut glob = Vec::with_capacity(entry.len() + 1);
             glob.push(b'/');
@@ -462,33 +462,6 @@ impl ProgramSet {
     pub fn matches_any<'a>(&self, mut names: impl Iterator<Item = &'a [u8]>) -> bool {
         names.any(|n| self.matches(n))
     }
-}
-
-/// Splits a colon-separated list at the colons that are not escaped with `\`, the way the
-/// `PATHS` language does. Escapes stay in the entries.
-pub fn split_list(spec: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut start = 0;
-    let mut i = 0;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        while i < spec.len() {
-            match spec[i] {
-                b'\\' => i += 2,
-                b':' => {
-                    let entry = &spec[start..i];
-                    i += 1;
-                    start = i;
-                    return Some(entry);
-                }
-                _ => i += 1,
-            }
-        }
-        done = true;
-        Some(&spec[start.min(spec.len())..])
-    })
 }
 
 /// The base names this process goes by: that of its executable (/proc/self/exe) and that of
@@ -1024,10 +997,10 @@ mod tests {
 
     #[test]
     fn split_list_honours_escapes() {
-        let parts: Vec<&[u8]> = split_list(b"a:b\\:c::d\\").collect();
+        let parts: Vec<&[u8]> = crate::pathmatch::split_list(b"a:b\\:c::d\\").collect();
         assert_eq!(parts, [b"a".as_slice(), b"b\\:c", b"", b"d\\"]);
-        assert_eq!(split_list(b"").collect::<Vec<_>>(), [b"".as_slice()]);
-        assert_eq!(split_list(b"x:").collect::<Vec<_>>(), [b"x".as_slice(), b""]);
+        assert_eq!(crate::pathmatch::split_list(b"").collect::<Vec<_>>(), [b"".as_slice()]);
+        assert_eq!(crate::pathmatch::split_list(b"x:").collect::<Vec<_>>(), [b"x".as_slice(), b""]);
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl PatternSet {
     pub fn parse_bytes(var_name: &str, spec: &[u8]) -> (PatternSet, Vec<String>) {
         let mut entries = Vec::new();
         let mut warnings = Vec::new();
-        for raw in split_entries(spec) {
+        for raw in split_list(spec) {
             if raw.is_empty() {
                 continue;
             }
@@ -158,7 +158,7 @@ impl PatternSet {
 
 /// Split a spec at unescaped colons. The backslash stays in the entry (the compiler
 /// interprets it); a `\` right before `:` keeps that colon inside the entry.
-fn split_entries(spec: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn split_list(spec: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
     let mut i = 0;
     let mut done = false;

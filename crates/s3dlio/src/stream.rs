@@ -468,14 +468,30 @@ mod tests {
         }
     }
 
+    /// The fields the engine reads and writes are where glibc keeps them: after one fgetc
+    /// of a file, the buffer holds what the kernel returned less that byte.
     #[test]
     fn file_head_matches_glibc() {
-        let f = unsafe { libc::fopen(c"/dev/null".as_ptr(), c"r".as_ptr()) };
-        assert!(!f.is_null());
-        // SAFETY: `f` is a live glibc FILE.
-        let (head, real) = unsafe { ((*(f as *const FileHead)).fileno, libc::fileno(f)) };
-        unsafe { libc::fclose(f) };
-        assert_eq!(head, real);
+        let path = std::env::temp_dir().join(format!("s3dlio-head-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: plain libc stream calls on a stream opened here; `FileHead` is the start of
+        // glibc's public `struct _IO_FILE`.
+        unsafe {
+            let f = libc::fopen(c.as_ptr(), c"r".as_ptr());
+            assert!(!f.is_null());
+            assert_eq!(libc::fgetc(f), 7);
+            let h = &*(f as *const FileHead);
+            assert_eq!(h.fileno, libc::fileno(f));
+            let pos = libc::lseek(h.fileno, 0, libc::SEEK_CUR);
+            assert!(pos > 1);
+            // glibc leaves `_offset` unknown (-1) until a seek, or at the kernel's position.
+            assert!(h.offset == -1 || h.offset == pos, "_offset {}", h.offset);
+            assert_eq!(h.read_end as usize - h.read_ptr as usize + 1, pos as usize);
+            assert_eq!(h.flags & (IO_NO_READS | IO_EOF_SEEN), 0);
+            libc::fclose(f);
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
