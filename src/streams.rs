@@ -78,9 +78,8 @@ unsafe fn fopen_with(
     };
     if f.is_null() {
         let e = errno();
-        forget_fd(fd);
-        // SAFETY: closing the descriptor this call opened.
-        unsafe { real!(close: unsafe extern "C" fn(c_int) -> c_int)(fd) };
+        // SAFETY: closing the descriptor this call opened (the hook forgets it first).
+        unsafe { crate::fdops::close(fd) };
         set_errno(e);
     }
     f
@@ -116,7 +115,8 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
                 set_errno(e);
                 return std::ptr::null_mut();
             }
-            // A stream glibc makes itself cannot be served: a direct fd goes buffered.
+            // Not direct, or the engine failed (panicked): a stream glibc makes itself on a
+            // direct fd would fail its misaligned fills, so such a description goes buffered.
             None => quietly(|| eng::stream_opened(fd)),
         }
     }

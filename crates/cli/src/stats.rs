@@ -258,14 +258,14 @@ fn summary_text(procs: &[ProcStats], unreadable: &[String], pattern: &str) -> St
     let (r, rb) = (t.get(Counter::ReadBytes), t.get(Counter::ReadBouncedBytes));
     let (w, wb) = (t.get(Counter::WriteBytes), t.get(Counter::WriteBouncedBytes));
     let read = format!(
-        "{} in {} calls; {} of it bounced (not aligned: read direct into the library's buffers and copied)",
+        "{} in {} calls; {} of it bounced (copied from the library's aligned buffers: misaligned, or read ahead)",
         human(r),
         t.get(Counter::ReadCalls),
         human(rb)
     );
     line("read", &read);
     let written = format!(
-        "{} in {} calls; {} of it bounced (unaligned pieces through the page cache, dropped after)",
+        "{} in {} calls; {} of it bounced (small writes and unaligned pieces through the page cache, dropped after)",
         human(w),
         t.get(Counter::WriteCalls),
         human(wb)

@@ -60,27 +60,18 @@ impl Companion {
     }
 
     /// The companion of `fd`, opened on first use with access mode `accmode` and, for an
-    /// O_APPEND description, O_APPEND. `ident` is the (dev, ino) the program's fd must still
-    /// have: an fd number reused behind the engine's back must never get the old file's data.
-    pub fn get(&self, fd: i32, accmode: i32, append: bool, ident: (u64, u64)) -> SysResult<i32> {
+    /// O_APPEND description, O_APPEND. The program's fd must still be this companion's file:
+    /// an fd number reused behind the engine's back must never get the old file's data.
+    pub fn get(&self, fd: i32, accmode: i32, append: bool) -> SysResult<i32> {
+        let ident = self.ident;
         let st = sys::fstat(fd)?;
         if (st.st_dev, st.st_ino) != ident {
             return Err(libc::ESTALE);
         }
-        let mut cur = self.fd.load(Ordering::Acquire);
-        if cur >= 0 {
-            if is_file(cur, ident) {
-                return Ok(cur);
-            }
-            // The program closed the companion's number (closefrom, a close loop) and it may
-            // now be another file's: never write there, never close it; open a new one.
-            if self.fd.compare_exchange(cur, NONE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                cur = NONE;
-            } else {
-                return self.get(fd, accmode, append, ident);
-            }
+        if let Some(c) = self.current() {
+            return Ok(c);
         }
-        if cur == FAILED {
+        if self.fd.load(Ordering::Acquire) == FAILED {
             return Err(self.open_errno.load(Ordering::Relaxed));
         }
         match reopen(fd, accmode, append, 0, ident) {

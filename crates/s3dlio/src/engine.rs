@@ -48,7 +48,6 @@ impl Desc {
             companion: &self.companion,
             accmode: self.accmode,
             append: self.append.load(Ordering::Relaxed),
-            ident: self.ident,
             pool,
             nowait,
             tuning: state().tuning(&self.ra),
@@ -779,7 +778,7 @@ pub fn swallow_readahead(fd: i32, needs_read: bool) -> bool {
 /// (glibc's posix_fallocate emulation writes single bytes). `None`: not direct.
 pub fn companion_of(fd: i32) -> Option<Result<i32, Errno>> {
     let d = managed_direct(fd, false)?;
-    Some(d.companion.get(fd, d.accmode, d.append.load(Ordering::Relaxed), d.ident))
+    Some(d.companion.get(fd, d.accmode, d.append.load(Ordering::Relaxed)))
 }
 
 /// After a call on the companion wrote `[off, off+len)` behind the engine's back.

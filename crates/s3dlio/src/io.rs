@@ -17,8 +17,6 @@ pub struct FileIo<'a> {
     pub accmode: i32,
     /// The description has O_APPEND.
     pub append: bool,
-    /// (st_dev, st_ino) of the file, to detect a reused fd number.
-    pub ident: (u64, u64),
     /// Bounce buffers.
     pub pool: &'a BufPool,
     /// Running inside a signal handler that interrupted the engine: never block.

@@ -77,9 +77,8 @@ pub unsafe fn read_next(
     if io.tuning.dontcache {
         return None;
     }
-    let st = sys::fstat(io.fd).ok()?;
     // SAFETY: forwarded from the caller.
-    let r = unsafe { ra.serve_next(io, fd, &st, buf, len) }?;
+    let r = unsafe { ra.serve_next(io, fd, buf, len) }?;
     if let Ok(n) = r {
         out.bounced_bytes += n as u64;
     }
@@ -164,7 +163,7 @@ unsafe fn buffered(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mu
 
 /// The program's call, unchanged, on the buffered companion with RWF_DONTCACHE.
 unsafe fn companion_read(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
-    let c = io.companion.get(io.fd, io.accmode, io.append, io.ident)?;
+    let c = io.companion.get(io.fd, io.accmode, io.append)?;
     // SAFETY: forwarded from the caller.
     let n = unsafe { io.companion.read(c, buf, len, off as i64) }?;
     out.buffered_bytes += n as u64;

@@ -226,14 +226,7 @@ impl Readahead {
     ///
     /// # Safety
     /// `buf` must be valid for writes of `len` bytes.
-    pub unsafe fn serve_next(
-        &self,
-        io: &FileIo<'_>,
-        fd: i32,
-        st: &libc::stat,
-        buf: *mut u8,
-        len: usize,
-    ) -> Option<SysResult<usize>> {
+    pub unsafe fn serve_next(&self, io: &FileIo<'_>, fd: i32, buf: *mut u8, len: usize) -> Option<SysResult<usize>> {
         let (_, p) = io.tuning.readahead?;
         if p.window == 0 || len == 0 || len >= p.window / 2 {
             return None;
@@ -241,9 +234,14 @@ impl Readahead {
         let _g = self.lock.try_lock()?;
         // SAFETY: the lock is held.
         let s = unsafe { &mut *self.st.get() };
-        let now = (Stamp::of(st), self.writes.load(Ordering::Acquire));
         let pos = s.next;
-        if s.cur.phase != Phase::Ready || (s.cur.stamp, s.cur.gen) != now || !s.cur.covers(pos) {
+        if s.cur.phase != Phase::Ready || !s.cur.covers(pos) {
+            return None;
+        }
+        // Only a read the window can serve pays for the look at the file.
+        let st = sys::fstat(io.fd).ok()?;
+        let now = (Stamp::of(&st), self.writes.load(Ordering::Acquire));
+        if (s.cur.stamp, s.cur.gen) != now {
             return None;
         }
         let n = (s.cur.end() - pos).min(len as u64) as usize;
@@ -544,7 +542,6 @@ mod tests {
                 companion: &self.companion,
                 accmode: libc::O_RDONLY,
                 append: false,
-                ident: (st.st_dev, st.st_ino),
                 pool: &self.pool,
                 nowait: false,
                 tuning: Tuning {

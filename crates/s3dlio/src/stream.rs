@@ -271,8 +271,7 @@ pub unsafe fn after_fopen(fd: i32, m: Mode) -> Option<Result<*mut FILE, Errno>> 
 
 /// `fdopen(fd, mode)` on a direct descriptor, with glibc's checks and effects: the access
 /// mode must allow the stream's directions (EINVAL), and `a` on a description without
-/// O_APPEND adds it and, for a write-only stream, moves to the end. `None` if `fd` is not direct or glibc
-/// must answer itself.
+/// O_APPEND adds it and, for a write-only stream, moves to the end. `None` if `fd` is not direct.
 ///
 /// # Safety
 /// `mode` must be a NUL-terminated string.
@@ -281,7 +280,9 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
         return None;
     }
     // SAFETY: the caller guarantees a NUL-terminated string.
-    let m = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), true)?;
+    let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), true) else {
+        return Some(Err(libc::EINVAL)); // glibc's answer to a bad first letter
+    };
     let kernel = match sys::fcntl(fd, libc::F_GETFL, 0) {
         Ok(fl) => fl,
         Err(e) => return Some(Err(e)),

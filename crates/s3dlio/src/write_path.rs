@@ -204,7 +204,7 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
 /// cannot be opened, clears O_DIRECT on the description and writes on the fd itself.
 unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &mut Outcome) -> SysResult<usize> {
     let behind = !io.tuning.dontcache && len < io.tuning.write_behind;
-    let n = match io.companion.get(io.fd, io.accmode, io.append, io.ident) {
+    let n = match io.companion.get(io.fd, io.accmode, io.append) {
         // SAFETY: forwarded from the caller.
         Ok(c) => unsafe { io.companion.write(c, buf, len, off, behind) }?,
         Err(libc::ESTALE) => return Err(libc::ESTALE),
