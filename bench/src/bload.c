@@ -1,6 +1,6 @@
 /* bload: the C loader of the benchmark (bench/bench.py runs it; not a test program).
  *
- *   bload [-m seq|rand|fread] [-b BYTES] [-A] [-D] [-t THREADS] [-T SECS] [-L BYTES]
+ *   bload [-m seq|rand|fread] [-b BYTES] [-A] [-D] [-F] [-t THREADS] [-T SECS] [-L BYTES]
  *         [-n COUNT] FILE...
  *
  *   -m seq    read() each file front to back (default)
@@ -9,6 +9,9 @@
  *   -b N      request size (default 65536)
  *   -A        posix_memalign(4096) buffers; default malloc(N) (what most loaders do)
  *   -D        open with O_DIRECT (the program asks for it itself: native direct I/O)
+ *   -F        seq: read each file whole into a fresh buffer of its size, freed afterwards, as
+ *             numpy.load does (page-aligned, MADV_HUGEPAGE like numpy's large arrays); the
+ *             kernel must zero every new page before the data lands in it
  *   -t N      N threads; thread i reads files i, i+N, ... (seq and fread)
  *   -T S      stop after S seconds (0: no limit)
  *   -L N      stop after N bytes (0: no limit)
@@ -24,13 +27,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char *mode = "seq";
 static size_t bsz = 65536;
-static int aligned = 0, odirect = 0, nthreads = 1;
+static int aligned = 0, odirect = 0, fresh = 0, nthreads = 1;
 static double tmax = 0;
 static long long lmax = 0, rcount = 1000;
 static char **files;
@@ -101,13 +105,25 @@ static void *worker(void *arg)
         }
         int fd = open(files[i], O_RDONLY | (odirect ? O_DIRECT : 0));
         if (fd < 0) { fail("open", files[i]); break; }
+        char *whole = NULL;
+        size_t cap = 0, at = 0;
+        if (fresh) {
+            struct stat st;
+            if (fstat(fd, &st) < 0) { fail("fstat", files[i]); close(fd); break; }
+            cap = ((size_t)st.st_size + bsz - 1) / bsz * bsz + bsz;
+            if (posix_memalign((void **)&whole, 4096, cap)) { fail("posix_memalign", files[i]); close(fd); break; }
+            madvise(whole, cap, MADV_HUGEPAGE);
+        }
         for (;;) {
-            ssize_t n = read(fd, buf, bsz);
+            char *dst = fresh ? whole + at : buf;
+            ssize_t n = read(fd, dst, fresh ? (cap - at < bsz ? cap - at : bsz) : bsz);
             if (n < 0) { if (errno == EINTR) continue; fail("read", files[i]); break; }
             if (n == 0) break;
-            consume(buf, n);
+            consume(dst, n);
+            at += (size_t)n;
             if (over(n)) break;
         }
+        free(whole);
         close(fd);
     }
     return NULL;
@@ -144,12 +160,13 @@ static void run_rand(void)
 int main(int argc, char **argv)
 {
     int c;
-    while ((c = getopt(argc, argv, "m:b:ADt:T:L:n:")) != -1) {
+    while ((c = getopt(argc, argv, "m:b:ADFt:T:L:n:")) != -1) {
         switch (c) {
         case 'm': mode = optarg; break;
         case 'b': bsz = strtoull(optarg, NULL, 0); break;
         case 'A': aligned = 1; break;
         case 'D': odirect = 1; break;
+        case 'F': fresh = 1; break;
         case 't': nthreads = atoi(optarg); break;
         case 'T': tmax = atof(optarg); break;
         case 'L': lmax = strtoll(optarg, NULL, 0); break;

@@ -64,8 +64,7 @@ impl Companion {
     /// an fd number reused behind the engine's back must never get the old file's data.
     pub fn get(&self, fd: i32, accmode: i32, append: bool) -> SysResult<i32> {
         let ident = self.ident;
-        let st = sys::fstat(fd)?;
-        if (st.st_dev, st.st_ino) != ident {
+        if sys::ident(fd)? != ident {
             return Err(libc::ESTALE);
         }
         if let Some(c) = self.current() {
@@ -268,7 +267,7 @@ pub fn set_append(fd: i32, append: bool) {
 
 /// True if `fd` is open on the file `ident` names.
 pub fn is_file(fd: i32, ident: (u64, u64)) -> bool {
-    sys::fstat(fd).is_ok_and(|st| (st.st_dev, st.st_ino) == ident)
+    sys::ident(fd).is_ok_and(|id| id == ident)
 }
 
 fn merge(a: Option<(u64, u64)>, (lo, hi): (u64, u64)) -> (u64, u64) {

@@ -505,6 +505,35 @@ fn locked<R>(d: &Desc, nowait: bool, f: impl FnOnce() -> R) -> Option<R> {
     Some(f())
 }
 
+/// Runs `call` (a positional read or write of `len` bytes) at the file position of `fd` and
+/// leaves the position after what it did, as the kernel's own call would. The position is
+/// moved past the whole request first, so the common case of a complete call costs one
+/// lseek instead of one to read the position and one to set it; a short or failed call
+/// moves it back. The caller holds the description's lock.
+fn at_offset(fd: i32, len: usize, call: impl FnOnce(u64) -> SysResult<usize>) -> SysResult<usize> {
+    let Some(pos) = i64::try_from(len)
+        .ok()
+        .and_then(|l| sys::lseek(fd, l, libc::SEEK_CUR).ok().map(|end| end.wrapping_sub(l as u64)))
+    else {
+        // Past the largest offset the filesystem allows: the call itself gives the answer.
+        let pos = sys::lseek(fd, 0, libc::SEEK_CUR)?;
+        let n = call(pos)?;
+        sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+        return Ok(n);
+    };
+    let r = call(pos);
+    match r {
+        Ok(n) if n == len => {}
+        Ok(n) => {
+            sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+        }
+        Err(_) => {
+            let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
+        }
+    }
+    r
+}
+
 /// `read(2)` on a managed fd.
 ///
 /// # Safety
@@ -522,12 +551,8 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
         if let Some(r) = unsafe { read_path::read_next(&io, fd, buf, len, &mut o) } {
             return (o, r);
         }
-        let r = sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
-            // SAFETY: forwarded from the caller.
-            let n = unsafe { read_path::pread(&io, buf, len, pos, &mut o) }?;
-            sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
-            Ok(n)
-        });
+        // SAFETY: forwarded from the caller.
+        let r = at_offset(fd, len, |pos| unsafe { read_path::pread(&io, buf, len, pos, &mut o) });
         (o, r)
     })?;
     settle(fd, &d, &o, false, &r).then_some(r)
@@ -580,12 +605,8 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
                 }
             }
         }
-        let r = sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
-            // SAFETY: forwarded from the caller.
-            let n = unsafe { write_path::pwrite(&io, buf, len, pos, &mut o) }?;
-            sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
-            Ok(n)
-        });
+        // SAFETY: forwarded from the caller.
+        let r = at_offset(fd, len, |pos| unsafe { write_path::pwrite(&io, buf, len, pos, &mut o) });
         (o, r)
     })?;
     settle(fd, &d, &o, true, &r).then_some(r)
@@ -653,13 +674,7 @@ pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait
     let r = if off >= 0 {
         run(off as u64, &mut o)
     } else {
-        locked(&d, nowait, || {
-            sys::lseek(fd, 0, libc::SEEK_CUR).and_then(|pos| {
-                let n = run(pos, &mut o)?;
-                sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
-                Ok(n)
-            })
-        })?
+        locked(&d, nowait, || at_offset(fd, total, |pos| run(pos, &mut o)))?
     };
     settle(fd, &d, &o, false, &r).then_some(r)
 }
@@ -1044,7 +1059,7 @@ fn reset_after_fork() {
         d.companion.reset_after_fork();
         d.ra.reset_after_fork();
     });
-    readahead::reset_budget_after_fork();
+    readahead::reset_after_fork();
     if let Some(st) = STATE.get() {
         st.pool.reset_after_fork();
     }

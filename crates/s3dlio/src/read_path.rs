@@ -25,18 +25,40 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
     let st = sys::fstat(io.fd)?;
     if let Some((ra, _)) = io.tuning.readahead {
         // SAFETY: forwarded from the caller.
-        if let Some(r) = unsafe { ra.serve(io, &st, buf, len, off, out) } {
-            if let Ok(n) = r {
-                out.bounced_bytes += n as u64;
+        match unsafe { ra.serve(io, &st, buf, len, off, out) } {
+            None => {}
+            Some(Err(e)) => return Err(e),
+            Some(Ok(s)) => {
+                out.bounced_bytes += s.bytes as u64;
+                if !s.rest_unread {
+                    return Ok(s.bytes);
+                }
+                // SAFETY: the rest of the caller's buffer.
+                let rest = unsafe { unwindowed(io, &st, buf.add(s.bytes), len - s.bytes, off + s.bytes as u64, out) };
+                // Bytes already read are the program's even if the rest fails, as with read(2).
+                return Ok(s.bytes + rest.unwrap_or(0));
             }
-            return r;
         }
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { unwindowed(io, &st, buf, len, off, out) }
+}
+
+/// [`pread`] without read-ahead: straight into the caller's buffer when aligned, else
+/// through bounce buffers. `st` is the file's state before the call.
+unsafe fn unwindowed(
+    io: &FileIo<'_>,
+    st: &libc::stat,
+    buf: *mut u8,
+    len: usize,
+    off: u64,
+    out: &mut Outcome,
+) -> SysResult<usize> {
     let a = &io.align;
     // The kernel may fill the caller's buffer up to the end of the last block even past end
     // of file, beyond the count it returns; a buffered read never touches those bytes, so a
     // read that crosses end of file takes the bounce path, which copies exactly.
-    if a.read_ok(buf as usize, off, len) && !crosses_eof(&st, off, len) {
+    if a.read_ok(buf as usize, off, len) && !crosses_eof(st, off, len) {
         // SAFETY: forwarded from the caller.
         match unsafe { sys::pread(io.fd, buf, len, off) } {
             Err(libc::EINVAL) => {}
@@ -78,7 +100,7 @@ pub unsafe fn read_next(
         return None;
     }
     // SAFETY: forwarded from the caller.
-    let r = unsafe { ra.serve_next(io, fd, buf, len) }?;
+    let r = unsafe { ra.serve_next(io, fd, buf, len, out) }?;
     if let Ok(n) = r {
         out.bounced_bytes += n as u64;
     }

@@ -1,15 +1,19 @@
-//! Read-ahead for small sequential reads of one description: O_DIRECT loses the kernel's
-//! readahead, so a loop of 4 KiB or 64 KiB reads would pay a device round trip each. After
-//! two reads in a row at consecutive offsets, the engine reads a large aligned window
-//! (several MiB: the device serves one big request at full speed) into a private buffer and
-//! serves the following reads from it with a copy.
+//! Read-ahead for sequential reads of one description: O_DIRECT loses the kernel's readahead,
+//! so a loop of 4 KiB or 64 KiB reads would pay a device round trip each, and a misaligned
+//! large read would wait for the device and then for its copy out of a bounce buffer. After
+//! two reads in a row at consecutive offsets, the engine reads large aligned windows (several
+//! MiB each: the device serves one big request at full speed) into private buffers with Linux
+//! AIO, up to three windows ahead of the program, and serves its reads from them with a copy
+//! while the device reads on. How far ahead grows with how much was read in a row, like the
+//! kernel's own readahead, so a short sequential run costs at most one window. A single read
+//! of two windows or more is read as windows too, without reading past its end.
 //!
-//! The window is only trusted while the file is unchanged: the size, mtime and ctime seen
-//! before it was filled must still be those of the file at each use (Linux 6.13+ gives
-//! timestamps fine enough to tell a change after a query), and any write through the same
-//! description discards it. Random reads never fill a window, so they move no more bytes
-//! than they ask for. Windows share one memory budget; a description that cannot get one
-//! simply reads without.
+//! A window is only trusted while the file is unchanged: the size, mtime and ctime seen when it
+//! was read must still be those of the file at each use (Linux 6.13+ gives timestamps fine
+//! enough to tell a change after a query), and any write through the same description discards
+//! it. Random reads never fill a window, so they move no more bytes than they ask for. Aligned
+//! reads of 1 MiB or more go straight into the program's buffer instead. Windows share one
+//! memory budget; a description that cannot get one simply reads without.
 
 use crate::io::{FileIo, Outcome};
 use crate::lock::FutexMutex;
@@ -18,10 +22,12 @@ use memmap2::{Advice, MmapMut};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Reads of this size or more are left alone: the device serves them well, an aligned one
-/// straight into the program's buffer, a misaligned one through several MiB of bounce
-/// buffers read with one call (measured faster than windows: see docs/benchmarks.md).
-const MAX_REQUEST: usize = 1 << 20;
+/// Aligned reads of this size or more go to the kernel as they are: no copy, and the device
+/// moves exactly what was asked for.
+const DIRECT_REQUEST: usize = 1 << 20;
+
+/// Windows per description: the one being served and up to three read ahead of it.
+const MAX_WINDOWS: usize = 4;
 
 /// Bytes of windows allocated in this process.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -40,11 +46,14 @@ impl Stamp {
     }
 }
 
+/// The file's stamp and the description's write count: what every window must match.
+type Now = (Stamp, u64);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
     #[default]
     Empty,
-    /// Read asynchronously; `len` is not known yet.
+    /// Being read asynchronously; `len` is what was asked for.
     InFlight,
     Ready,
 }
@@ -59,17 +68,13 @@ struct Window {
     len: usize,
     /// The read returned less than asked: end of file was inside the window.
     eof: bool,
-    stamp: Stamp,
-    /// `Readahead::writes` when the read was issued.
-    gen: u64,
-    /// In flight: how many requests, of how many bytes each.
-    pieces: usize,
-    piece: usize,
+    /// The file's stamp and the description's write count when the read was issued.
+    made: Now,
 }
 
 impl Window {
     fn covers(&self, pos: u64) -> bool {
-        self.phase != Phase::Empty && pos >= self.off && pos < self.off + self.len as u64
+        self.phase != Phase::Empty && pos >= self.off && pos < self.end()
     }
 
     fn end(&self) -> u64 {
@@ -81,16 +86,22 @@ impl Window {
 struct State {
     /// Where the last read ended.
     next: u64,
-    /// Reads in a row that started where the previous one ended.
+    /// Reads in a row that started where the previous one ended, and their bytes.
     streak: u32,
-    /// The window being served and the one read ahead of it.
-    cur: Window,
-    ahead: Window,
-    /// This description's Linux AIO context (0: none yet), for reading `ahead` while the
-    /// program consumes `cur`; one per description, so that only its owner reaps it.
+    run: u64,
+    /// The windows hold consecutive parts of the file, up to `frontier`.
+    wins: [Window; MAX_WINDOWS],
+    frontier: u64,
+    in_flight: usize,
+    /// This description's Linux AIO context (0: none yet); one per description, so that only
+    /// its owner reaps it.
     ctx: libc::c_ulong,
-    /// io_setup failed (aio-max-nr reached): read ahead synchronously only.
+    /// No AIO (io_setup failed: aio-max-nr reached; or the kernel refused a read): windows are
+    /// read synchronously, one at a time.
     no_aio: bool,
+    /// io_getevents failed: reads may still be in flight in `ctx`, which only io_destroy can
+    /// wait for.
+    broken: bool,
 }
 
 /// The read-ahead state of one open file description.
@@ -114,11 +125,20 @@ impl Default for Readahead {
 /// How read-ahead is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    /// Window size in bytes (0: off). Reads of half a window or 1 MiB, whichever is less,
-    /// are not served from it.
+    /// Window size in bytes (0: off).
     pub window: usize,
     /// Bytes all windows of the process may use together.
     pub budget: usize,
+}
+
+/// What [`Readahead::serve`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Bytes copied into the program's buffer, from the start of the request.
+    pub bytes: usize,
+    /// The windows stopped before end of file and before the end of the request (a window's
+    /// read failed, or no memory): the caller reads the rest itself.
+    pub rest_unread: bool,
 }
 
 impl Readahead {
@@ -132,10 +152,10 @@ impl Readahead {
         self.writes.fetch_add(1, Ordering::Release);
     }
 
-    /// Serves a read of `len` bytes at `off` from the windows, reading them if the reads are
-    /// sequential; `None` when the read should take the ordinary path (not sequential, too
-    /// large, the windows busy in another thread, no memory). `st` is the file's state
-    /// taken before this call touched it.
+    /// Serves a read of `len` bytes at `off` into `buf` from the windows, reading them if the
+    /// reads are sequential or the read alone is large; `None` when the read should take the
+    /// ordinary path (random, aligned and large, the windows busy in another thread, no
+    /// memory). `st` is the file's state taken before this call touched it.
     ///
     /// # Safety
     /// `buf` must be valid for writes of `len` bytes.
@@ -147,105 +167,117 @@ impl Readahead {
         len: usize,
         off: u64,
         out: &mut Outcome,
-    ) -> Option<SysResult<usize>> {
+    ) -> Option<SysResult<Served>> {
         let (_, p) = io.tuning.readahead?;
+        // A write-only description gets the kernel's EBADF, also at end of file.
         if p.window == 0
             || len == 0
-            || len >= (p.window / 2).min(MAX_REQUEST)
+            || io.accmode == libc::O_WRONLY
             || st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || (len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, off, len))
         {
             return None;
         }
+        let end = off.checked_add(len as u64)?;
         let _g = self.lock.try_lock()?;
         // SAFETY: the lock is held.
         let s = unsafe { &mut *self.st.get() };
         let now = (Stamp::of(st), self.writes.load(Ordering::Acquire));
-        if s.cur.phase == Phase::Ready && (s.cur.stamp, s.cur.gen) != now {
-            s.cur.phase = Phase::Empty;
+        if s.wins.iter().any(|w| w.phase != Phase::Empty && w.made != now) {
+            s.discard(out);
         }
-        if s.ahead.phase == Phase::Ready && (s.ahead.stamp, s.ahead.gen) != now {
-            s.ahead.phase = Phase::Empty;
-        }
-        s.streak = if off == s.next { s.streak.saturating_add(1) } else { 0 };
-        if !s.cur.covers(off) && !s.ahead.covers(off) && s.streak < 1 {
-            s.next = off + len as u64;
+        s.sequential(off);
+        if s.find(off).is_none() && s.streak < 1 && len < 2 * p.window {
+            s.next = end;
             return None;
         }
+        let limit = s.limit(p, end);
+        let size = st.st_size.max(0) as u64;
         let mut done = 0usize;
+        let mut rest_unread = false;
         while done < len {
             let pos = off + done as u64;
-            if !s.cur.covers(pos) {
-                if s.ahead.covers(pos) {
-                    if s.ahead.phase == Phase::InFlight {
-                        s.reap(now, out);
-                    }
-                    std::mem::swap(&mut s.cur, &mut s.ahead);
-                    s.ahead.phase = Phase::Empty; // the old window's buffer reads the next one
-                    continue;
-                }
-                if s.cur.phase == Phase::Ready && s.cur.eof && pos >= s.cur.end() {
-                    break; // end of file, as of this call
-                }
-                if s.ahead.phase == Phase::InFlight {
-                    s.reap(now, out); // its buffer is the kernel's until then
-                }
-                match fill(&mut s.cur, io, p, pos) {
-                    Ok(true) => {
-                        (s.cur.stamp, s.cur.gen) = now;
-                        out.readahead_bytes += s.cur.len as u64;
-                    }
-                    // No memory, or the kernel refused the window (EINVAL): the ordinary
-                    // path knows what to do.
-                    Ok(false) | Err(libc::EINVAL) if done == 0 => return None,
-                    Ok(false) => break,
-                    Err(e) if done == 0 => return Some(Err(e)),
-                    Err(_) => break,
-                }
-                if !s.cur.covers(pos) {
-                    break; // nothing at or past `pos`: end of file
-                }
+            if pos >= size {
+                break; // end of file, as of this call
             }
-            s.read_ahead(io, p, now);
-            let from = (pos - s.cur.off) as usize;
-            let n = (s.cur.len - from).min(len - done);
-            let w = s.cur.buf.as_ref().expect("filled window");
+            if s.find(pos).is_none() {
+                s.discard(out);
+                s.frontier = pos - pos % io.align.read_offset.max(1) as u64;
+            }
+            s.top_up(io, p, pos, limit, now, size, out);
+            let Some(i) = s.find(pos) else {
+                rest_unread = true; // no memory for a window
+                break;
+            };
+            if s.wins[i].phase == Phase::InFlight {
+                s.wait(i, out);
+            }
+            let w = &s.wins[i];
+            if !w.covers(pos) {
+                // The read failed or came back short before the size the file had: the
+                // ordinary path gives the program the kernel's own answer.
+                rest_unread = w.phase == Phase::Empty || w.end() < size;
+                break;
+            }
+            let from = (pos - w.off) as usize;
+            let n = (w.len - from).min(len - done);
+            let m = w.buf.as_ref().expect("filled window");
             // SAFETY: `done + n <= len` stays inside the caller's buffer; the window is the
             // engine's private mapping.
-            unsafe { std::ptr::copy_nonoverlapping(w[from..from + n].as_ptr(), buf.add(done), n) };
+            unsafe { std::ptr::copy_nonoverlapping(m[from..from + n].as_ptr(), buf.add(done), n) };
             done += n;
+            if w.eof && from + n == w.len {
+                rest_unread = w.end() < size;
+                break;
+            }
+        }
+        if done == 0 && rest_unread {
+            s.next = end;
+            return None;
         }
         s.next = off + done as u64;
-        Some(Ok(done))
+        s.run = s.run.saturating_add(done as u64);
+        s.top_up(io, p, s.next, limit, now, size, out);
+        Some(Ok(Served { bytes: done, rest_unread }))
     }
 
-    /// `read(2)` at the file position, when the reads are sequential and the current window
-    /// holds all of `[next, next+len)` (or up to end of file): copies from the window and
-    /// moves the offset of `fd` (the program's descriptor) with one lseek by the count from
-    /// the current position, whose result also proves the offset was where the last read
-    /// left it. `None` when the ordinary path must find the position and serve the read.
+    /// `read(2)` at the file position, when the reads are sequential and a ready window holds
+    /// all of `[next, next+len)` (or up to end of file): copies from the window and moves the
+    /// offset of `fd` (the program's descriptor) with one lseek by the count from the current
+    /// position, whose result also proves the offset was where the last read left it. `None`
+    /// when the ordinary path must find the position and serve the read.
     ///
     /// # Safety
     /// `buf` must be valid for writes of `len` bytes.
-    pub unsafe fn serve_next(&self, io: &FileIo<'_>, fd: i32, buf: *mut u8, len: usize) -> Option<SysResult<usize>> {
+    pub unsafe fn serve_next(
+        &self,
+        io: &FileIo<'_>,
+        fd: i32,
+        buf: *mut u8,
+        len: usize,
+        out: &mut Outcome,
+    ) -> Option<SysResult<usize>> {
         let (_, p) = io.tuning.readahead?;
-        if p.window == 0 || len == 0 || len >= p.window / 2 {
+        if p.window == 0 || len == 0 {
             return None;
         }
         let _g = self.lock.try_lock()?;
         // SAFETY: the lock is held.
         let s = unsafe { &mut *self.st.get() };
         let pos = s.next;
-        if s.cur.phase != Phase::Ready || !s.cur.covers(pos) {
+        let i = s.find(pos)?;
+        if s.wins[i].phase != Phase::Ready || (len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, pos, len)) {
             return None;
         }
-        // Only a read the window can serve pays for the look at the file.
+        // Only a read a window can serve pays for the look at the file.
         let st = sys::fstat(io.fd).ok()?;
         let now = (Stamp::of(&st), self.writes.load(Ordering::Acquire));
-        if (s.cur.stamp, s.cur.gen) != now {
+        let w = &s.wins[i];
+        if w.made != now {
             return None;
         }
-        let n = (s.cur.end() - pos).min(len as u64) as usize;
-        if n < len && !s.cur.eof {
+        let n = (w.end() - pos).min(len as u64) as usize;
+        if n < len && (!w.eof || w.end() < st.st_size.max(0) as u64) {
             return None; // the rest is in the next window: the ordinary path crosses over
         }
         match sys::lseek(fd, n as i64, libc::SEEK_CUR) {
@@ -257,13 +289,15 @@ impl Readahead {
             }
             Err(_) => return None,
         }
-        s.read_ahead(io, p, now);
-        let from = (pos - s.cur.off) as usize;
-        let w = s.cur.buf.as_ref().expect("ready window");
+        let from = (pos - w.off) as usize;
+        let m = w.buf.as_ref().expect("ready window");
         // SAFETY: `n <= len` bytes into the caller's buffer from the engine's private window.
-        unsafe { std::ptr::copy_nonoverlapping(w[from..from + n].as_ptr(), buf, n) };
+        unsafe { std::ptr::copy_nonoverlapping(m[from..from + n].as_ptr(), buf, n) };
         s.streak = s.streak.saturating_add(1);
+        s.run = s.run.saturating_add(n as u64);
         s.next = pos + n as u64;
+        let limit = s.limit(p, s.next);
+        s.top_up(io, p, s.next, limit, now, st.st_size.max(0) as u64, out);
         Some(Ok(n))
     }
 
@@ -274,7 +308,7 @@ impl Readahead {
         self.lock.reset_after_fork();
         // SAFETY: only one thread exists in a fork child.
         let s = unsafe { &mut *self.st.get() };
-        for w in [&mut s.cur, &mut s.ahead] {
+        for w in &mut s.wins {
             if let Some(m) = w.buf.take() {
                 std::mem::forget(m);
             }
@@ -284,77 +318,144 @@ impl Readahead {
 }
 
 impl State {
-    /// Starts reading the window after `cur` asynchronously, if there is one to read and
-    /// memory and an AIO context for it.
-    fn read_ahead(&mut self, io: &FileIo<'_>, p: Params, now: (Stamp, u64)) {
-        if self.cur.phase != Phase::Ready || self.cur.eof || self.ahead.phase != Phase::Empty || self.no_aio {
+    /// Counts a read at `off` into the streak.
+    fn sequential(&mut self, off: u64) {
+        if off == self.next {
+            self.streak = self.streak.saturating_add(1);
+        } else {
+            self.streak = 0;
+            self.run = 0;
+        }
+    }
+
+    /// How far the windows may reach for a read ending at `end`: a sequential reader gets as
+    /// much beyond it as it has read in a row, one window at least and three at most.
+    fn limit(&self, p: Params, end: u64) -> u64 {
+        if self.streak < 1 {
+            return end;
+        }
+        let ahead = self.run.clamp(p.window as u64, ((MAX_WINDOWS - 1) * p.window) as u64);
+        end.saturating_add(ahead)
+    }
+
+    /// The window holding `pos`, read or being read.
+    fn find(&self, pos: u64) -> Option<usize> {
+        self.wins.iter().position(|w| w.covers(pos))
+    }
+
+    /// Forgets every window, after waiting for those in flight: their buffers are the
+    /// kernel's until then.
+    fn discard(&mut self, out: &mut Outcome) {
+        while self.in_flight > 0 && self.reap_one(out) {}
+        for w in &mut self.wins {
+            w.phase = Phase::Empty;
+        }
+    }
+
+    /// Releases the windows the reader has passed, then starts reading windows from
+    /// `frontier` on, as long as they start before `limit` and end of file and a window is
+    /// free (allocating it from the budget). Without AIO only the window `pos` needs is read.
+    #[allow(clippy::too_many_arguments)]
+    fn top_up(&mut self, io: &FileIo<'_>, p: Params, pos: u64, limit: u64, now: Now, size: u64, out: &mut Outcome) {
+        for w in &mut self.wins {
+            if w.phase == Phase::Ready && w.end() <= pos {
+                w.phase = Phase::Empty;
+            }
+        }
+        let ro = io.align.read_offset.max(1);
+        let want = (p.window - p.window % ro) as u64;
+        if want == 0 {
             return;
         }
-        if self.ctx == 0 {
-            // SAFETY: io_setup writes the new context id into `ctx`.
-            if unsafe {
-                libc::syscall(libc::SYS_io_setup, MAX_PIECES as libc::c_long, &mut self.ctx as *mut libc::c_ulong)
-            } != 0
-            {
-                self.ctx = 0;
+        if self.ctx == 0 && !self.no_aio && !take_context(&mut self.ctx) {
+            self.no_aio = true;
+        }
+        // SAFETY: an iocb is plain data; the unused fields must be zero.
+        let mut cbs: [libc::iocb; MAX_WINDOWS] = unsafe { std::mem::zeroed() };
+        let mut ptrs = [std::ptr::null_mut::<libc::iocb>(); MAX_WINDOWS];
+        let mut picked = [0usize; MAX_WINDOWS];
+        let mut n = 0;
+        let start = self.frontier;
+        while self.frontier < limit.min(size) {
+            if self.no_aio && self.frontier > pos {
+                break;
+            }
+            let Some(k) = self.wins.iter().position(|w| w.phase == Phase::Empty && w.buf.is_some()).or_else(|| {
+                let k = self.wins.iter().position(|w| w.buf.is_none())?;
+                let first = self.wins.iter().all(|w| w.buf.is_none());
+                allocate(&mut self.wins[k], p, first).then_some(k)
+            }) else {
+                break;
+            };
+            let w = &mut self.wins[k];
+            let m = w.buf.as_mut().expect("allocated");
+            (w.off, w.len, w.eof, w.made) = (self.frontier, want as usize, false, now);
+            if self.no_aio {
+                // SAFETY: the window is `want` bytes of page-aligned private memory.
+                match unsafe { sys::pread(io.fd, m.as_mut_ptr(), want as usize, w.off) } {
+                    Ok(got) => {
+                        out.readahead_bytes += got as u64;
+                        (w.len, w.eof, w.phase) = (got, got < want as usize, Phase::Ready);
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                w.phase = Phase::InFlight;
+                let cb = &mut cbs[n];
+                cb.aio_data = k as u64;
+                cb.aio_lio_opcode = IOCB_CMD_PREAD;
+                cb.aio_fildes = io.fd as u32;
+                cb.aio_buf = m.as_mut_ptr() as u64;
+                cb.aio_nbytes = want;
+                cb.aio_offset = w.off as i64;
+                ptrs[n] = cb;
+                picked[n] = k;
+                n += 1;
+            }
+            self.frontier += want;
+        }
+        if n == 0 {
+            return;
+        }
+        // SAFETY: each iocb describes one window's private memory, which stays mapped until
+        // the read is reaped (`wait`, `discard`, or Drop).
+        let r = unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, n as libc::c_long, ptrs.as_mut_ptr()) };
+        let submitted = r.max(0) as usize;
+        self.in_flight += submitted;
+        for &k in &picked[submitted..n] {
+            self.wins[k].phase = Phase::Empty;
+        }
+        if submitted < n {
+            self.frontier = start + (submitted as u64) * want;
+            if submitted == 0 && self.in_flight == 0 {
+                // AIO refused this file (or the context broke): read synchronously from now on.
                 self.no_aio = true;
+            }
+        }
+    }
+
+    /// Waits until window `i` is no longer in flight.
+    fn wait(&mut self, i: usize, out: &mut Outcome) {
+        while self.wins[i].phase == Phase::InFlight {
+            if !self.reap_one(out) {
                 return;
             }
         }
-        if self.ahead.buf.is_none() && !allocate(&mut self.ahead, p) {
-            return;
-        }
-        let w = &mut self.ahead;
-        let m = w.buf.as_mut().expect("allocated");
-        let want = m.len() - m.len() % io.align.read_offset.max(1);
-        let start = self.cur.end();
-        // A window larger than one request's worth is read as several requests in flight.
-        let pieces = want.div_ceil(AIO_PIECE).clamp(1, MAX_PIECES);
-        let piece = want.div_ceil(pieces).next_multiple_of(io.align.read_offset.max(1));
-        // SAFETY: an iocb is plain data; the unused fields must be zero.
-        let mut cbs: [libc::iocb; MAX_PIECES] = unsafe { std::mem::zeroed() };
-        let mut ptrs = [std::ptr::null_mut::<libc::iocb>(); MAX_PIECES];
-        let mut n = 0;
-        while n < pieces && n * piece < want {
-            let cb = &mut cbs[n];
-            cb.aio_data = n as u64;
-            cb.aio_lio_opcode = IOCB_CMD_PREAD;
-            cb.aio_fildes = io.fd as u32;
-            cb.aio_buf = m.as_mut_ptr() as u64 + (n * piece) as u64;
-            cb.aio_nbytes = piece.min(want - n * piece) as u64;
-            cb.aio_offset = (start + (n * piece) as u64) as i64;
-            ptrs[n] = cb;
-            n += 1;
-        }
-        // SAFETY: each iocb describes part of the window's private memory, which stays
-        // mapped until the reads are reaped (`reap`, or io_destroy in `drop`).
-        let submitted = unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, n as libc::c_long, ptrs.as_mut_ptr()) };
-        if submitted <= 0 {
-            return;
-        }
-        w.phase = Phase::InFlight;
-        w.off = start;
-        w.len = want;
-        w.pieces = submitted as usize;
-        w.piece = piece;
-        (w.stamp, w.gen) = now;
     }
 
-    /// Waits for the window in flight. It is kept only if the file is still as it was
-    /// when the reads were issued; its valid bytes are the pieces read in full, up to the
-    /// first short one (end of file).
-    fn reap(&mut self, now: (Stamp, u64), out: &mut Outcome) {
-        let mut evs: [IoEvent; MAX_PIECES] = Default::default();
-        let mut got = [-1i64; MAX_PIECES];
-        let mut left = self.ahead.pieces;
-        while left > 0 {
-            // SAFETY: `evs` holds MAX_PIECES events; a null timeout waits.
+    /// Waits for at least one read in flight and settles what completed: a window keeps the
+    /// bytes read (fewer than asked: end of file); a failed read empties it. False if the
+    /// context is unusable (then the windows in flight are given up for good).
+    fn reap_one(&mut self, out: &mut Outcome) -> bool {
+        let mut evs: [IoEvent; MAX_WINDOWS] = Default::default();
+        loop {
+            // SAFETY: `evs` holds MAX_WINDOWS events; a null timeout waits.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_io_getevents,
                     self.ctx,
                     1 as libc::c_long,
-                    left as libc::c_long,
+                    MAX_WINDOWS as libc::c_long,
                     evs.as_mut_ptr(),
                     std::ptr::null_mut::<libc::timespec>(),
                 )
@@ -363,48 +464,36 @@ impl State {
                 continue;
             }
             if r <= 0 {
-                // The context is unusable: reads may still be running, so the buffer is
-                // never reused.
-                if let Some(m) = self.ahead.buf.take() {
-                    std::mem::forget(m);
+                for w in &mut self.wins {
+                    if w.phase == Phase::InFlight {
+                        // The kernel may still write into it: never reuse or unmap it.
+                        if let Some(m) = w.buf.take() {
+                            std::mem::forget(m);
+                        }
+                        w.phase = Phase::Empty;
+                    }
                 }
-                self.ahead.phase = Phase::Empty;
+                self.in_flight = 0;
                 self.no_aio = true;
-                return;
+                self.broken = true;
+                return false;
             }
             for ev in &evs[..r as usize] {
-                if let Some(g) = got.get_mut(ev.data as usize) {
-                    *g = ev.res;
+                let Some(w) = self.wins.get_mut(ev.data as usize) else { continue };
+                self.in_flight = self.in_flight.saturating_sub(1);
+                if ev.res < 0 {
+                    w.phase = Phase::Empty;
+                    continue;
                 }
+                out.readahead_bytes += ev.res as u64;
+                w.eof = (ev.res as usize) < w.len;
+                w.len = ev.res as usize;
+                w.phase = Phase::Ready;
             }
-            left -= r as usize;
+            return true;
         }
-        let w = &mut self.ahead;
-        if got[0] < 0 || (w.stamp, w.gen) != now {
-            w.phase = Phase::Empty;
-            return;
-        }
-        let mut len = 0usize;
-        for (k, &g) in got[..w.pieces].iter().enumerate() {
-            let full = w.piece.min(w.len - k * w.piece);
-            let g = g.max(0) as usize;
-            len += g;
-            if g < full {
-                break;
-            }
-        }
-        out.readahead_bytes += got[..w.pieces].iter().map(|&g| g.max(0) as u64).sum::<u64>();
-        w.eof = len < w.len;
-        w.len = len;
-        w.phase = Phase::Ready;
     }
 }
-
-/// Size of each asynchronous request of a window, and at most how many there are. Measured
-/// here: one 4 MiB request reads faster than four of 1 MiB (docs/benchmarks.md, and
-/// max_sectors_kb of the disk is 4096).
-const AIO_PIECE: usize = 4 << 20;
-const MAX_PIECES: usize = 16;
 
 /// `IOCB_CMD_PREAD` of linux/aio_abi.h.
 const IOCB_CMD_PREAD: u16 = 0;
@@ -419,20 +508,62 @@ struct IoEvent {
     res2: i64,
 }
 
-/// In a fork child: no window is the child's.
-pub fn reset_budget_after_fork() {
+/// AIO contexts of closed descriptions, idle, for the next ones: io_destroy waits for an RCU
+/// grace period (about 32 ms measured here), which a program reading many files would pay at
+/// every close.
+static IDLE_CONTEXTS: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+
+/// Gives `ctx` an idle context, or a new one; false if the kernel has none to give.
+fn take_context(ctx: &mut libc::c_ulong) -> bool {
+    for slot in &IDLE_CONTEXTS {
+        let c = slot.swap(0, Ordering::AcqRel);
+        if c != 0 {
+            *ctx = c;
+            return true;
+        }
+    }
+    // SAFETY: io_setup writes the new context id into `ctx`.
+    let r = unsafe { libc::syscall(libc::SYS_io_setup, MAX_WINDOWS as libc::c_long, ctx as *mut libc::c_ulong) };
+    if r != 0 {
+        *ctx = 0;
+    }
+    r == 0
+}
+
+/// Keeps a context with nothing in flight for the next description, or destroys it.
+fn give_back_context(ctx: libc::c_ulong) {
+    for slot in &IDLE_CONTEXTS {
+        if slot.compare_exchange(0, ctx, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return;
+        }
+    }
+    // SAFETY: the context is the caller's own and has nothing in flight.
+    unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+}
+
+/// In a fork child: no window is the child's, and the parent's AIO contexts do not exist.
+pub fn reset_after_fork() {
     IN_USE.store(0, Ordering::Relaxed);
+    for slot in &IDLE_CONTEXTS {
+        slot.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Readahead {
     fn drop(&mut self) {
         let s = self.st.get_mut();
         if s.ctx != 0 {
-            // Waits for a read still in flight, so its window can be unmapped.
-            // SAFETY: the context is this description's own.
-            unsafe { libc::syscall(libc::SYS_io_destroy, s.ctx) };
+            let mut out = Outcome::default();
+            while s.in_flight > 0 && s.reap_one(&mut out) {}
+            if s.in_flight == 0 && !s.broken {
+                give_back_context(s.ctx);
+            } else {
+                // Waits for whatever is still in flight, so the windows can be unmapped.
+                // SAFETY: the context is this description's own.
+                unsafe { libc::syscall(libc::SYS_io_destroy, s.ctx) };
+            }
         }
-        for w in [&mut s.cur, &mut s.ahead] {
+        for w in &mut s.wins {
             if let Some(m) = w.buf.take() {
                 IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
             }
@@ -440,9 +571,12 @@ impl Drop for Readahead {
     }
 }
 
-/// Gives `w` a buffer of one window from the budget; false if none is left.
-fn allocate(w: &mut Window, p: Params) -> bool {
-    if IN_USE.fetch_add(p.window, Ordering::Relaxed) + p.window > p.budget {
+/// Gives `w` a buffer of one window from the budget; false if none is left. A description's
+/// windows after its `first` may only use the first half of the budget, so that many readers
+/// at once each get one.
+fn allocate(w: &mut Window, p: Params, first: bool) -> bool {
+    let budget = if first { p.budget } else { p.budget / 2 };
+    if IN_USE.fetch_add(p.window, Ordering::Relaxed) + p.window > budget {
         IN_USE.fetch_sub(p.window, Ordering::Relaxed);
         return false;
     }
@@ -458,26 +592,6 @@ fn allocate(w: &mut Window, p: Params) -> bool {
             false
         }
     }
-}
-
-/// Reads the window that starts at `pos` rounded down to the offset alignment, now.
-/// `Ok(false)` when no window memory could be had.
-fn fill(w: &mut Window, io: &FileIo<'_>, p: Params, pos: u64) -> SysResult<bool> {
-    if w.buf.is_none() && !allocate(w, p) {
-        return Ok(false);
-    }
-    let a = io.align.read_offset.max(1) as u64;
-    let start = pos - pos % a;
-    let m = w.buf.as_mut().expect("window allocated");
-    let want = m.len() - m.len() % io.align.read_offset.max(1);
-    w.phase = Phase::Empty;
-    // SAFETY: the window is `m.len() >= want` bytes of page-aligned private memory.
-    let n = unsafe { sys::pread(io.fd, m.as_mut_ptr(), want, start) }?;
-    w.off = start;
-    w.len = n;
-    w.eof = n < want;
-    w.phase = Phase::Ready;
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -498,7 +612,12 @@ mod tests {
         companion: Companion,
         pool: BufPool,
         ra: Readahead,
+        accmode: i32,
+        // The window budget is the process's: tests that use it run one at a time.
+        _serial: std::sync::MutexGuard<'static, ()>,
     }
+
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     impl Drop for File {
         fn drop(&mut self) {
@@ -512,6 +631,7 @@ mod tests {
     }
 
     fn file(name: &str, data: &[u8]) -> File {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("s3dlio-ra-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("f"), data).unwrap();
@@ -528,6 +648,8 @@ mod tests {
             companion: Companion::new((st.st_dev, st.st_ino)),
             pool: BufPool::new(1 << 20, 4 << 20),
             ra: Readahead::new(),
+            accmode: libc::O_RDONLY,
+            _serial: serial,
         }
     }
 
@@ -535,19 +657,20 @@ mod tests {
         /// Reads into a buffer one byte past a page boundary, as a program's malloc'd
         /// buffer would be.
         fn read(&self, off: u64, len: usize, out: &mut Outcome) -> Option<Vec<u8>> {
+            self.read_with(off, len, 64 << 20, out)
+        }
+
+        fn read_with(&self, off: u64, len: usize, budget: usize, out: &mut Outcome) -> Option<Vec<u8>> {
             let st = sys::fstat(self.fd).unwrap();
             let io = FileIo {
                 fd: self.fd,
                 align: self.align,
                 companion: &self.companion,
-                accmode: libc::O_RDONLY,
+                accmode: self.accmode,
                 append: false,
                 pool: &self.pool,
                 nowait: false,
-                tuning: Tuning {
-                    readahead: Some((&self.ra, Params { window: WINDOW, budget: 64 << 20 })),
-                    ..Default::default()
-                },
+                tuning: Tuning { readahead: Some((&self.ra, Params { window: WINDOW, budget })), ..Default::default() },
             };
             let layout = std::alloc::Layout::from_size_align(len + 4096, 4096).unwrap();
             // SAFETY: a non-zero size.
@@ -556,7 +679,7 @@ mod tests {
             // SAFETY: `p` has `len` bytes inside the allocation.
             let r = unsafe { self.ra.serve(&io, &st, p, len, off, out) };
             // SAFETY: as above; freed with its own layout.
-            let got = r.map(|r| unsafe { std::slice::from_raw_parts(p, r.unwrap()) }.to_vec());
+            let got = r.map(|r| unsafe { std::slice::from_raw_parts(p, r.unwrap().bytes) }.to_vec());
             // SAFETY: allocated above with `layout`.
             unsafe { std::alloc::dealloc(mem, layout) };
             got
@@ -625,5 +748,86 @@ mod tests {
         assert_eq!(sizes, [4096, 4096, 1808]);
         assert_eq!(f.read(10_000, 4096, &mut out).unwrap().len(), 0, "the next read is at end of file");
         assert!(f.read(12_288, 4096, &mut out).is_none(), "past the end, out of sequence: the kernel answers");
+    }
+
+    #[test]
+    fn one_large_read_is_pipelined_without_reading_past_it() {
+        let data = pattern(6 * WINDOW, 5);
+        let f = file("large", &data);
+        let mut out = Outcome::default();
+        let (off, len) = (1000u64, 3 * WINDOW + 5000);
+        let got = f.read(off, len, &mut out).expect("a read of two windows or more is served");
+        assert!(got == data[off as usize..off as usize + len], "bytes differ");
+        // the aligned superset of the request, nothing beyond it
+        assert_eq!(out.readahead_bytes, 4 * WINDOW as u64);
+    }
+
+    #[test]
+    fn read_ahead_grows_with_the_run_and_stops_at_end_of_file() {
+        let data = pattern(10 * WINDOW + 777, 6);
+        let f = file("ramp", &data);
+        let mut out = Outcome::default();
+        let step = 300_001usize;
+        let mut got = Vec::new();
+        let mut off = 0u64;
+        let mut ahead_after_first_window = None;
+        loop {
+            let b = f.read(off, step, &mut out).expect("sequential reads are served");
+            if b.is_empty() {
+                break;
+            }
+            off += b.len() as u64;
+            got.extend(b);
+            if ahead_after_first_window.is_none() && off > WINDOW as u64 {
+                ahead_after_first_window = Some(out.readahead_bytes);
+            }
+        }
+        assert!(got == data, "bytes differ");
+        // A short run reads at most one window past what it asked for.
+        assert!(ahead_after_first_window.unwrap() <= 3 * WINDOW as u64, "{ahead_after_first_window:?}");
+        // Every byte of the file was read from the device once, and nothing past its end.
+        assert_eq!(out.readahead_bytes, data.len() as u64);
+    }
+
+    #[test]
+    fn without_window_memory_the_ordinary_path_reads() {
+        let data = pattern(3 * WINDOW, 7);
+        let f = file("nomem", &data);
+        let mut out = Outcome::default();
+        assert!(f.read_with(0, 3 * WINDOW - 1, 0, &mut out).is_none());
+        assert_eq!(out.readahead_bytes, 0);
+        // one window's worth of budget still serves a large read, a window at a time
+        let got = f.read_with(1, 3 * WINDOW - 1, WINDOW, &mut out).expect("served with one window");
+        assert!(got == data[1..], "bytes differ");
+    }
+
+    #[test]
+    fn a_closed_descriptions_aio_context_serves_the_next_one() {
+        let data = pattern(4 * WINDOW, 8);
+        let mut out = Outcome::default();
+        let ctx = {
+            let f = file("ctx1", &data);
+            assert!(f.read(0, 3 * WINDOW, &mut out).is_some());
+            // SAFETY: no other reference to the state exists in this test.
+            unsafe { (*f.ra.st.get()).ctx }
+        };
+        assert_ne!(ctx, 0, "windows are read with AIO");
+        let f = file("ctx2", &data);
+        assert!(f.read(0, 3 * WINDOW, &mut out).is_some());
+        // SAFETY: as above.
+        let again = unsafe { (*f.ra.st.get()).ctx };
+        assert_eq!(again, ctx, "the idle context is reused, not destroyed");
+    }
+
+    #[test]
+    fn a_write_only_description_is_left_to_the_kernel() {
+        let mut f = file("wronly", &pattern(WINDOW, 9));
+        f.accmode = libc::O_WRONLY;
+        let mut out = Outcome::default();
+        // in sequence and at end of file: the kernel's EBADF must reach the program
+        assert!(f.read(0, 4096, &mut out).is_none());
+        assert!(f.read(4096, 4096, &mut out).is_none());
+        assert!(f.read(WINDOW as u64, 4096, &mut out).is_none());
+        assert_eq!(out.readahead_bytes, 0);
     }
 }

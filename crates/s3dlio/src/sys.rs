@@ -151,6 +151,14 @@ pub fn fstat(fd: c_int) -> SysResult<libc::stat> {
     Ok(st)
 }
 
+/// The (st_dev, st_ino) of an open file, as `fstat` reports them, without asking for its
+/// timestamps: a query of ctime makes the kernel (Linux 6.13+ multigrain timestamps) give the
+/// next write a fine-grained ctime, which dirties the inode on every write of a loop.
+pub fn ident(fd: c_int) -> SysResult<(u64, u64)> {
+    let sx = statx_fd(fd, libc::STATX_INO)?;
+    Ok((libc::makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino))
+}
+
 /// `openat(2)` of a NUL-terminated path.
 pub fn openat(dirfd: c_int, path: &std::ffi::CStr, flags: c_int, mode: libc::mode_t) -> SysResult<c_int> {
     // SAFETY: `path` is NUL-terminated for the duration of the call.
@@ -306,5 +314,16 @@ mod tests {
         let n = fd_path(fd, &mut path).unwrap();
         assert_eq!(&path[..n], p.as_os_str().as_encoded_bytes());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ident_is_what_fstat_reports() {
+        use std::os::fd::AsRawFd;
+        for path in ["/proc/self/exe", "/dev/null", "/"] {
+            let f = std::fs::File::open(path).unwrap();
+            let st = fstat(f.as_raw_fd()).unwrap();
+            assert_eq!(ident(f.as_raw_fd()), Ok((st.st_dev, st.st_ino)), "{path}");
+        }
+        assert_eq!(ident(-1), Err(libc::EBADF));
     }
 }
