@@ -72,14 +72,28 @@ def test_keys_pid_suffix_and_counts(run, strict_fs):
 
 
 def test_aligned_reads_are_not_bounced(run, strict_fs):
+    # read-ahead off: an aligned buffer, offset and length go straight to the kernel
     d, st = setup(strict_fs, size=4 * 1048576)
     r = run([bin_path("loader"), "-m", "aligned", "-b", "1048576", d / "f"], paths=str(d),
-            env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
+            env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json"), "S3DLIO_DIRECT_READAHEAD": "0"})
     assert r.returncode == 0
     [obj] = load_all(st).values()
     assert obj["read_bytes"] == 4 * 1048576
     assert obj["read_bounced_calls"] == 0 and obj["read_bounced_bytes"] == 0, (
         "aligned buffer, offset and length must go straight to the kernel", obj)
+
+
+def test_aligned_sequential_reads_are_read_ahead(run, strict_fs):
+    # with the defaults a sequential aligned reader is served from read-ahead windows, each
+    # byte read from the device once (large aligned reads out of sequence: unit tests)
+    d, st = setup(strict_fs, size=4 * 1048576)
+    plain = run([bin_path("loader"), "-m", "aligned", "-b", "1048576", d / "f"], shim=False)
+    r = run([bin_path("loader"), "-m", "aligned", "-b", "1048576", d / "f"], paths=str(d),
+            env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
+    assert r.returncode == 0 and r.stdout == plain.stdout
+    [obj] = load_all(st).values()
+    assert obj["read_bytes"] == 4 * 1048576
+    assert obj["read_ahead_bytes"] == 4 * 1048576, obj
 
 
 def test_write_counts(run, strict_fs):

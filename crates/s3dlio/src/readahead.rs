@@ -1,19 +1,20 @@
 //! Read-ahead for sequential reads of one description: O_DIRECT loses the kernel's readahead,
 //! so a loop of 4 KiB or 64 KiB reads would pay a device round trip each, and a misaligned
 //! large read would wait for the device and then for its copy out of a bounce buffer. After
-//! two reads in a row at consecutive offsets, the engine reads large aligned windows (several
-//! MiB each: the device serves one big request at full speed) into private buffers with Linux
-//! AIO, up to three windows ahead of the program, and serves its reads from them with a copy
-//! while the device reads on. How far ahead grows with how much was read in a row, like the
-//! kernel's own readahead, so a short sequential run costs at most one window. A single read
-//! of two windows or more is read as windows too, without reading past its end.
+//! two reads in a row at consecutive offsets, the engine reads large aligned windows (4 MiB
+//! each, in 2 MiB pages: the device serves one big request of few segments at full speed)
+//! into private buffers with Linux AIO, up to three windows ahead of the program, and serves
+//! its reads from them with a copy while the device reads on. How far ahead grows with how
+//! much was read in a row, like the kernel's own readahead, so a short sequential run costs at
+//! most one window. A single read of two windows or more is read as windows too, without
+//! reading past its end.
 //!
 //! A window is only trusted while the file is unchanged: the size, mtime and ctime seen when it
 //! was read must still be those of the file at each use (Linux 6.13+ gives timestamps fine
 //! enough to tell a change after a query), and any write through the same description discards
-//! it. Random reads never fill a window, so they move no more bytes than they ask for. Aligned
-//! reads of 1 MiB or more go straight into the program's buffer instead. Windows share one
-//! memory budget; a description that cannot get one simply reads without.
+//! it. Random reads never fill a window, so they move no more bytes than they ask for; a large
+//! aligned one goes straight into the program's buffer. Windows share one memory budget; a
+//! description that cannot get one simply reads without.
 
 use crate::io::{FileIo, Outcome};
 use crate::lock::FutexMutex;
@@ -22,8 +23,8 @@ use memmap2::{Advice, MmapMut};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Aligned reads of this size or more go to the kernel as they are: no copy, and the device
-/// moves exactly what was asked for.
+/// Aligned reads of this size or more that are not part of a sequential run go to the kernel
+/// as they are.
 const DIRECT_REQUEST: usize = 1 << 20;
 
 /// Windows per description: the one being served and up to three read ahead of it.
@@ -170,12 +171,7 @@ impl Readahead {
     ) -> Option<SysResult<Served>> {
         let (_, p) = io.tuning.readahead?;
         // A write-only description gets the kernel's EBADF, also at end of file.
-        if p.window == 0
-            || len == 0
-            || io.accmode == libc::O_WRONLY
-            || st.st_mode & libc::S_IFMT != libc::S_IFREG
-            || (len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, off, len))
-        {
+        if p.window == 0 || len == 0 || io.accmode == libc::O_WRONLY || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return None;
         }
         let end = off.checked_add(len as u64)?;
@@ -187,7 +183,10 @@ impl Readahead {
             s.discard(out);
         }
         s.sequential(off);
-        if s.find(off).is_none() && s.streak < 1 && len < 2 * p.window {
+        // A large aligned read out of sequence goes straight into the program's buffer: no
+        // copy, and the device moves exactly what was asked for.
+        let direct = len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, off, len);
+        if s.find(off).is_none() && s.streak < 1 && (direct || len < 2 * p.window) {
             s.next = end;
             return None;
         }
@@ -266,7 +265,7 @@ impl Readahead {
         let s = unsafe { &mut *self.st.get() };
         let pos = s.next;
         let i = s.find(pos)?;
-        if s.wins[i].phase != Phase::Ready || (len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, pos, len)) {
+        if s.wins[i].phase != Phase::Ready {
             return None;
         }
         // Only a read a window can serve pays for the look at the file.
@@ -584,6 +583,10 @@ fn allocate(w: &mut Window, p: Params, first: bool) -> bool {
         Ok(m) => {
             // A fork child must never share a buffer the kernel may be writing into.
             let _ = m.advise(Advice::DontFork);
+            // In 2 MiB pages a window is a few segments where 4 KiB pages would be a thousand:
+            // the disk's queue takes 254 segments per request, so a 4 MiB read would be split
+            // into requests of under 1 MiB (measured here: 2.0 against 1.2 GB/s).
+            let _ = m.advise(Advice::HugePage);
             w.buf = Some(m);
             true
         }
@@ -661,6 +664,11 @@ mod tests {
         }
 
         fn read_with(&self, off: u64, len: usize, budget: usize, out: &mut Outcome) -> Option<Vec<u8>> {
+            self.read_at(off, len, budget, 1, out)
+        }
+
+        /// Reads into a buffer `misalign` bytes past a page boundary.
+        fn read_at(&self, off: u64, len: usize, budget: usize, misalign: usize, out: &mut Outcome) -> Option<Vec<u8>> {
             let st = sys::fstat(self.fd).unwrap();
             let io = FileIo {
                 fd: self.fd,
@@ -675,7 +683,7 @@ mod tests {
             let layout = std::alloc::Layout::from_size_align(len + 4096, 4096).unwrap();
             // SAFETY: a non-zero size.
             let mem = unsafe { std::alloc::alloc_zeroed(layout) };
-            let p = mem.wrapping_add(1);
+            let p = mem.wrapping_add(misalign);
             // SAFETY: `p` has `len` bytes inside the allocation.
             let r = unsafe { self.ra.serve(&io, &st, p, len, off, out) };
             // SAFETY: as above; freed with its own layout.
@@ -829,5 +837,34 @@ mod tests {
         assert!(f.read(4096, 4096, &mut out).is_none());
         assert!(f.read(WINDOW as u64, 4096, &mut out).is_none());
         assert_eq!(out.readahead_bytes, 0);
+    }
+
+    #[test]
+    fn large_aligned_reads_go_direct_unless_in_sequence() {
+        let data = pattern(8 * WINDOW, 10);
+        let f = file("aligned", &data);
+        let mut out = Outcome::default();
+        let a = f.align.mem.max(f.align.read_offset);
+        // out of sequence: straight to the kernel, whatever the size
+        for off in [3 * WINDOW as u64, WINDOW as u64] {
+            assert!(f.read_at(off, WINDOW, 64 << 20, a, &mut out).is_none(), "aligned read at {off} was windowed");
+            assert!(f.read_at(off, 3 * WINDOW, 64 << 20, a, &mut out).is_none(), "aligned read at {off} was windowed");
+        }
+        assert_eq!(out.readahead_bytes, 0);
+        // the same reads in sequence are read ahead
+        let mut got = Vec::new();
+        for k in 0..8u64 {
+            let r = f.read_at(k * WINDOW as u64, WINDOW, 64 << 20, a, &mut out);
+            match r {
+                Some(b) => got.extend(b),
+                None => {
+                    // the first read is not in sequence yet
+                    assert_eq!(k, 0, "read {k} of a sequential run was not served");
+                    got.extend(&data[..WINDOW]);
+                }
+            }
+        }
+        assert!(got == data, "bytes differ");
+        assert!(out.readahead_bytes > 0);
     }
 }
