@@ -830,7 +830,8 @@ def write_report(ctx, results, extra, S, facts, elapsed, chart_rel):
              f"**{fmt(m['ratio'], '{:.3f}')}×**.\n")
     L.append(f"Native O_DIRECT reference per row: the C loader/writer opening with O_DIRECT and "
              f"posix_memalign buffers of the same request size (Python and fread rows: the C loader "
-             f"with 64 KiB or 8 MiB; numpy.load: 8 MiB). A 1000-byte write cannot be done with O_DIRECT.\n")
+             f"with 64 KiB or 8 MiB; numpy.load: 8 MiB requests into a fresh buffer of the file's size per file, "
+             f"as numpy.load allocates its array). A 1000-byte write cannot be done with O_DIRECT.\n")
     if chart_rel:
         L.append(f"![throughput and page cache per pattern and mode]({chart_rel})\n")
     # targets
