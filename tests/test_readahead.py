@@ -143,3 +143,100 @@ def test_windows_read_ahead_never_hide_a_change(run, strict_fs):
         f"(this descriptor's write, another process's write, append): {r.stdout.decode()!r}")
     stats = load_stats(st)
     assert stats_total(stats, "read_ahead_bytes") > 0, f"nothing was read ahead\n{stats_summary(stats)}"
+
+
+MANY = textwrap.dedent("""
+    import ctypes, hashlib, os, sys
+    paths = sys.argv[1:]
+    def aio_nr():
+        with open("/proc/sys/fs/aio-nr") as f:
+            return int(f.read())
+    before = aio_nr()
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    h = [hashlib.sha256() for _ in fds]
+    # all files open at once, each read a little at a time, round robin
+    done = set()
+    while len(done) < len(fds):
+        for i, fd in enumerate(fds):
+            if i in done:
+                continue
+            b = os.read(fd, 65536 + 3)
+            if not b:
+                done.add(i)
+            h[i].update(b)
+    during = aio_nr() - before
+    for fd in fds:
+        os.close(fd)
+    print(during, *[x.hexdigest() for x in h])
+""")
+
+PER_CONTEXT = textwrap.dedent("""
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    def aio_nr():
+        with open("/proc/sys/fs/aio-nr") as f:
+            return int(f.read())
+    ctx = ctypes.c_ulong(0)
+    b = aio_nr()
+    assert libc.syscall(206, 4, ctypes.byref(ctx)) == 0  # io_setup(4): what the engine asks for
+    print(aio_nr() - b)
+""")
+
+
+def test_many_open_files_take_few_aio_contexts(run, strict_fs):
+    """Windows come from a budget, and only a description with a window takes an AIO context:
+    contexts count against the system's aio-max-nr, which other programs need too."""
+    d = strict_fs.new_dir("ra-many")
+    n, size = 40, 3 * WINDOW + 999
+    datas = [make_file(d / f"f{i}", size, seed=100 + i) for i in range(n)]
+    (d / "many.py").write_text(MANY)
+    (d / "ctx.py").write_text(PER_CONTEXT)
+    per = run([sys.executable, str(d / "ctx.py")], shim=False)
+    assert per.returncode == 0, per.stderr.decode()
+    per_ctx = int(per.stdout)
+    # 8 MiB of pool: 6 MiB of windows, so at most 6 descriptions read ahead at a time
+    r = run([sys.executable, str(d / "many.py"), *[str(d / f"f{i}") for i in range(n)]], paths=str(d),
+            env={"S3DLIO_DIRECT_READAHEAD": str(WINDOW), "S3DLIO_DIRECT_POOL": str(8 << 20)})
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    during, *digests = r.stdout.decode().split()
+    assert digests == [hashlib.sha256(x).hexdigest() for x in datas], "bytes differ"
+    # other processes on the machine may take contexts too: allow a few
+    assert int(during) <= (6 + 4) * per_ctx, (
+        f"{n} open files took {int(during) // per_ctx} AIO contexts ({during} of aio-nr, {per_ctx} each)")
+
+
+FORKER = textwrap.dedent("""
+    import hashlib, os, sys
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    out = []
+    for _ in range(30):
+        out.append(hashlib.sha256(os.read(fd, 40000)).hexdigest()[:12])
+    pid = os.fork()  # windows of the parent are in flight now
+    if pid == 0:
+        h = hashlib.sha256()
+        for _ in range(30):
+            h.update(os.read(fd, 50001))
+        print("child", h.hexdigest()[:12], os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    h = hashlib.sha256()
+    while True:
+        b = os.read(fd, 70000)
+        if not b:
+            break
+        h.update(b)
+    print("parent", " ".join(out), h.hexdigest()[:12], status)
+""")
+
+
+def test_fork_with_reads_in_flight(run, strict_fs):
+    """A fork while windows are being read: the child continues on the shared offset with
+    windows of its own, the parent after it; the bytes are those of a plain run."""
+    d = strict_fs.new_dir("ra-fork")
+    make_file(d / "data", SIZE, seed=13)
+    (d / "forker.py").write_text(FORKER)
+    plain = run([sys.executable, str(d / "forker.py"), str(d / "data")], shim=False)
+    shimmed = run([sys.executable, str(d / "forker.py"), str(d / "data")], paths=str(d / "data"),
+                  env={"S3DLIO_DIRECT_READAHEAD": str(WINDOW)})
+    assert plain.returncode == 0 and shimmed.returncode == 0, shimmed.stderr.decode()[-2000:]
+    assert shimmed.stdout == plain.stdout

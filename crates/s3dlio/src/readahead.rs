@@ -366,9 +366,6 @@ impl State {
         if want == 0 {
             return;
         }
-        if self.ctx == 0 && !self.no_aio && !take_context(&mut self.ctx) {
-            self.no_aio = true;
-        }
         // SAFETY: an iocb is plain data; the unused fields must be zero.
         let mut cbs: [libc::iocb; MAX_WINDOWS] = unsafe { std::mem::zeroed() };
         let mut ptrs = [std::ptr::null_mut::<libc::iocb>(); MAX_WINDOWS];
@@ -386,6 +383,11 @@ impl State {
             }) else {
                 break;
             };
+            // A context only for a description that has a window to read: contexts count
+            // against the system's aio-max-nr, which other programs need too.
+            if self.ctx == 0 && !self.no_aio && !take_context(&mut self.ctx) {
+                self.no_aio = true;
+            }
             let w = &mut self.wins[k];
             let m = w.buf.as_mut().expect("allocated");
             (w.off, w.len, w.eof, w.made) = (self.frontier, want as usize, false, now);
@@ -804,6 +806,8 @@ mod tests {
         let mut out = Outcome::default();
         assert!(f.read_with(0, 3 * WINDOW - 1, 0, &mut out).is_none());
         assert_eq!(out.readahead_bytes, 0);
+        // SAFETY: no other reference to the state exists in this test.
+        assert_eq!(unsafe { (*f.ra.st.get()).ctx }, 0, "an AIO context was taken without a window to read");
         // one window's worth of budget still serves a large read, a window at a time
         let got = f.read_with(1, 3 * WINDOW - 1, WINDOW, &mut out).expect("served with one window");
         assert!(got == data[1..], "bytes differ");
