@@ -14,7 +14,7 @@ macro_rules! mmap_hooks {
         #[no_mangle]
         pub unsafe extern "C" fn $name(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
             if eng::is_managed(fd) {
-                quietly(|| eng::mapping(fd));
+                quietly(|| eng::mapping(fd, prot, flags));
             }
             // SAFETY: forwarding the program's arguments.
             unsafe { real!($name: MmapFn)(addr, len, prot, flags, fd, off) }

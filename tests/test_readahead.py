@@ -240,3 +240,35 @@ def test_fork_with_reads_in_flight(run, strict_fs):
                   env={"S3DLIO_DIRECT_READAHEAD": str(WINDOW)})
     assert plain.returncode == 0 and shimmed.returncode == 0, shimmed.stderr.decode()[-2000:]
     assert shimmed.stdout == plain.stdout
+
+
+MAPPER = textwrap.dedent("""
+    import mmap, os, sys
+    path = sys.argv[1]
+    r = os.open(path, os.O_RDONLY)
+    for _ in range(20):
+        os.read(r, 65536)  # windows are read ahead of the offset now
+    pos = os.lseek(r, 0, os.SEEK_CUR)
+    w = os.open(path, os.O_RDWR)
+    m = mmap.mmap(w, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    seen = []
+    for k in range(3):
+        at = pos + 300000 * (k + 1)
+        m[at:at + 4000] = bytes([65 + k]) * 4000  # no msync: the page cache has it
+        os.lseek(r, at, os.SEEK_SET)
+        seen.append(os.read(r, 4000) == bytes([65 + k]) * 4000)
+        for _ in range(10):
+            os.read(r, 65536)
+    print(*seen)
+""")
+
+
+def test_a_shared_mapping_is_never_hidden_by_windows(run, strict_fs):
+    """Stores through a shared writable mapping of the file are seen by the next read()."""
+    d = strict_fs.new_dir("ra-mmap")
+    make_file(d / "data", SIZE, seed=14)
+    (d / "mapper.py").write_text(MAPPER)
+    r = run([sys.executable, str(d / "mapper.py"), str(d / "data")], paths=str(d / "data"),
+            env={"S3DLIO_DIRECT_READAHEAD": str(WINDOW)})
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert r.stdout.decode().split() == ["True"] * 3, f"a read returned bytes older than the mapping's: {r.stdout!r}"

@@ -275,7 +275,7 @@ fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool
             added: AtomicI32::new(added),
             companion: Companion::new((st.st_dev, st.st_ino)),
             twin: AtomicI32::new(twin),
-            ra: Readahead::new(),
+            ra: Readahead::new((st.st_dev, st.st_ino)),
         }),
     );
 }
@@ -595,7 +595,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
         // An aligned write that goes direct needs no offset bookkeeping: the kernel's own
         // write moves the offset.
         if !d.has_twin() && !write_path::through_cache(&io, len) && d.align.write_ok(buf as usize, 0, len) {
-            d.ra.wrote();
+            let _writing = d.ra.writing();
             // SAFETY: forwarded from the caller.
             match unsafe { sys::write(fd, buf, len) } {
                 Err(libc::EINVAL) => {}
@@ -718,9 +718,11 @@ pub fn lseek(fd: i32, off: i64, whence: i32, nowait: bool) -> Option<Result<u64,
 }
 
 /// Runs `f` (an ftruncate) holding the description's offset lock, so it cannot land in the
-/// middle of an emulated write's pieces.
+/// middle of an emulated write's pieces, and as a write of the file: no read-ahead window of
+/// it is read or trusted meanwhile, and those read before are stale after.
 pub fn with_offset_lock<R>(fd: i32, nowait: bool, f: impl FnOnce() -> R) -> Option<R> {
     let d = FDS.get(fd, nowait)?;
+    let _writing = d.ra.writing();
     locked(&d, nowait, f)
 }
 
@@ -764,8 +766,12 @@ pub fn synced(fd: i32) {
 
 /// Before `mmap` of `fd`: a mapping of a direct file works, through the page cache; it is
 /// counted and reported once, since those accesses are not direct.
-pub fn mapping(fd: i32) {
-    if is_direct(fd) {
+pub fn mapping(fd: i32, prot: i32, flags: i32) {
+    let Some(d) = FDS.get(fd, false) else { return };
+    // Writes through a shared mapping reach the file with no call the engine sees.
+    let shared = flags & libc::MAP_TYPE == libc::MAP_SHARED || flags & libc::MAP_TYPE == libc::MAP_SHARED_VALIDATE;
+    d.ra.mapped(shared && (prot & libc::PROT_WRITE != 0 || d.accmode != libc::O_RDONLY));
+    if d.direct.load(Ordering::Relaxed) {
         STATS.add(Counter::MmapCalls, 1);
         log::once(
             LogLevel::Info,

@@ -47,8 +47,44 @@ impl Stamp {
     }
 }
 
-/// The file's stamp and the description's write count: what every window must match.
+/// The file's stamp and its write sequence in this process: what every window must match.
 type Now = (Stamp, u64);
+
+/// Write sequences of the files this process writes through the engine, by a hash of
+/// (st_dev, st_ino): a write through any description of a file moves its sequence, so the
+/// windows of every description of it are discarded. Files that share a slot only discard
+/// each other's windows more often.
+static FILE_SEQ: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
+
+/// Set in a file's sequence once it is mapped shared and writable in this process.
+const MAPPED: u64 = 1 << 63;
+/// The low bits of a sequence count the writes in progress; each write that ends adds one to
+/// the count above them.
+const WRITERS: u64 = (1 << 20) - 1;
+const ENDED: u64 = 1 << 20;
+
+fn file_seq((dev, ino): (u64, u64)) -> &'static AtomicU64 {
+    let h = (dev.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ino).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    &FILE_SEQ[(h >> 54) as usize % FILE_SEQ.len()]
+}
+
+/// A write in progress: while any is, no window of the file is read or trusted, and when it
+/// ends every window read before is stale.
+#[must_use]
+pub struct Writing(&'static AtomicU64);
+
+impl Writing {
+    fn begin(seq: &'static AtomicU64) -> Self {
+        seq.fetch_add(1, Ordering::AcqRel);
+        Writing(seq)
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.fetch_add(ENDED - 1, Ordering::Release);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
@@ -108,7 +144,8 @@ struct State {
 /// The read-ahead state of one open file description.
 pub struct Readahead {
     lock: FutexMutex,
-    writes: AtomicU64,
+    /// The file's write sequence (see [`Writing`]).
+    seq: &'static AtomicU64,
     st: UnsafeCell<State>,
 }
 
@@ -116,12 +153,6 @@ pub struct Readahead {
 unsafe impl Sync for Readahead {}
 // SAFETY: the windows are plain memory owned by this value.
 unsafe impl Send for Readahead {}
-
-impl Default for Readahead {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// How read-ahead is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,14 +174,32 @@ pub struct Served {
 }
 
 impl Readahead {
-    /// No window yet.
-    pub fn new() -> Self {
-        Readahead { lock: FutexMutex::new(), writes: AtomicU64::new(0), st: UnsafeCell::new(State::default()) }
+    /// No window yet, for the file `ident` (st_dev, st_ino).
+    pub fn new(ident: (u64, u64)) -> Self {
+        Readahead { lock: FutexMutex::new(), seq: file_seq(ident), st: UnsafeCell::new(State::default()) }
     }
 
-    /// A write through the description: the windows may hold old bytes.
-    pub fn wrote(&self) {
-        self.writes.fetch_add(1, Ordering::Release);
+    /// A write to the file through this description is starting: windows of every
+    /// description of the file are stale from now on.
+    pub fn writing(&self) -> Writing {
+        Writing::begin(self.seq)
+    }
+
+    /// The file is being memory-mapped from this process: writes through a shared writable
+    /// mapping reach the page cache without a call the engine sees, so such a file is never
+    /// read ahead again here; any other mapping only discards the windows read so far.
+    pub fn mapped(&self, shared_writable: bool) {
+        drop(Writing::begin(self.seq));
+        if shared_writable {
+            self.seq.fetch_or(MAPPED, Ordering::AcqRel);
+        }
+    }
+
+    /// The file's write sequence now, or `None` while a write is in progress or the file is
+    /// mapped writable: no window may be read or used then.
+    fn seq_now(&self) -> Option<u64> {
+        let v = self.seq.load(Ordering::Acquire);
+        (v & (MAPPED | WRITERS) == 0).then_some(v)
     }
 
     /// Serves a read of `len` bytes at `off` into `buf` from the windows, reading them if the
@@ -178,7 +227,13 @@ impl Readahead {
         let _g = self.lock.try_lock()?;
         // SAFETY: the lock is held.
         let s = unsafe { &mut *self.st.get() };
-        let now = (Stamp::of(st), self.writes.load(Ordering::Acquire));
+        let Some(seq) = self.seq_now() else {
+            s.discard(out);
+            s.sequential(off);
+            s.next = end;
+            return None;
+        };
+        let now = (Stamp::of(st), seq);
         if s.wins.iter().any(|w| w.phase != Phase::Empty && w.made != now) {
             s.discard(out);
         }
@@ -270,7 +325,7 @@ impl Readahead {
         }
         // Only a read a window can serve pays for the look at the file.
         let st = sys::fstat(io.fd).ok()?;
-        let now = (Stamp::of(&st), self.writes.load(Ordering::Acquire));
+        let now = (Stamp::of(&st), self.seq_now()?);
         let w = &s.wins[i];
         if w.made != now {
             return None;
@@ -545,6 +600,13 @@ fn give_back_context(ctx: libc::c_ulong) {
 /// In a fork child: no window is the child's, and the parent's AIO contexts do not exist.
 pub fn reset_after_fork() {
     IN_USE.store(0, Ordering::Relaxed);
+    // Writes other threads of the parent had in progress never end here.
+    for seq in &FILE_SEQ {
+        let v = seq.load(Ordering::Relaxed);
+        if v & WRITERS != 0 {
+            seq.store((v & !WRITERS) + ENDED, Ordering::Relaxed);
+        }
+    }
     for slot in &IDLE_CONTEXTS {
         slot.store(0, Ordering::Relaxed);
     }
@@ -652,7 +714,7 @@ mod tests {
             align: align::discover(fd),
             companion: Companion::new((st.st_dev, st.st_ino)),
             pool: BufPool::new(1 << 20, 4 << 20),
-            ra: Readahead::new(),
+            ra: Readahead::new((st.st_dev, st.st_ino)),
             accmode: libc::O_RDONLY,
             _serial: serial,
         }
@@ -744,7 +806,7 @@ mod tests {
         assert_eq!(&f.read(4096, 11, &mut out).unwrap(), b"fresh bytes");
         assert!(out.readahead_bytes > filled, "the window must be read again");
         let refilled = out.readahead_bytes;
-        f.ra.wrote();
+        drop(f.ra.writing());
         assert_eq!(f.read(4107, 100, &mut out).unwrap(), data[4107..4207]);
         assert!(out.readahead_bytes > refilled, "a write through the description discards the window");
     }
@@ -870,5 +932,41 @@ mod tests {
         }
         assert!(got == data, "bytes differ");
         assert!(out.readahead_bytes > 0);
+    }
+
+    #[test]
+    fn a_write_through_another_description_discards_and_holds_off_windows() {
+        let data = pattern(4 * WINDOW, 12);
+        let f = file("otherdesc", &data);
+        let st = sys::fstat(f.fd).unwrap();
+        let other = Readahead::new((st.st_dev, st.st_ino));
+        let mut out = Outcome::default();
+        assert_eq!(f.read(0, 4096, &mut out).unwrap(), data[..4096]);
+        let filled = out.readahead_bytes;
+        let w = other.writing();
+        assert!(f.read(4096, 4096, &mut out).is_none(), "a window was used while a write of the file ran");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.dir.join("f"))
+            .and_then(|mut h| std::os::unix::fs::FileExt::write_all_at(&mut h, b"new", 8192))
+            .unwrap();
+        drop(w);
+        assert_eq!(&f.read(8192, 3, &mut out).unwrap(), b"new");
+        assert!(out.readahead_bytes > filled, "the windows read before the write were used");
+    }
+
+    #[test]
+    fn a_shared_writable_mapping_ends_read_ahead_of_the_file() {
+        let data = pattern(2 * WINDOW, 13);
+        let f = file("mapped", &data);
+        let mut out = Outcome::default();
+        assert!(f.read(0, 4096, &mut out).is_some());
+        f.ra.mapped(false);
+        assert!(f.read(4096, 4096, &mut out).is_some(), "a private or read-only mapping stops nothing");
+        f.ra.mapped(true);
+        let served = (0..4).any(|k| f.read(8192 + k * 4096, 4096, &mut out).is_some());
+        // The slot is the process's: later tests' files may reuse this inode number.
+        f.ra.seq.fetch_and(!MAPPED, Ordering::Relaxed);
+        assert!(!served, "a file mapped shared and writable was still read ahead");
     }
 }

@@ -11,6 +11,7 @@
 //! forbids reopening it, no /proc), the description is switched to buffered I/O instead.
 
 use crate::io::{FileIo, Outcome};
+use crate::readahead::Writing;
 use crate::sys::{self, SysResult};
 
 fn granule(io: &FileIo<'_>) -> u64 {
@@ -31,7 +32,7 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
         // SAFETY: forwarded; the kernel answers the edge cases itself.
         return unsafe { sys::pwrite(io.fd, buf, len, off) };
     }
-    wrote(io);
+    let _writing = writing(io);
     if through_cache(io, len) {
         // SAFETY: forwarded from the caller.
         return unsafe { buffered(io, buf, len, off as i64, out) };
@@ -88,7 +89,7 @@ pub unsafe fn append(
     moves_offset: bool,
     out: &mut Outcome,
 ) -> SysResult<(usize, u64)> {
-    wrote(io);
+    let _writing = writing(io);
     if !through_cache(io, len) && len > 0 && io.align.write_ok(buf as usize, 0, len) {
         // The kernel appends atomically if the current end of file is aligned; if it is
         // not, it refuses with EINVAL and nothing was written. pwrite on an O_APPEND
@@ -122,11 +123,10 @@ pub unsafe fn append(
     Ok((n, pos))
 }
 
-/// The description's read-ahead window may hold bytes this write replaces.
-fn wrote(io: &FileIo<'_>) {
-    if let Some((ra, _)) = io.tuning.readahead {
-        ra.wrote();
-    }
+/// Marks a write to the file in progress until the result is dropped: read-ahead windows of
+/// any description of the file may hold bytes it replaces.
+fn writing(io: &FileIo<'_>) -> Option<Writing> {
+    io.tuning.readahead.map(|(ra, _)| ra.writing())
 }
 
 /// True if a write of `len` bytes goes through the companion's page cache as a whole:
