@@ -948,7 +948,7 @@ mod tests {
         std::fs::OpenOptions::new()
             .write(true)
             .open(f.dir.join("f"))
-            .and_then(|mut h| std::os::unix::fs::FileExt::write_all_at(&mut h, b"new", 8192))
+            .and_then(|h| std::os::unix::fs::FileExt::write_all_at(&h, b"new", 8192))
             .unwrap();
         drop(w);
         assert_eq!(&f.read(8192, 3, &mut out).unwrap(), b"new");
