@@ -443,15 +443,18 @@ impl State {
             if self.ctx == 0 && !self.no_aio && !take_context(&mut self.ctx) {
                 self.no_aio = true;
             }
+            // No more than the file holds: the kernel pins (and first faults in) every page of
+            // the buffer it is asked to fill.
+            let ask = want.min((size - self.frontier).next_multiple_of(ro as u64));
             let w = &mut self.wins[k];
             let m = w.buf.as_mut().expect("allocated");
-            (w.off, w.len, w.eof, w.made) = (self.frontier, want as usize, false, now);
+            (w.off, w.len, w.eof, w.made) = (self.frontier, ask as usize, false, now);
             if self.no_aio {
                 // SAFETY: the window is `want` bytes of page-aligned private memory.
-                match unsafe { sys::pread(io.fd, m.as_mut_ptr(), want as usize, w.off) } {
+                match unsafe { sys::pread(io.fd, m.as_mut_ptr(), ask as usize, w.off) } {
                     Ok(got) => {
                         out.readahead_bytes += got as u64;
-                        (w.len, w.eof, w.phase) = (got, got < want as usize, Phase::Ready);
+                        (w.len, w.eof, w.phase) = (got, got < ask as usize, Phase::Ready);
                     }
                     Err(_) => return,
                 }
@@ -462,13 +465,13 @@ impl State {
                 cb.aio_lio_opcode = IOCB_CMD_PREAD;
                 cb.aio_fildes = io.fd as u32;
                 cb.aio_buf = m.as_mut_ptr() as u64;
-                cb.aio_nbytes = want;
+                cb.aio_nbytes = ask;
                 cb.aio_offset = w.off as i64;
                 ptrs[n] = cb;
                 picked[n] = k;
                 n += 1;
             }
-            self.frontier += want;
+            self.frontier += ask;
         }
         if n == 0 {
             return;
@@ -599,6 +602,7 @@ fn give_back_context(ctx: libc::c_ulong) {
 
 /// In a fork child: no window is the child's, and the parent's AIO contexts do not exist.
 pub fn reset_after_fork() {
+    IDLE_WINDOWS.reset_after_fork();
     IN_USE.store(0, Ordering::Relaxed);
     // Writes other threads of the parent had in progress never end here.
     for seq in &FILE_SEQ {
@@ -628,16 +632,72 @@ impl Drop for Readahead {
         }
         for w in &mut s.wins {
             if let Some(m) = w.buf.take() {
-                IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
+                if let Err(m) = IDLE_WINDOWS.keep(m) {
+                    IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
+                }
             }
         }
     }
 }
 
-/// Gives `w` a buffer of one window from the budget; false if none is left. A description's
-/// windows after its `first` may only use the first half of the budget, so that many readers
-/// at once each get one.
+/// Windows of closed descriptions, kept for the next ones (they stay counted in `IN_USE`): a
+/// new mapping costs the zeroing of every page at its first read, which a program reading
+/// many files would pay for every file.
+struct IdleWindows {
+    lock: FutexMutex,
+    slots: UnsafeCell<[Option<MmapMut>; 8]>,
+}
+
+// SAFETY: `slots` is only touched with `lock` held.
+unsafe impl Sync for IdleWindows {}
+
+static IDLE_WINDOWS: IdleWindows = IdleWindows { lock: FutexMutex::new(), slots: UnsafeCell::new([const { None }; 8]) };
+
+impl IdleWindows {
+    /// An idle window of `len` bytes, if one is free right now.
+    fn take(&self, len: usize) -> Option<MmapMut> {
+        let _g = self.lock.try_lock()?;
+        // SAFETY: the lock is held.
+        let slots = unsafe { &mut *self.slots.get() };
+        slots.iter_mut().find(|m| m.as_ref().is_some_and(|m| m.len() == len))?.take()
+    }
+
+    /// Keeps `m` (with no read in flight) for the next description; gives it back if there is
+    /// no room. Never waits and never allocates: a close may run in a signal handler.
+    fn keep(&self, m: MmapMut) -> Result<(), MmapMut> {
+        let Some(_g) = self.lock.try_lock() else { return Err(m) };
+        // SAFETY: the lock is held.
+        let slots = unsafe { &mut *self.slots.get() };
+        match slots.iter_mut().find(|m| m.is_none()) {
+            Some(slot) => {
+                *slot = Some(m);
+                Ok(())
+            }
+            None => Err(m),
+        }
+    }
+
+    /// In a fork child: the windows were not inherited (MADV_DONTFORK), so they are forgotten
+    /// without unmapping, and the lock is free again.
+    fn reset_after_fork(&self) {
+        self.lock.reset_after_fork();
+        // SAFETY: only one thread exists in a fork child.
+        for m in unsafe { &mut *self.slots.get() } {
+            if let Some(m) = m.take() {
+                std::mem::forget(m);
+            }
+        }
+    }
+}
+
+/// Gives `w` a buffer of one window: an idle one, else a new one from the budget; false if
+/// none is left. A description's new windows after its `first` may only use the first half of
+/// the budget, so that many readers at once each get one.
 fn allocate(w: &mut Window, p: Params, first: bool) -> bool {
+    if let Some(m) = IDLE_WINDOWS.take(p.window) {
+        w.buf = Some(m);
+        return true;
+    }
     let budget = if first { p.budget } else { p.budget / 2 };
     if IN_USE.fetch_add(p.window, Ordering::Relaxed) + p.window > budget {
         IN_USE.fetch_sub(p.window, Ordering::Relaxed);
@@ -697,8 +757,23 @@ mod tests {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 12) as u8)).collect()
     }
 
+    /// [`file`] without emptying the idle windows first.
+    fn file2(name: &str, data: &[u8]) -> File {
+        file_with(name, data, false)
+    }
+
     fn file(name: &str, data: &[u8]) -> File {
+        file_with(name, data, true)
+    }
+
+    fn file_with(name: &str, data: &[u8], fresh: bool) -> File {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // Each test starts with no idle window: budgets differ between tests.
+        if fresh {
+            while let Some(m) = IDLE_WINDOWS.take(WINDOW) {
+                IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
+            }
+        }
         let dir = std::env::temp_dir().join(format!("s3dlio-ra-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("f"), data).unwrap();
@@ -968,5 +1043,26 @@ mod tests {
         // The slot is the process's: later tests' files may reuse this inode number.
         f.ra.seq.fetch_and(!MAPPED, Ordering::Relaxed);
         assert!(!served, "a file mapped shared and writable was still read ahead");
+    }
+
+    #[test]
+    fn a_closed_descriptions_windows_serve_the_next_one() {
+        let data = pattern(2 * WINDOW, 14);
+        let mut out = Outcome::default();
+        let first = {
+            let f = file("idle1", &data);
+            assert!(f.read(0, 4096, &mut out).is_some());
+            // SAFETY: no other reference to the state exists in this test.
+            unsafe { (*f.ra.st.get()).wins.iter().find_map(|w| w.buf.as_ref().map(|m| m.as_ptr() as usize)) }.unwrap()
+        };
+        let in_use = IN_USE.load(Ordering::Relaxed);
+        assert!(in_use >= WINDOW, "idle windows stay counted");
+        let f = file2("idle2", &data);
+        assert!(f.read(0, 4096, &mut out).is_some());
+        // SAFETY: as above.
+        let again = unsafe {
+            (*f.ra.st.get()).wins.iter().filter_map(|w| w.buf.as_ref().map(|m| m.as_ptr() as usize)).collect::<Vec<_>>()
+        };
+        assert!(again.contains(&first), "a new window was mapped while an idle one was kept");
     }
 }
