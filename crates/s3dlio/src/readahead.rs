@@ -11,10 +11,11 @@
 //!
 //! A window is only trusted while the file is unchanged: the size, mtime and ctime seen when it
 //! was read must still be those of the file at each use (Linux 6.13+ gives timestamps fine
-//! enough to tell a change after a query), and any write through the same description discards
-//! it. Random reads never fill a window, so they move no more bytes than they ask for; a large
-//! aligned one goes straight into the program's buffer. Windows share one memory budget; a
-//! description that cannot get one simply reads without.
+//! enough to tell a change after a query), and a write, truncate or mmap of the file through
+//! any of its descriptions in this process discards it (see [`Writing`]). Random reads never
+//! fill a window, so they move no more bytes than they ask for; a large aligned one goes
+//! straight into the program's buffer. Windows share one memory budget; a description that
+//! cannot get one simply reads without.
 
 use crate::io::{FileIo, Outcome};
 use crate::lock::FutexMutex;
@@ -105,7 +106,7 @@ struct Window {
     len: usize,
     /// The read returned less than asked: end of file was inside the window.
     eof: bool,
-    /// The file's stamp and the description's write count when the read was issued.
+    /// The file's stamp and write sequence when the read was issued.
     made: Now,
 }
 
@@ -123,8 +124,8 @@ impl Window {
 struct State {
     /// Where the last read ended.
     next: u64,
-    /// Reads in a row that started where the previous one ended, and their bytes.
-    streak: u32,
+    /// The last read started where the one before it ended, and the bytes read in such a run.
+    in_run: bool,
     run: u64,
     /// The windows hold consecutive parts of the file, up to `frontier`.
     wins: [Window; MAX_WINDOWS],
@@ -241,7 +242,7 @@ impl Readahead {
         // A large aligned read out of sequence goes straight into the program's buffer: no
         // copy, and the device moves exactly what was asked for.
         let direct = len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, off, len);
-        if s.find(off).is_none() && s.streak < 1 && (direct || len < 2 * p.window) {
+        if s.find(off).is_none() && !s.in_run && (direct || len < 2 * p.window) {
             s.next = end;
             return None;
         }
@@ -347,7 +348,7 @@ impl Readahead {
         let m = w.buf.as_ref().expect("ready window");
         // SAFETY: `n <= len` bytes into the caller's buffer from the engine's private window.
         unsafe { std::ptr::copy_nonoverlapping(m[from..from + n].as_ptr(), buf, n) };
-        s.streak = s.streak.saturating_add(1);
+        s.in_run = true;
         s.run = s.run.saturating_add(n as u64);
         s.next = pos + n as u64;
         let limit = s.limit(p, s.next);
@@ -372,12 +373,10 @@ impl Readahead {
 }
 
 impl State {
-    /// Counts a read at `off` into the streak.
+    /// Notes whether a read at `off` continues the run.
     fn sequential(&mut self, off: u64) {
-        if off == self.next {
-            self.streak = self.streak.saturating_add(1);
-        } else {
-            self.streak = 0;
+        self.in_run = off == self.next;
+        if !self.in_run {
             self.run = 0;
         }
     }
@@ -385,7 +384,7 @@ impl State {
     /// How far the windows may reach for a read ending at `end`: a sequential reader gets as
     /// much beyond it as it has read in a row, one window at least and three at most.
     fn limit(&self, p: Params, end: u64) -> u64 {
-        if self.streak < 1 {
+        if !self.in_run {
             return end;
         }
         let ahead = self.run.clamp(p.window as u64, ((MAX_WINDOWS - 1) * p.window) as u64);
@@ -450,7 +449,7 @@ impl State {
             let m = w.buf.as_mut().expect("allocated");
             (w.off, w.len, w.eof, w.made) = (self.frontier, ask as usize, false, now);
             if self.no_aio {
-                // SAFETY: the window is `want` bytes of page-aligned private memory.
+                // SAFETY: the window is at least `ask` bytes of page-aligned private memory.
                 match unsafe { sys::pread(io.fd, m.as_mut_ptr(), ask as usize, w.off) } {
                     Ok(got) => {
                         out.readahead_bytes += got as u64;
