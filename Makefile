@@ -1,7 +1,7 @@
 # s3dlio-direct: build the preload library and the C harness, run the tests.
-#   make build    the preload library (built alone, so the store feature and tokio stay out), the
-#                 s3dlio-direct command (target/release/s3dlio-direct, which finds the library beside
-#                 itself), then the C harness
+#   make build    the preload library and the s3dlio-direct command (the workspace's default
+#                 members; target/release/s3dlio-direct finds the library beside itself), then the
+#                 C harness
 #   make install  the library to $(DESTDIR)$(PREFIX)/lib and the command to $(DESTDIR)$(PREFIX)/bin
 #                 (PREFIX=/usr/local by default; the command looks for the library in ../lib). It
 #                 installs what `make build` built and does not build itself, so
@@ -61,8 +61,7 @@ VENV_STAMP := $(VENV)/.requirements.stamp
 all: build
 
 build:
-	$(CARGO) build --release --locked -p s3dlio-direct-preload
-	$(CARGO) build --release --locked -p s3dlio-direct
+	$(CARGO) build --release --locked
 	$(MAKE) harness
 
 harness: $(C_BINS) $(CXX_BINS) $(FORT_BINS) $(STATIC_BINS)

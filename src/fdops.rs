@@ -2,9 +2,9 @@
 //! the kernel copy calls, and the calls that create descriptors (which may take a number
 //! the engine missed the close of).
 
-use crate::{engine, errno, quietly, real, served, set_errno};
+use crate::{errno, in_engine, quietly, real, served, set_errno};
 use libc::{c_int, c_uint, c_ulong, loff_t, off_t, size_t, ssize_t};
-use s3dlio::engine as eng;
+use s3dlio_engine::engine;
 
 type LseekFn = unsafe extern "C" fn(c_int, off_t, c_int) -> off_t;
 
@@ -13,9 +13,9 @@ macro_rules! lseek_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, off: off_t, whence: c_int) -> off_t {
-            if eng::is_managed(fd) {
+            if engine::is_managed(fd) {
                 let saved = errno();
-                if let Some(r) = engine(|nw| eng::lseek(fd, off, whence, nw)) {
+                if let Some(r) = in_engine(|nw| engine::fdops::lseek(fd, off, whence, nw)) {
                     return crate::finish(r.map(|v| v as usize), saved) as off_t;
                 }
             }
@@ -28,9 +28,9 @@ lseek_hooks!(lseek, lseek64);
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if eng::is_managed(fd) {
+    if engine::is_managed(fd) {
         // Before the real close: after it another thread may already own the number.
-        quietly(|| eng::forget(fd));
+        quietly(|| engine::fdops::forget(fd));
     }
     // SAFETY: forwarding the program's argument.
     unsafe { real!(close: unsafe extern "C" fn(c_int) -> c_int)(fd) }
@@ -39,7 +39,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     if flags as c_uint & libc::CLOSE_RANGE_CLOEXEC == 0 {
-        quietly(|| eng::forget_range(first, last));
+        quietly(|| engine::fdops::forget_range(first, last));
     }
     // SAFETY: forwarding the program's arguments.
     unsafe { real!(close_range: unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int)(first, last, flags) }
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
 
 #[no_mangle]
 pub unsafe extern "C" fn closefrom(lowfd: c_int) {
-    quietly(|| eng::forget_range(lowfd.max(0) as u32, u32::MAX));
+    quietly(|| engine::fdops::forget_range(lowfd.max(0) as u32, u32::MAX));
     // SAFETY: forwarding the program's argument.
     unsafe { real!(closefrom: unsafe extern "C" fn(c_int))(lowfd) }
 }
@@ -55,7 +55,7 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
 /// Shares the engine's state of `old` with the new number `new` (or forgets `new`).
 fn after_dup(old: c_int, new: c_int) -> c_int {
     if new >= 0 {
-        quietly(|| eng::duped(old, new));
+        quietly(|| engine::fdops::duped(old, new));
     }
     new
 }
@@ -92,17 +92,17 @@ macro_rules! fcntl_hooks {
                     // SAFETY: forwarding the program's arguments.
                     after_dup(fd, unsafe { real(fd, cmd, arg) })
                 }
-                libc::F_GETFL if eng::is_managed(fd) => {
+                libc::F_GETFL if engine::is_managed(fd) => {
                     // SAFETY: forwarding the program's arguments.
                     let r = unsafe { real(fd, cmd, arg) };
                     if r < 0 {
                         return r;
                     }
-                    engine(|_| Some(eng::getfl(fd, r))).unwrap_or(r)
+                    in_engine(|_| Some(engine::fdops::getfl(fd, r))).unwrap_or(r)
                 }
-                libc::F_SETFL if eng::is_managed(fd) => {
+                libc::F_SETFL if engine::is_managed(fd) => {
                     let saved = errno();
-                    let arg2 = engine(|_| Some(eng::setfl(fd, arg as c_int))).unwrap_or(arg as c_int);
+                    let arg2 = in_engine(|_| Some(engine::fdops::setfl(fd, arg as c_int))).unwrap_or(arg as c_int);
                     set_errno(saved);
                     // SAFETY: forwarding the program's call with the shim's O_DIRECT kept.
                     unsafe { real(fd, cmd, arg2 as c_ulong) }
@@ -121,9 +121,9 @@ macro_rules! ftruncate_hooks {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, len: off_t) -> c_int {
             let real = real!($name: unsafe extern "C" fn(c_int, off_t) -> c_int);
-            if eng::is_managed(fd) {
+            if engine::is_managed(fd) {
                 // SAFETY: forwarding the program's arguments.
-                if let Some(r) = engine(|nw| eng::with_offset_lock(fd, nw, || unsafe { real(fd, len) })) {
+                if let Some(r) = in_engine(|nw| engine::fdops::with_offset_lock(fd, nw, || unsafe { real(fd, len) })) {
                     return r;
                 }
             }
@@ -141,8 +141,8 @@ macro_rules! sync_hooks {
         pub unsafe extern "C" fn $name(fd: c_int) -> c_int {
             // SAFETY: forwarding the program's argument.
             let r = unsafe { real!($name: unsafe extern "C" fn(c_int) -> c_int)(fd) };
-            if r == 0 && eng::is_managed(fd) {
-                quietly(|| eng::synced(fd));
+            if r == 0 && engine::is_managed(fd) {
+                quietly(|| engine::fdops::synced(fd));
             }
             r
         }
@@ -151,7 +151,7 @@ macro_rules! sync_hooks {
 sync_hooks!(fsync, fdatasync);
 
 fn either_managed(a: c_int, b: c_int) -> bool {
-    eng::is_managed(a) || eng::is_managed(b)
+    engine::is_managed(a) || engine::is_managed(b)
 }
 
 #[no_mangle]
@@ -165,7 +165,7 @@ pub unsafe extern "C" fn copy_file_range(
 ) -> ssize_t {
     if flags == 0 && either_managed(fd_in, fd_out) {
         // SAFETY: the program's offset pointers.
-        if let Some(r) = served(|_| unsafe { eng::copy(fd_in, off_in, fd_out, off_out, len) }) {
+        if let Some(r) = served(|_| unsafe { engine::fdops::copy(fd_in, off_in, fd_out, off_out, len) }) {
             return r;
         }
     }
@@ -181,7 +181,7 @@ macro_rules! sendfile_hooks {
         pub unsafe extern "C" fn $name(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t {
             if either_managed(in_fd, out_fd) {
                 // SAFETY: the program's offset pointer.
-                if let Some(r) = served(|_| unsafe { eng::copy(in_fd, offset, out_fd, std::ptr::null_mut(), count) }) {
+                if let Some(r) = served(|_| unsafe { engine::fdops::copy(in_fd, offset, out_fd, std::ptr::null_mut(), count) }) {
                     return r;
                 }
             }
@@ -203,7 +203,7 @@ pub unsafe extern "C" fn splice(
 ) -> ssize_t {
     if either_managed(fd_in, fd_out) {
         // SAFETY: the program's offset pointers.
-        if let Some(r) = served(|_| unsafe { eng::copy(fd_in, off_in, fd_out, off_out, len) }) {
+        if let Some(r) = served(|_| unsafe { engine::fdops::copy(fd_in, off_in, fd_out, off_out, len) }) {
             return r;
         }
     }
@@ -214,8 +214,8 @@ pub unsafe extern "C" fn splice(
 
 /// Forgets a number a descriptor-creating call just handed out.
 fn fresh(fd: c_int) -> c_int {
-    if fd >= 0 && eng::is_managed(fd) {
-        quietly(|| eng::forget(fd));
+    if fd >= 0 && engine::is_managed(fd) {
+        quietly(|| engine::fdops::forget(fd));
     }
     fd
 }

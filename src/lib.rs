@@ -1,5 +1,5 @@
 //! libs3dlio_direct.so: the interposition layer. Each hook resolves the real symbol, asks
-//! the engine (`s3dlio::engine`) whether the fd or path is the engine's, and either calls
+//! the engine (`s3dlio_engine::engine`, one module per hook family as here) whether the fd or path is the engine's, and either calls
 //! the engine or the real function. No logic lives here.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -33,7 +33,7 @@ fn set_errno(e: i32) {
 /// Runs `f` inside the engine with the re-entrancy flag and a panic barrier. `f` gets
 /// `nowait` (true when re-entered). A panic, which must never unwind into the host, and a
 /// poisoned state both give `None`, so the hook falls back to the real call.
-fn engine<R>(f: impl FnOnce(bool) -> Option<R>) -> Option<R> {
+fn in_engine<R>(f: impl FnOnce(bool) -> Option<R>) -> Option<R> {
     let nowait = IN_ENGINE.with(|c| c.replace(true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(nowait))).ok().flatten();
     IN_ENGINE.with(|c| c.set(nowait));
@@ -56,15 +56,15 @@ fn finish(r: Result<usize, i32>, saved_errno: i32) -> isize {
 }
 
 /// Runs an engine call that returns `Served`; `None` means "call the real function".
-fn served(f: impl FnOnce(bool) -> s3dlio::engine::Served) -> Option<isize> {
+fn served(f: impl FnOnce(bool) -> s3dlio_engine::engine::Served) -> Option<isize> {
     let saved = errno();
-    engine(f).map(|r| finish(r, saved))
+    in_engine(f).map(|r| finish(r, saved))
 }
 
 /// Runs an engine side effect around which errno must stay as the real call left it.
 fn quietly(f: impl FnOnce()) {
     let saved = errno();
-    engine(|_| {
+    in_engine(|_| {
         f();
         Some(())
     });
@@ -74,5 +74,5 @@ fn quietly(f: impl FnOnce()) {
 #[ctor::ctor(unsafe)]
 fn init() {
     real::resolve_all();
-    quietly(s3dlio::engine::init);
+    quietly(s3dlio_engine::engine::init);
 }

@@ -4,22 +4,22 @@
 //! variadic integer is passed exactly like a named one, and it is only read by the kernel
 //! with O_CREAT or O_TMPFILE, as in glibc.
 
-use crate::{engine, quietly, real};
+use crate::{in_engine, quietly, real};
 use libc::{c_char, c_int, mode_t};
-use s3dlio::engine as eng;
+use s3dlio_engine::engine;
 
 /// Common body: plan, call the real open with the plan's extra flags, then register.
 unsafe fn open_with(dirfd: c_int, path: *const c_char, flags: c_int, call: impl FnOnce(c_int) -> c_int) -> c_int {
-    if !eng::active() {
+    if !engine::active() {
         return call(flags);
     }
     // SAFETY: `path` comes from the program as a C string.
-    let plan = engine(|_| unsafe { eng::plan_open(dirfd, path, flags) });
+    let plan = in_engine(|_| unsafe { engine::open::plan_open(dirfd, path, flags) });
     let fd = call(flags | plan.map_or(0, |p| p.extra_flags));
     if fd >= 0 {
         quietly(|| match plan {
-            Some(p) => eng::opened(fd, p),
-            None => eng::forget(fd),
+            Some(p) => engine::open::opened(fd, p),
+            None => engine::fdops::forget(fd),
         });
     }
     fd

@@ -5,17 +5,17 @@
 //! which collects their arguments and calls the hooks here; so do `dprintf`/`vdprintf`,
 //! whose write inside glibc would fail on a direct fd.
 
-use crate::{engine, quietly, real};
+use crate::{in_engine, quietly, real};
 use libc::{c_char, c_int, pid_t};
-use s3dlio::engine as eng;
+use s3dlio_engine::engine;
 
 /// Runs an exec-family call: prepare, call, and undo if it returned (it failed).
 fn exec_with(call: impl FnOnce() -> c_int) -> c_int {
-    let token = engine(|_| Some(eng::before_exec()));
+    let token = in_engine(|_| Some(engine::process::before_exec()));
     let r = call();
     let saved = crate::errno();
     if let Some(t) = token {
-        quietly(|| eng::exec_failed(t));
+        quietly(|| engine::process::exec_failed(t));
     }
     crate::set_errno(saved);
     r
@@ -74,7 +74,7 @@ macro_rules! spawn_hooks {
             argv: Argv,
             envp: Argv,
         ) -> c_int {
-            quietly(eng::before_spawn);
+            quietly(engine::process::before_spawn);
             // SAFETY: forwarding the program's arguments.
             unsafe { real!($name: SpawnFn)(pid, path, acts, attr, argv, envp) }
         }
@@ -84,14 +84,14 @@ spawn_hooks!(posix_spawn, posix_spawnp);
 
 #[no_mangle]
 pub unsafe extern "C" fn system(cmd: *const c_char) -> c_int {
-    quietly(eng::before_spawn);
+    quietly(engine::process::before_spawn);
     // SAFETY: forwarding the program's argument.
     unsafe { real!(system: unsafe extern "C" fn(*const c_char) -> c_int)(cmd) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut libc::FILE {
-    quietly(eng::before_spawn);
+    quietly(engine::process::before_spawn);
     // SAFETY: forwarding the program's arguments.
     unsafe { real!(popen: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE)(cmd, mode) }
 }
@@ -102,7 +102,7 @@ macro_rules! exit_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(status: c_int) -> ! {
-            quietly(eng::at_exit);
+            quietly(engine::process::at_exit);
             // SAFETY: forwarding the program's argument; the real function never returns.
             unsafe { real!($name: unsafe extern "C" fn(c_int) -> !)(status) }
         }

@@ -3,7 +3,7 @@
 
 use crate::{real, served};
 use libc::{c_int, c_void, iovec, off_t, size_t, ssize_t};
-use s3dlio::engine as eng;
+use s3dlio_engine::engine;
 
 /// RWF flags the engine can honour around its own I/O; others (RWF_NOWAIT, RWF_APPEND)
 /// go to the kernel as they are.
@@ -37,9 +37,9 @@ type Pvec2Fn = unsafe extern "C" fn(c_int, *const iovec, c_int, off_t, c_int) ->
 
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    if eng::is_managed(fd) {
+    if engine::is_managed(fd) {
         // SAFETY: the program's buffer and length.
-        if let Some(r) = served(|nw| unsafe { eng::read(fd, buf as *mut u8, n, nw) }) {
+        if let Some(r) = served(|nw| unsafe { engine::rw::read(fd, buf as *mut u8, n, nw) }) {
             return r;
         }
     }
@@ -49,9 +49,9 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 
 #[no_mangle]
 pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
-    if n <= buflen && eng::is_managed(fd) {
+    if n <= buflen && engine::is_managed(fd) {
         // SAFETY: the program's buffer, checked against its size like the real function.
-        if let Some(r) = served(|nw| unsafe { eng::read(fd, buf as *mut u8, n, nw) }) {
+        if let Some(r) = served(|nw| unsafe { engine::rw::read(fd, buf as *mut u8, n, nw) }) {
             return r;
         }
     }
@@ -66,9 +66,9 @@ macro_rules! pread_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
-            if eng::is_managed(fd) {
+            if engine::is_managed(fd) {
                 // SAFETY: the program's buffer and length.
-                if let Some(r) = served(|nw| unsafe { eng::pread(fd, buf as *mut u8, n, off, nw) }) {
+                if let Some(r) = served(|nw| unsafe { engine::rw::pread(fd, buf as *mut u8, n, off, nw) }) {
                     return r;
                 }
             }
@@ -84,9 +84,9 @@ macro_rules! pread_chk_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, buf: *mut c_void, n: size_t, off: off_t, buflen: size_t) -> ssize_t {
-            if n <= buflen && eng::is_managed(fd) {
+            if n <= buflen && engine::is_managed(fd) {
                 // SAFETY: the program's buffer, checked against its size.
-                if let Some(r) = served(|nw| unsafe { eng::pread(fd, buf as *mut u8, n, off, nw) }) {
+                if let Some(r) = served(|nw| unsafe { engine::rw::pread(fd, buf as *mut u8, n, off, nw) }) {
                     return r;
                 }
             }
@@ -99,9 +99,9 @@ pread_chk_hooks!(__pread_chk, __pread64_chk);
 
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    if eng::is_managed(fd) {
+    if engine::is_managed(fd) {
         // SAFETY: the program's buffer and length.
-        if let Some(r) = served(|nw| unsafe { eng::write(fd, buf as *const u8, n, nw) }) {
+        if let Some(r) = served(|nw| unsafe { engine::rw::write(fd, buf as *const u8, n, nw) }) {
             return r;
         }
     }
@@ -114,9 +114,9 @@ macro_rules! pwrite_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
-            if eng::is_managed(fd) {
+            if engine::is_managed(fd) {
                 // SAFETY: the program's buffer and length.
-                if let Some(r) = served(|nw| unsafe { eng::pwrite(fd, buf as *const u8, n, off, nw) }) {
+                if let Some(r) = served(|nw| unsafe { engine::rw::pwrite(fd, buf as *const u8, n, off, nw) }) {
                     return r;
                 }
             }
@@ -129,9 +129,9 @@ pwrite_hooks!(pwrite, pwrite64);
 
 #[no_mangle]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    if eng::is_managed(fd) {
+    if engine::is_managed(fd) {
         // SAFETY: the program's iovecs.
-        if let Some(r) = served(|nw| unsafe { eng::readv(fd, iov, cnt, -1, nw) }) {
+        if let Some(r) = served(|nw| unsafe { engine::rw::readv(fd, iov, cnt, -1, nw) }) {
             return r;
         }
     }
@@ -141,9 +141,9 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
 
 #[no_mangle]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    if eng::is_managed(fd) {
+    if engine::is_managed(fd) {
         // SAFETY: the program's iovecs.
-        if let Some(r) = served(|nw| unsafe { eng::writev(fd, iov, cnt, -1, nw) }) {
+        if let Some(r) = served(|nw| unsafe { engine::rw::writev(fd, iov, cnt, -1, nw) }) {
             return r;
         }
     }
@@ -156,9 +156,9 @@ macro_rules! pvec_hooks {
     ($($name:ident => $engine_fn:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
-            if off >= 0 && eng::is_managed(fd) {
+            if off >= 0 && engine::is_managed(fd) {
                 // SAFETY: the program's iovecs.
-                if let Some(r) = served(|nw| unsafe { eng::$engine_fn(fd, iov, cnt, off, nw) }) {
+                if let Some(r) = served(|nw| unsafe { engine::rw::$engine_fn(fd, iov, cnt, off, nw) }) {
                     return r;
                 }
             }
@@ -174,9 +174,9 @@ macro_rules! pvec2_hooks {
     ($($name:ident => $engine_fn:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t {
-            if flags & !HANDLED_RWF == 0 && eng::is_managed(fd) {
+            if flags & !HANDLED_RWF == 0 && engine::is_managed(fd) {
                 // SAFETY: the program's iovecs.
-                if let Some(r) = served(|nw| unsafe { eng::$engine_fn(fd, iov, cnt, off, nw) }) {
+                if let Some(r) = served(|nw| unsafe { engine::rw::$engine_fn(fd, iov, cnt, off, nw) }) {
                     return sync_as_asked(fd, flags, r);
                 }
             }

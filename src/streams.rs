@@ -3,10 +3,10 @@
 //! keep in the engine's hands; glibc's own streams stay glibc's, and a number glibc closed
 //! or reused inside (freopen, fclose) is forgotten.
 
-use crate::{engine, errno, quietly, real, set_errno};
+use crate::{errno, in_engine, quietly, real, set_errno};
+use engine::streams::{self as stream, Mode};
 use libc::{c_char, c_int, mode_t, FILE};
-use s3dlio::engine as eng;
-use s3dlio::stream::{self, Mode};
+use s3dlio_engine::engine;
 
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
 type FdopenFn = unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE;
@@ -22,8 +22,8 @@ fn fd_of(f: *mut FILE) -> c_int {
 
 /// Forgets a number glibc closed or reused unseen.
 fn forget_fd(fd: c_int) {
-    if fd >= 0 && eng::is_managed(fd) {
-        quietly(|| eng::forget(fd));
+    if fd >= 0 && engine::is_managed(fd) {
+        quietly(|| engine::fdops::forget(fd));
     }
 }
 
@@ -35,17 +35,17 @@ unsafe fn fopen_with(
     open: OpenFn,
     real_fopen: impl FnOnce() -> *mut FILE,
 ) -> *mut FILE {
-    if !eng::active() || path.is_null() || mode.is_null() {
+    if !engine::active() || path.is_null() || mode.is_null() {
         return real_fopen();
     }
     // SAFETY: the program passes a NUL-terminated mode.
     let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false) else {
         let f = real_fopen();
-        quietly(|| eng::unserved_stream(fd_of(f)));
+        quietly(|| engine::streams::unserved_stream(fd_of(f)));
         return f;
     };
     // SAFETY: `path` comes from the program as a C string.
-    let Some(plan) = engine(|_| unsafe { eng::plan_open(libc::AT_FDCWD, path, m.flags) }) else {
+    let Some(plan) = in_engine(|_| unsafe { engine::open::plan_open(libc::AT_FDCWD, path, m.flags) }) else {
         return real_fopen();
     };
     // SAFETY: the program's path, with the flags and creation mode glibc's fopen uses.
@@ -53,10 +53,10 @@ unsafe fn fopen_with(
     if fd < 0 {
         return std::ptr::null_mut();
     }
-    quietly(|| eng::opened(fd, plan));
+    quietly(|| engine::open::opened(fd, plan));
     let saved = errno();
     // SAFETY: `fd` was just opened for this fopen.
-    let f = match engine(|_| unsafe { stream::after_fopen(fd, m) }) {
+    let f = match in_engine(|_| unsafe { stream::after_fopen(fd, m) }) {
         Some(Ok(f)) => {
             set_errno(saved);
             return f;
@@ -103,10 +103,10 @@ fopen_hooks!(fopen => open, fopen64 => open64);
 
 #[no_mangle]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
-    if eng::is_managed(fd) {
+    if engine::is_managed(fd) {
         let saved = errno();
         // SAFETY: the program passes a NUL-terminated mode.
-        match engine(|_| unsafe { stream::fdopen(fd, mode) }) {
+        match in_engine(|_| unsafe { stream::fdopen(fd, mode) }) {
             Some(Ok(f)) => {
                 set_errno(saved);
                 return f;
@@ -117,7 +117,7 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
             }
             // Not direct, or the engine failed (panicked): a stream glibc makes itself on a
             // direct fd would fail its misaligned fills, so such a description goes buffered.
-            None => quietly(|| eng::stream_opened(fd)),
+            None => quietly(|| engine::streams::stream_opened(fd)),
         }
     }
     // SAFETY: forwarding the program's arguments.
@@ -125,67 +125,24 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
 }
 
 /// `freopen` of a stream the engine made, which glibc cannot do (it crashes on cookie
-/// streams): as glibc does for a file stream, flush, open the new file (the old one again
-/// for a NULL path), put it on the old number, and give the same stream the new mode.
+/// streams): the engine reopens it (`engine::streams::freopen`).
 unsafe fn reopen_ours(path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE {
-    let old = fd_of(f);
-    // SAFETY: `f` is the program's live stream; glibc ignores a failing flush here too.
-    unsafe { libc::fflush(f) };
-    // SAFETY: the program passes a NUL-terminated mode.
-    let m =
-        (!mode.is_null()).then(|| Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false)).flatten();
-    let new = match m {
-        // SAFETY: the program's path, opened like `open` would.
-        Some(m) if !path.is_null() => unsafe { crate::open::open(path, m.flags, 0o666) },
-        Some(m) => {
-            let plan = engine(|_| eng::plan_reopen(old, m.flags));
-            let mut link = [0u8; 32];
-            let n = s3dlio::sys::proc_fd_link(old, &mut link);
-            type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
-            // SAFETY: `link` is NUL-terminated at `n`.
-            let fd = unsafe {
-                real!(open: OpenFn)(
-                    link[..=n].as_ptr() as *const c_char,
-                    m.flags | plan.map_or(0, |p| p.extra_flags),
-                    0o666,
-                )
-            };
-            if fd >= 0 {
-                quietly(|| match plan {
-                    Some(p) => eng::opened(fd, p),
-                    None => eng::forget(fd),
-                });
-            }
-            fd
+    let saved = errno();
+    // SAFETY: forwarding the program's arguments; `f` is a stream the engine made.
+    match in_engine(|_| Some(unsafe { stream::freopen(path, mode, f) })) {
+        Some(Ok(f)) => {
+            set_errno(saved);
+            f
+        }
+        Some(Err(e)) => {
+            set_errno(e);
+            std::ptr::null_mut()
         }
         None => {
-            set_errno(libc::EINVAL);
-            -1
+            set_errno(libc::EIO);
+            std::ptr::null_mut()
         }
-    };
-    // SAFETY: the hooks keep the engine's table right for the numbers involved.
-    unsafe {
-        if new < 0 {
-            let e = errno();
-            crate::fdops::close(old);
-            set_errno(e);
-            return std::ptr::null_mut();
-        }
-        let m = m.expect("opened with a parsed mode");
-        if new != old {
-            let cloexec = m.flags & libc::O_CLOEXEC;
-            if crate::fdops::dup3(new, old, cloexec) < 0 {
-                let e = errno();
-                crate::fdops::close(new);
-                crate::fdops::close(old);
-                set_errno(e);
-                return std::ptr::null_mut();
-            }
-            crate::fdops::close(new);
-        }
-        stream::reopened(f, m);
     }
-    f
 }
 
 /// Hooks for `freopen`-shaped functions. For other streams glibc flushes, opens the new
@@ -201,7 +158,7 @@ macro_rules! freopen_hooks {
                 return unsafe { reopen_ours(path, mode, f) };
             }
             let old = fd_of(f);
-            if old >= 0 && eng::is_managed(old) {
+            if old >= 0 && engine::is_managed(old) {
                 // SAFETY: `f` is the program's live stream.
                 unsafe { libc::fflush(f) };
                 forget_fd(old);
@@ -211,7 +168,7 @@ macro_rules! freopen_hooks {
             let r = unsafe { real!($name: F)(path, mode, f) };
             let new = fd_of(r);
             forget_fd(new);
-            quietly(|| eng::unserved_stream(new));
+            quietly(|| engine::streams::unserved_stream(new));
             r
         }
     )*};
@@ -242,7 +199,7 @@ macro_rules! fread_hooks {
             if !f.is_null() && !ptr.is_null() && unsafe { stream::is_ours(f) } {
                 let saved = errno();
                 // SAFETY: forwarding the program's arguments.
-                if let Some(r) = engine(|_| unsafe { stream::fread(ptr as *mut u8, size, n, f) }) {
+                if let Some(r) = in_engine(|_| unsafe { stream::fread(ptr as *mut u8, size, n, f) }) {
                     if r == n {
                         set_errno(saved);
                     }

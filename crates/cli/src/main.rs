@@ -8,7 +8,7 @@ mod run;
 mod stats;
 
 use clap::{Args, Parser, Subcommand};
-use s3dlio::pathmatch::split_list;
+use s3dlio_engine::pathmatch::split_list;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -214,7 +214,7 @@ mod tests {
     fn cwd_is_escaped() {
         assert_eq!(globs(&["d"], "/runs/r[1]*?"), "/runs/r\\[1\\]\\*\\?/d");
         assert_eq!(globs(&["d"], "/a:b\\c"), "/a\\:b\\\\c/d");
-        let (set, warnings) = s3dlio::pathmatch::PatternSet::parse("P", &globs(&["d"], "/runs/r[1]:x"));
+        let (set, warnings) = s3dlio_engine::pathmatch::PatternSet::parse("P", &globs(&["d"], "/runs/r[1]:x"));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(set.matches(b"/runs/r[1]:x/d/f"));
         assert!(!set.matches(b"/runs/r1:x/d/f"));

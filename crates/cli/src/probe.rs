@@ -2,9 +2,9 @@
 //! library finds it (F_SETFL, `align::discover`) and then confirmed with real I/O.
 
 use crate::{absolute_globs, current_dir, error, warning, ProbeArgs};
-use s3dlio::align::{self, Alignment};
-use s3dlio::config::{Config, VAR_EXCLUDE, VAR_PATHS, VAR_PROGRAMS};
-use s3dlio::pathmatch::normalize_into;
+use s3dlio_engine::align::{self, Alignment};
+use s3dlio_engine::config::{Config, VAR_EXCLUDE, VAR_PATHS, VAR_PROGRAMS};
+use s3dlio_engine::pathmatch::normalize_into;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};

@@ -2,7 +2,7 @@
 //! passed on, and with `--stats` a summary over every process it started.
 
 use crate::{absolute_globs, current_dir, error, stats, RunArgs, EXIT_OWN_FAILURE};
-use s3dlio::config::{
+use s3dlio_engine::config::{
     Config, VAR_ALIGN, VAR_EXCLUDE, VAR_LOG, VAR_MIN_SIZE, VAR_PATHS, VAR_PROGRAMS, VAR_STATS, VAR_SYNC,
 };
 use std::ffi::{OsStr, OsString};
@@ -339,7 +339,7 @@ mod tests {
     fn stats_template_escapes_percent() {
         assert_eq!(stats_template(Path::new("/tmp/st"), "s3dlio-1-2."), "/tmp/st/s3dlio-1-2.%h.%p.json");
         assert_eq!(stats_template(Path::new("/tmp/100%/"), "p."), "/tmp/100%%/p.%h.%p.json");
-        let expanded = s3dlio::stats::expand_path(stats_template(Path::new("/a%p"), "p.").as_bytes(), 7, b"h");
+        let expanded = s3dlio_engine::stats::expand_path(stats_template(Path::new("/a%p"), "p.").as_bytes(), 7, b"h");
         assert_eq!(expanded, b"/a%p/p.h.7.json");
     }
 }

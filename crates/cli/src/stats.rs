@@ -1,8 +1,8 @@
 //! `s3dlio-direct stats` and the summary `run --stats` prints: reading the per-process JSON
-//! files the library writes (`s3dlio::stats`), merging them, and showing the result.
+//! files the library writes (`s3dlio_engine::stats`), merging them, and showing the result.
 
 use crate::{error, StatsArgs};
-use s3dlio::stats::{Counter, COUNTERS, FALLBACK_REASONS};
+use s3dlio_engine::stats::{Counter, COUNTERS, FALLBACK_REASONS};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -339,7 +339,7 @@ pub fn main(args: StatsArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s3dlio::stats::{Reason, Stats};
+    use s3dlio_engine::stats::{Reason, Stats};
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

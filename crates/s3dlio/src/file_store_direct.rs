@@ -40,13 +40,13 @@
 //! # }
 //! ```
 
-use crate::align::{self, Alignment};
-use crate::direct_file::{DirectFile, Fallback, IoCounters};
 use crate::object_store::{parse_uri, ObjectMetadata, ObjectStore, Operation, Result, Scheme, StoreError};
-use crate::sys;
 use async_trait::async_trait;
 use bytes::Bytes;
 use memmap2::MmapMut;
+use s3dlio_engine::align::{self, Alignment};
+use s3dlio_engine::direct_file::{DirectFile, Fallback, IoCounters};
+use s3dlio_engine::sys;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

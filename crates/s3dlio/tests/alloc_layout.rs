@@ -4,7 +4,6 @@
 //!
 //! This binary's global allocator records each allocation's size and alignment next to it and
 //! counts frees whose layout differs. A self-test shows that it catches the reference's bug.
-#![cfg(feature = "store")]
 
 mod common;
 

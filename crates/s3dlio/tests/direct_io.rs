@@ -1,7 +1,6 @@
 //! The seed's ten test areas, each run on the ordinary disk, a strict 4096-sector ext4 and
 //! ramfs, and each checking that O_DIRECT really was in effect wherever the filesystem takes
 //! it (and that the fallback was reported where it does not).
-#![cfg(feature = "store")]
 
 mod common;
 

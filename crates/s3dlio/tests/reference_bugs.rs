@@ -10,7 +10,6 @@
 //!
 //! (Aligned buffers freed with the wrong layout: `tests/alloc_layout.rs`. System-call counts
 //! measured by the kernel: `tests/syscall_counts.rs`.)
-#![cfg(feature = "store")]
 
 mod common;
 

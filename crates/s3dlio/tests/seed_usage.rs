@@ -1,6 +1,5 @@
 //! Runs the example program `examples/seed_usage.rs` (the seed document's usage example as
 //! written) on every test filesystem. `cargo test` builds examples before running tests.
-#![cfg(feature = "store")]
 
 mod common;
 

@@ -2,7 +2,6 @@
 //! during whole-object I/O: at least 1 MiB per call, not one call per page as in the reference
 //! implementation (which needs 16384 calls for 64 MiB). One test in its own binary, so no
 //! other test's I/O is counted.
-#![cfg(feature = "store")]
 
 mod common;
 

@@ -8,76 +8,12 @@
 //! libstdc++'s filebuf (which reads and writes with read(2)/write(2) on `fileno()`) and
 //! `freopen(NULL, ...)` behave as on a plain stream.
 
-use crate::engine;
+use super::Mode;
+use crate::engine::{fdops, is_direct, rw, STATS};
 use crate::stats::Counter;
 use crate::sys::{self, Errno};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
 use std::sync::atomic::{AtomicPtr, Ordering};
-
-/// What a mode string asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mode {
-    /// open(2) flags, as `fopen` would pass them.
-    pub flags: i32,
-    /// `a`: every write appends.
-    pub append: bool,
-    /// `+`: both directions.
-    pub plus: bool,
-}
-
-impl Mode {
-    /// Parses a mode string the way glibc's `fopen` (`fdopen == false`) or `fdopen` does.
-    /// `None` when glibc must answer itself: an invalid first letter (EINVAL) or a
-    /// `,ccs=` wide-character stream.
-    pub fn parse(mode: &[u8], fdopen: bool) -> Option<Mode> {
-        let (mut flags, append) = match mode.first()? {
-            b'r' => (libc::O_RDONLY, false),
-            b'w' => (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, false),
-            b'a' => (libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, true),
-            _ => return None,
-        };
-        if !fdopen && mode.windows(5).any(|w| w == b",ccs=") {
-            return None;
-        }
-        let mut plus = false;
-        // glibc looks at six more characters in fopen, four in fdopen (which stops at '+').
-        for &c in mode.iter().skip(1).take(if fdopen { 4 } else { 6 }) {
-            match c {
-                0 => break,
-                b'+' => {
-                    plus = true;
-                    flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
-                    if fdopen {
-                        break;
-                    }
-                }
-                b'x' if !fdopen => flags |= libc::O_EXCL,
-                b'e' if !fdopen => flags |= libc::O_CLOEXEC,
-                _ => {}
-            }
-        }
-        Some(Mode { flags, append, plus })
-    }
-
-    fn reads(&self) -> bool {
-        self.flags & libc::O_ACCMODE != libc::O_WRONLY
-    }
-
-    fn writes(&self) -> bool {
-        self.flags & libc::O_ACCMODE != libc::O_RDONLY
-    }
-
-    fn cookie_mode(&self) -> &'static std::ffi::CStr {
-        // fopencookie only tells directions and appending apart ("r+" and "w+" are alike).
-        match (self.reads(), self.writes(), self.append) {
-            (true, false, _) => c"r",
-            (_, _, false) if !self.reads() => c"w",
-            (_, _, true) if !self.reads() => c"a",
-            (_, _, false) => c"r+",
-            (_, _, true) => c"a+",
-        }
-    }
-}
 
 /// The start of glibc's `struct _IO_FILE` (LP64, bits/types/struct_FILE.h), up to
 /// `_offset`: a public layout that has not changed since glibc 2.1.
@@ -156,7 +92,7 @@ unsafe fn fread_locked(ptr: *mut u8, size: usize, total: usize, f: *mut FILE) ->
             // SAFETY: inside the caller's buffer.
             let p = unsafe { ptr.add(done) };
             // SAFETY: as above.
-            let r = unsafe { engine::read(fd, p, total - done, false) }
+            let r = unsafe { rw::read(fd, p, total - done, false) }
                 // SAFETY: as above.
                 .unwrap_or_else(|| unsafe { sys::read(fd, p, total - done) });
             match r {
@@ -216,7 +152,7 @@ pub unsafe fn is_ours(f: *mut FILE) -> bool {
 ///
 /// # Safety
 /// `f` must be a live stream the engine made, already flushed.
-pub unsafe fn reopened(f: *mut FILE, m: Mode) {
+pub(super) unsafe fn reopened(f: *mut FILE, m: Mode) {
     let mut dir = if !m.plus && m.reads() { IO_NO_WRITES } else { 0 };
     if !m.plus && m.writes() {
         dir |= IO_NO_READS;
@@ -256,12 +192,12 @@ extern "C" {
 /// # Safety
 /// `fd` must be the descriptor the shim just opened for this `fopen`.
 pub unsafe fn after_fopen(fd: i32, m: Mode) -> Option<Result<*mut FILE, Errno>> {
-    if !engine::is_direct(fd) {
+    if !is_direct(fd) {
         return None;
     }
     if m.append && !m.plus {
         // fopen("a") starts at the end, so that ftell reports the file size.
-        if let Some(Err(e)) = engine::lseek(fd, 0, libc::SEEK_END, false) {
+        if let Some(Err(e)) = fdops::lseek(fd, 0, libc::SEEK_END, false) {
             return Some(Err(e));
         }
     }
@@ -276,7 +212,7 @@ pub unsafe fn after_fopen(fd: i32, m: Mode) -> Option<Result<*mut FILE, Errno>> 
 /// # Safety
 /// `mode` must be a NUL-terminated string.
 pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, Errno>> {
-    if mode.is_null() || !engine::is_direct(fd) {
+    if mode.is_null() || !is_direct(fd) {
         return None;
     }
     // SAFETY: the caller guarantees a NUL-terminated string.
@@ -292,13 +228,13 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
         return Some(Err(libc::EINVAL));
     }
     if m.append && kernel & libc::O_APPEND == 0 {
-        let arg = engine::setfl(fd, engine::getfl(fd, kernel) | libc::O_APPEND);
+        let arg = fdops::setfl(fd, fdops::getfl(fd, kernel) | libc::O_APPEND);
         if let Err(e) = sys::fcntl(fd, libc::F_SETFL, arg as libc::c_long) {
             return Some(Err(e));
         }
         // glibc moves to the end only when it added O_APPEND itself, for a write-only stream.
         if !m.plus {
-            if let Some(Err(e)) = engine::lseek(fd, 0, libc::SEEK_END, false) {
+            if let Some(Err(e)) = fdops::lseek(fd, 0, libc::SEEK_END, false) {
                 return Some(Err(e));
             }
         }
@@ -331,7 +267,7 @@ unsafe fn make(fd: i32, m: Mode) -> Result<*mut FILE, Errno> {
     // SAFETY: `f` is a glibc FILE, whose public head `FileHead` describes; glibc keeps -2
     // there for cookie streams, which only tells `fileno()` to fail.
     unsafe { (*(f as *mut FileHead)).fileno = fd };
-    engine::STATS.add(Counter::StreamsDirect, 1);
+    STATS.add(Counter::StreamsDirect, 1);
     Ok(f)
 }
 
@@ -369,7 +305,7 @@ unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: si
     let fd = cookie as usize as i32;
     callback(|| {
         // SAFETY: glibc passes its buffer of `size` bytes.
-        let r = unsafe { engine::read(fd, buf as *mut u8, size, false) }
+        let r = unsafe { rw::read(fd, buf as *mut u8, size, false) }
             // SAFETY: as above.
             .unwrap_or_else(|| unsafe { sys::read(fd, buf as *mut u8, size) });
         r.map(|n| n as isize)
@@ -387,7 +323,7 @@ unsafe extern "C" fn cookie_write(cookie: *mut c_void, buf: *const c_char, size:
             // SAFETY: glibc passes `size` readable bytes; `done < size`.
             let p = unsafe { buf.add(done) } as *const u8;
             // SAFETY: as above.
-            let r = unsafe { engine::write(fd, p, size - done, false) }
+            let r = unsafe { rw::write(fd, p, size - done, false) }
                 // SAFETY: as above.
                 .unwrap_or_else(|| unsafe { sys::write(fd, p, size - done) });
             match r {
@@ -412,7 +348,7 @@ unsafe extern "C" fn cookie_seek(cookie: *mut c_void, pos: *mut i64, whence: c_i
     let r = callback(|| {
         // SAFETY: glibc passes a valid position.
         let off = unsafe { *pos };
-        let v = engine::lseek(fd, off, whence, false).unwrap_or_else(|| sys::lseek(fd, off, whence))?;
+        let v = fdops::lseek(fd, off, whence, false).unwrap_or_else(|| sys::lseek(fd, off, whence))?;
         // SAFETY: as above.
         unsafe { *pos = v as i64 };
         Ok(0)
@@ -423,7 +359,7 @@ unsafe extern "C" fn cookie_seek(cookie: *mut c_void, pos: *mut i64, whence: c_i
 unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
     let fd = cookie as usize as i32;
     callback(|| {
-        engine::forget(fd);
+        fdops::forget(fd);
         sys::close(fd).map(|_| 0)
     }) as c_int
 }
@@ -434,39 +370,6 @@ mod tests {
 
     fn m(s: &str) -> Option<Mode> {
         Mode::parse(s.as_bytes(), false)
-    }
-
-    #[test]
-    fn fopen_modes_match_glibc() {
-        let cases: &[(&str, i32, bool, bool)] = &[
-            ("r", libc::O_RDONLY, false, false),
-            ("rb", libc::O_RDONLY, false, false),
-            ("r+", libc::O_RDWR, false, true),
-            ("rb+", libc::O_RDWR, false, true),
-            ("w", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, false, false),
-            ("wx", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL, false, false),
-            ("w+e", libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, false, true),
-            ("a", libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND, true, false),
-            ("a+b", libc::O_RDWR | libc::O_CREAT | libc::O_APPEND, true, true),
-            ("rbbbbbb+", libc::O_RDONLY, false, false), // beyond the six characters glibc reads
-        ];
-        for &(s, flags, append, plus) in cases {
-            assert_eq!(m(s), Some(Mode { flags, append, plus }), "{s}");
-        }
-        assert_eq!(m("q"), None);
-        assert_eq!(m(""), None);
-        assert_eq!(m("r,ccs=UTF-8"), None);
-        // fdopen ignores x and e, and stops at '+'
-        let f = Mode::parse(b"wx+e", true).unwrap();
-        assert_eq!(f.flags, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC);
-        assert!(f.plus);
-    }
-
-    #[test]
-    fn cookie_modes() {
-        for (s, c) in [("r", "r"), ("rb+", "r+"), ("wx", "w"), ("w+", "r+"), ("ab", "a"), ("a+", "a+")] {
-            assert_eq!(m(s).unwrap().cookie_mode().to_str().unwrap(), c, "{s}");
-        }
     }
 
     /// The fields the engine reads and writes are where glibc keeps them: after one fgetc

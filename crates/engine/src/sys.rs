@@ -11,7 +11,8 @@ pub type Errno = i32;
 /// Result of a raw system call.
 pub type SysResult<T> = Result<T, Errno>;
 
-fn errno() -> Errno {
+/// This thread's errno.
+pub fn errno() -> Errno {
     // SAFETY: __errno_location always returns a valid pointer to this thread's errno.
     unsafe { *libc::__errno_location() }
 }
@@ -164,6 +165,12 @@ pub fn openat(dirfd: c_int, path: &std::ffi::CStr, flags: c_int, mode: libc::mod
     // SAFETY: `path` is NUL-terminated for the duration of the call.
     retry(|| unsafe { libc::syscall(libc::SYS_openat, dirfd, path.as_ptr(), flags, mode as c_long) })
         .map(|v| v as c_int)
+}
+
+/// `dup3(2)`.
+pub fn dup3(old: c_int, new: c_int, flags: c_int) -> SysResult<c_int> {
+    // SAFETY: no memory arguments.
+    retry(|| unsafe { libc::syscall(libc::SYS_dup3, old, new, flags) }).map(|r| r as c_int)
 }
 
 /// `close(2)`; EINTR is not retried (Linux releases the fd anyway).

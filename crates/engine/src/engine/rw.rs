@@ -1,0 +1,260 @@
+//! The read and write families on managed fds (plain, positional, vector): dispatch to the
+//! read and write paths, the file position kept as the kernel keeps it, and statistics.
+
+use super::desc::{locked, Desc};
+use super::{managed_direct, stale, state, Served, STATS};
+use crate::config::LogLevel;
+use crate::io::Outcome;
+use crate::log::{self, Cause};
+use crate::stats::{Counter, Reason};
+use crate::sys::{self, SysResult};
+use crate::{read_path, write_path};
+
+/// Applies what a path call reported: reused fd, demotion, statistics.
+fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
+    if *r == Err(libc::ESTALE) {
+        stale(fd);
+        return false;
+    }
+    if let Some(e) = o.demoted {
+        d.demote(fd, Reason::NoCompanion);
+        log::once(
+            LogLevel::Warn,
+            Cause::NoCompanion,
+            format_args!("cannot reopen a direct file through /proc (errno {e}); it goes buffered"),
+        );
+    }
+    if o.einval_retry {
+        STATS.add(Counter::EinvalRetries, 1);
+        STATS.fallback(Reason::EinvalRetry);
+        log::once(
+            LogLevel::Info,
+            Cause::EinvalRetry,
+            format_args!("a direct call was refused with EINVAL and redone buffered"),
+        );
+    }
+    let (calls, bytes, bcalls, bbytes) = if write {
+        (Counter::WriteCalls, Counter::WriteBytes, Counter::WriteBouncedCalls, Counter::WriteBouncedBytes)
+    } else {
+        (Counter::ReadCalls, Counter::ReadBytes, Counter::ReadBouncedCalls, Counter::ReadBouncedBytes)
+    };
+    STATS.add(calls, 1);
+    if let Ok(n) = r {
+        STATS.add(bytes, *n as u64);
+    }
+    if o.readahead_bytes > 0 {
+        STATS.add(Counter::ReadaheadBytes, o.readahead_bytes);
+    }
+    let b = o.bounced_bytes + o.buffered_bytes;
+    if b > 0 {
+        STATS.add(bcalls, 1);
+        STATS.add(bbytes, b);
+    }
+    true
+}
+
+/// Runs `call` (a positional read or write of `len` bytes) at the file position of `fd` and
+/// leaves the position after what it did, as the kernel's own call would. The position is
+/// moved past the whole request first, so the common case of a complete call costs one
+/// lseek instead of one to read the position and one to set it; a short or failed call
+/// moves it back. The caller holds the description's lock.
+fn at_offset(fd: i32, len: usize, call: impl FnOnce(u64) -> SysResult<usize>) -> SysResult<usize> {
+    let Some(pos) = i64::try_from(len)
+        .ok()
+        .and_then(|l| sys::lseek(fd, l, libc::SEEK_CUR).ok().map(|end| end.wrapping_sub(l as u64)))
+    else {
+        // Past the largest offset the filesystem allows: the call itself gives the answer.
+        let pos = sys::lseek(fd, 0, libc::SEEK_CUR)?;
+        let n = call(pos)?;
+        sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+        return Ok(n);
+    };
+    let r = call(pos);
+    match r {
+        Ok(n) if n == len => {}
+        Ok(n) => {
+            sys::lseek(fd, (pos + n as u64) as i64, libc::SEEK_SET)?;
+        }
+        Err(_) => {
+            let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
+        }
+    }
+    r
+}
+
+/// `read(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
+    if len == 0 {
+        return None; // the kernel answers a zero-length call (and its errors) itself
+    }
+    let d = managed_direct(fd, nowait)?;
+    let pool = &state().pool;
+    let (o, r) = locked(&d, nowait, || {
+        let mut o = Outcome::default();
+        let io = d.io(fd, pool, nowait);
+        // SAFETY: forwarded from the caller.
+        if let Some(r) = unsafe { read_path::read_next(&io, fd, buf, len, &mut o) } {
+            return (o, r);
+        }
+        // SAFETY: forwarded from the caller.
+        let r = at_offset(fd, len, |pos| unsafe { read_path::pread(&io, buf, len, pos, &mut o) });
+        (o, r)
+    })?;
+    settle(fd, &d, &o, false, &r).then_some(r)
+}
+
+/// `pread(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -> Served {
+    if off < 0 || len == 0 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    let mut o = Outcome::default();
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { read_path::pread(&d.io(fd, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    settle(fd, &d, &o, false, &r).then_some(r)
+}
+
+/// `write(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served {
+    if len == 0 {
+        return None; // the kernel answers a zero-length call (and its errors) itself
+    }
+    let d = managed_direct(fd, nowait)?;
+    let pool = &state().pool;
+    let (o, r) = locked(&d, nowait, || {
+        let mut o = Outcome::default();
+        let io = d.io(fd, pool, nowait);
+        if io.append {
+            // SAFETY: forwarded from the caller.
+            let r = unsafe { write_path::append(&io, buf, len, true, &mut o) }
+                .and_then(|(n, pos)| sys::lseek(fd, pos as i64, libc::SEEK_SET).map(|_| n));
+            return (o, r);
+        }
+        // An aligned write that goes direct needs no offset bookkeeping: the kernel's own
+        // write moves the offset.
+        if !d.has_twin() && !write_path::through_cache(&io, len) && d.align.write_ok(buf as usize, 0, len) {
+            let _writing = d.ra.writing();
+            // SAFETY: forwarded from the caller.
+            match unsafe { sys::write(fd, buf, len) } {
+                Err(libc::EINVAL) => {}
+                r => {
+                    o.direct_bytes = *r.as_ref().unwrap_or(&0) as u64;
+                    return (o, r);
+                }
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        let r = at_offset(fd, len, |pos| unsafe { write_path::pwrite(&io, buf, len, pos, &mut o) });
+        (o, r)
+    })?;
+    settle(fd, &d, &o, true, &r).then_some(r)
+}
+
+/// `pwrite(2)` on a managed fd.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool) -> Served {
+    if off < 0 || len == 0 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    let mut o = Outcome::default();
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { write_path::pwrite(&d.io(fd, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    settle(fd, &d, &o, true, &r).then_some(r)
+}
+
+fn iov_total(iov: *const libc::iovec, cnt: i32) -> Option<usize> {
+    if iov.is_null() || !(0..=1024).contains(&cnt) {
+        return None;
+    }
+    // SAFETY: the caller of the vector functions passes `cnt` valid iovecs.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+    v.iter().try_fold(0usize, |a, e| a.checked_add(e.iov_len)).filter(|&t| t <= isize::MAX as usize)
+}
+
+/// `readv`/`preadv`/`preadv2` (flags without RWF_NOWAIT) on a managed fd;
+/// `off == -1` means at the file position.
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs.
+pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
+    let total = iov_total(iov, cnt)?;
+    if off < -1 || total == 0 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    // SAFETY: checked by iov_total.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+    let pool = &state().pool;
+    let run = |start: u64, o: &mut Outcome| -> SysResult<usize> {
+        let mut done = 0usize;
+        for e in v {
+            // SAFETY: each iovec describes caller memory.
+            let r = unsafe {
+                read_path::pread(&d.io(fd, pool, nowait), e.iov_base as *mut u8, e.iov_len, start + done as u64, o)
+            };
+            match r {
+                Ok(n) => {
+                    done += n;
+                    if n < e.iov_len {
+                        break;
+                    }
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    };
+    let mut o = Outcome::default();
+    let r = if off >= 0 {
+        run(off as u64, &mut o)
+    } else {
+        locked(&d, nowait, || at_offset(fd, total, |pos| run(pos, &mut o)))?
+    };
+    settle(fd, &d, &o, false, &r).then_some(r)
+}
+
+/// `writev`/`pwritev`/`pwritev2` on a managed fd; `off == -1` means at the file position.
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs.
+pub unsafe fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
+    let total = iov_total(iov, cnt)?;
+    if off < -1 || total == 0 {
+        return None;
+    }
+    let d = managed_direct(fd, nowait)?;
+    // SAFETY: checked by iov_total.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+    // Gather into one buffer so the write reaches the file as one piece, as writev does.
+    let mut data = Vec::new();
+    if data.try_reserve_exact(total).is_err() {
+        return None;
+    }
+    for e in v {
+        // SAFETY: each iovec describes caller memory of its length.
+        data.extend_from_slice(unsafe { std::slice::from_raw_parts(e.iov_base as *const u8, e.iov_len) });
+    }
+    drop(d);
+    // SAFETY: `data` is a valid buffer of `total` bytes.
+    unsafe {
+        if off >= 0 {
+            pwrite(fd, data.as_ptr(), total, off, nowait)
+        } else {
+            write(fd, data.as_ptr(), total, nowait)
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! stdio streams on matched files: the streams the engine serves (`cookie`) and their mode
+//! strings (`mode`), their `freopen`, and streams glibc made itself on managed or matched fds.
+
+mod cookie;
+mod mode;
+
+pub use cookie::{after_fopen, fdopen, fread, is_ours};
+pub use mode::Mode;
+
+use super::fdops::{duped, forget};
+use super::open::{plan_open, plan_reopen, OpenPlan};
+use super::{active, open, state, FDS, STATS};
+use crate::config::LogLevel;
+use crate::log::{self, Cause};
+use crate::stats::Reason;
+use crate::sys::{self, Errno, SysResult};
+use libc::{c_char, FILE};
+use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+
+/// A stdio stream is being made on `fd` (`fdopen`): its I/O bypasses the hooks, so the
+/// description goes buffered (counted as a fallback).
+pub fn stream_opened(fd: i32) {
+    if let Some(d) = FDS.get(fd, false) {
+        if d.direct.load(Ordering::Relaxed) {
+            log::once(
+                LogLevel::Info,
+                Cause::FdopenStream,
+                format_args!("a stream was opened on a direct fd; it goes buffered"),
+            );
+            d.demote(fd, Reason::FdopenStream);
+        }
+    }
+}
+
+/// A stream on a matched file was made by glibc itself (freopen, a `,ccs=` stream): its I/O
+/// stays buffered, which is counted and reported once.
+pub fn unserved_stream(fd: i32) {
+    if !active() || fd < 0 {
+        return;
+    }
+    let mut p = [0u8; 4096];
+    let Ok(n) = sys::fd_path(fd, &mut p) else { return };
+    if state().cfg.wants(&p[..n]) && sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+        STATS.fallback(Reason::FdopenStream);
+        log::once(
+            LogLevel::Info,
+            Cause::StreamBuffered,
+            format_args!("a stream on a matched file was opened by freopen or with ,ccs=; it stays buffered"),
+        );
+    }
+}
+
+/// `freopen` of a stream the engine made, which glibc cannot do (it crashes on cookie
+/// streams): as glibc does for a file stream, flush, open the new file (the old one again
+/// for a NULL path), put it on the old number, and give the same stream the new mode. On
+/// failure the old number is closed, as glibc closes it.
+///
+/// # Safety
+/// `f` must be a live stream for which [`is_ours`] is true; `path` and `mode` must be NULL
+/// or NUL-terminated.
+pub unsafe fn freopen(path: *const c_char, mode: *const c_char, f: *mut FILE) -> Result<*mut FILE, Errno> {
+    // SAFETY: `f` is the program's live stream; glibc ignores a failing flush here too.
+    let old = unsafe {
+        libc::fflush(f);
+        libc::fileno(f)
+    };
+    // SAFETY: the caller passes a NUL-terminated mode.
+    let m = (!mode.is_null()).then(|| Mode::parse(unsafe { CStr::from_ptr(mode) }.to_bytes(), false)).flatten();
+    let new = match m {
+        None => Err(libc::EINVAL),
+        Some(m) if !path.is_null() => {
+            // SAFETY: the caller passes a NUL-terminated path.
+            let path = unsafe { CStr::from_ptr(path) };
+            // SAFETY: as above.
+            open_as_program(path, m.flags, unsafe { plan_open(libc::AT_FDCWD, path.as_ptr(), m.flags) })
+        }
+        Some(m) => {
+            let mut link = [0u8; 32];
+            let n = sys::proc_fd_link(old, &mut link);
+            match CStr::from_bytes_with_nul(&link[..=n]) {
+                Ok(link) => open_as_program(link, m.flags, plan_reopen(old, m.flags)),
+                Err(_) => Err(libc::EBADF),
+            }
+        }
+    };
+    let new = match new {
+        Ok(n) => n,
+        Err(e) => {
+            close_as_program(old);
+            return Err(e);
+        }
+    };
+    let m = m.expect("opened with a parsed mode");
+    if new != old {
+        if let Err(e) = sys::dup3(new, old, m.flags & libc::O_CLOEXEC) {
+            close_as_program(new);
+            close_as_program(old);
+            return Err(e);
+        }
+        duped(new, old);
+        close_as_program(new);
+    }
+    // SAFETY: `f` is ours and now reads and writes the new file through `old`.
+    unsafe { cookie::reopened(f, m) };
+    Ok(f)
+}
+
+/// Opens `path` as the program's `open` would (the engine's plan decides whether it goes
+/// direct).
+fn open_as_program(path: &CStr, flags: i32, plan: Option<OpenPlan>) -> SysResult<i32> {
+    let fd = sys::openat(libc::AT_FDCWD, path, flags | plan.map_or(0, |p| p.extra_flags), 0o666)?;
+    match plan {
+        Some(p) => open::opened(fd, p),
+        None => forget(fd),
+    }
+    Ok(fd)
+}
+
+/// Closes `fd` as the program's `close` would.
+fn close_as_program(fd: i32) {
+    forget(fd);
+    let _ = sys::close(fd);
+}

@@ -1,0 +1,21 @@
+//! s3dlio-engine: the direct-I/O engine (path matching, alignment discovery, bounce buffers,
+//! read and write paths that keep buffered semantics over O_DIRECT, read-ahead, statistics).
+//! The preload library `libs3dlio_direct.so` is a thin layer over [`engine`], whose modules
+//! mirror its hook families; the store API (crate `s3dlio`) builds on [`direct_file`].
+
+pub mod align;
+pub mod bufpool;
+pub mod companion;
+pub mod config;
+pub mod direct_file;
+pub mod engine;
+pub mod fdtable;
+pub mod io;
+pub mod lock;
+pub mod log;
+pub mod pathmatch;
+pub mod read_path;
+pub mod readahead;
+pub mod stats;
+pub mod sys;
+pub mod write_path;
