@@ -12,22 +12,13 @@ mod real;
 mod rw;
 mod streams;
 
+use s3dlio_engine::sys::{errno, set_errno};
 use std::cell::Cell;
 
 thread_local! {
     /// Set while this thread is inside the engine: a hook entered again (from a signal
     /// handler that interrupted the engine) must not wait for anything.
     static IN_ENGINE: Cell<bool> = const { Cell::new(false) };
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location returns this thread's errno.
-    unsafe { *libc::__errno_location() }
-}
-
-fn set_errno(e: i32) {
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = e }
 }
 
 /// Runs `f` inside the engine with the re-entrancy flag and a panic barrier. `f` gets

@@ -5,28 +5,6 @@ use crate::{real, served};
 use libc::{c_int, c_void, iovec, off_t, size_t, ssize_t};
 use s3dlio_engine::engine;
 
-/// RWF flags the engine can honour around its own I/O; others (RWF_NOWAIT, RWF_APPEND)
-/// go to the kernel as they are.
-const HANDLED_RWF: c_int = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_DONTCACHE;
-
-/// After an engine-served v2 write with RWF_DSYNC/RWF_SYNC, make it durable as asked.
-fn sync_as_asked(fd: c_int, flags: c_int, r: isize) -> isize {
-    if r > 0 && flags & (libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
-        // SAFETY: plain syscalls on the program's fd.
-        let s = unsafe {
-            if flags & libc::RWF_SYNC != 0 {
-                libc::syscall(libc::SYS_fsync, fd)
-            } else {
-                libc::syscall(libc::SYS_fdatasync, fd)
-            }
-        };
-        if s < 0 {
-            return -1;
-        }
-    }
-    r
-}
-
 type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
 type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
 type WriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
@@ -174,10 +152,10 @@ macro_rules! pvec2_hooks {
     ($($name:ident => $engine_fn:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t {
-            if flags & !HANDLED_RWF == 0 && engine::is_managed(fd) {
+            if engine::is_managed(fd) {
                 // SAFETY: the program's iovecs.
-                if let Some(r) = served(|nw| unsafe { engine::rw::$engine_fn(fd, iov, cnt, off, nw) }) {
-                    return sync_as_asked(fd, flags, r);
+                if let Some(r) = served(|nw| unsafe { engine::rw::$engine_fn(fd, iov, cnt, off, flags, nw) }) {
+                    return r;
                 }
             }
             // SAFETY: forwarding the program's arguments.
@@ -185,4 +163,4 @@ macro_rules! pvec2_hooks {
         }
     )*};
 }
-pvec2_hooks!(preadv2 => readv, preadv64v2 => readv, pwritev2 => writev, pwritev64v2 => writev);
+pvec2_hooks!(preadv2 => readv2, preadv64v2 => readv2, pwritev2 => writev2, pwritev64v2 => writev2);

@@ -471,12 +471,8 @@ impl ProgramSet {
 fn current_program_names() -> Vec<Vec<u8>> {
     let mut names = Vec::with_capacity(2);
     let mut buf = [0u8; 4096];
-    // SAFETY: the path is NUL-terminated and `buf` is writable for its whole length.
-    let n = unsafe {
-        libc::syscall(libc::SYS_readlinkat, libc::AT_FDCWD, c"/proc/self/exe".as_ptr(), buf.as_mut_ptr(), buf.len())
-    };
-    if let Ok(n @ 1..) = usize::try_from(n) {
-        names.push(base_name(&buf[..n.min(buf.len())]).to_vec());
+    if let Ok(n @ 1..) = sys::readlink(c"/proc/self/exe", &mut buf) {
+        names.push(base_name(&buf[..n]).to_vec());
     }
     if let Ok(n) = sys::read_small_file(c"/proc/self/cmdline", &mut buf) {
         if let Some(argv0) = buf[..n].split(|&b| b == 0).next().filter(|a| !a.is_empty()) {

@@ -258,20 +258,12 @@ impl DirectFile {
 
     /// Truncates or extends the file to `len` bytes.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
-        // SAFETY: no memory arguments.
-        let r = unsafe { libc::syscall(libc::SYS_ftruncate, self.fd(), len as i64) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::ftruncate(self.fd(), len).map_err(io::Error::from_raw_os_error)
     }
 
     /// Flushes data and metadata to the device, and drops what the buffered pieces cached.
     pub fn sync_all(&self) -> io::Result<()> {
-        // SAFETY: no memory arguments.
-        if unsafe { libc::syscall(libc::SYS_fsync, self.fd()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::fsync(self.fd()).map_err(io::Error::from_raw_os_error)?;
         self.companion.drop_cached();
         Ok(())
     }

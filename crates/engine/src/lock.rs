@@ -5,28 +5,8 @@
 //! would block forever. These keep their whole state in one atomic word that the child's
 //! at-fork handler stores back to "unlocked": the threads that held them do not exist there.
 
+use crate::sys::{futex_wait, futex_wake_one};
 use std::sync::atomic::{AtomicU32, Ordering};
-
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; a null timeout
-    // means wait until woken. Spurious wake-ups are handled by the callers' loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-fn futex_wake_one(word: &AtomicU32) {
-    // SAFETY: as for `futex_wait`.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
-    }
-}
 
 /// A mutex: 0 unlocked, 1 locked, 2 locked with waiters (Drepper's "Futexes are tricky").
 #[derive(Debug, Default)]

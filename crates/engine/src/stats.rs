@@ -259,12 +259,7 @@ pub fn write_file(stats: &Stats, template: &[u8], program: &str) -> Result<(), i
     let w = sys::write_all(fd, doc.as_bytes());
     let _ = sys::close(fd);
     w?;
-    // SAFETY: both paths are NUL-terminated.
-    let r = unsafe { libc::syscall(libc::SYS_renameat, libc::AT_FDCWD, ctmp.as_ptr(), libc::AT_FDCWD, cpath.as_ptr()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
-    }
-    Ok(())
+    sys::rename(&ctmp, &cpath)
 }
 
 /// A fork child is a new process: nothing of its parent's file is its own.

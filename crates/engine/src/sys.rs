@@ -17,6 +17,12 @@ pub fn errno() -> Errno {
     unsafe { *libc::__errno_location() }
 }
 
+/// Sets this thread's errno.
+pub fn set_errno(e: Errno) {
+    // SAFETY: as for `errno`.
+    unsafe { *libc::__errno_location() = e }
+}
+
 fn check(r: c_long) -> SysResult<usize> {
     if r < 0 {
         Err(errno())
@@ -183,6 +189,56 @@ pub fn close(fd: c_int) -> SysResult<()> {
 pub fn fdatasync(fd: c_int) -> SysResult<()> {
     // SAFETY: no memory arguments.
     retry(|| unsafe { libc::syscall(libc::SYS_fdatasync, fd) }).map(|_| ())
+}
+
+/// `fsync(2)`.
+pub fn fsync(fd: c_int) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    retry(|| unsafe { libc::syscall(libc::SYS_fsync, fd) }).map(|_| ())
+}
+
+/// `ftruncate(2)`.
+pub fn ftruncate(fd: c_int, len: u64) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    retry(|| unsafe { libc::syscall(libc::SYS_ftruncate, fd, len as i64) }).map(|_| ())
+}
+
+/// `renameat(2)` of two NUL-terminated paths relative to the working directory.
+pub fn rename(from: &std::ffi::CStr, to: &std::ffi::CStr) -> SysResult<()> {
+    // SAFETY: both paths are NUL-terminated for the duration of the call.
+    check(unsafe { libc::syscall(libc::SYS_renameat, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr()) })
+        .map(|_| ())
+}
+
+/// `readlinkat(2)` of a NUL-terminated path into `buf`: the length of the target.
+pub fn readlink(path: &std::ffi::CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: the path is NUL-terminated and `buf` is writable for its whole length.
+    check(unsafe { libc::syscall(libc::SYS_readlinkat, libc::AT_FDCWD, path.as_ptr(), buf.as_mut_ptr(), buf.len()) })
+        .map(|n| n.min(buf.len()))
+}
+
+/// `futex(FUTEX_WAIT)` on a process-private word: sleeps while `*word == expected`, until
+/// woken (spurious wake-ups included: callers loop).
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; a null timeout
+    // means wait until woken.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// `futex(FUTEX_WAKE)` of one waiter on a process-private word.
+pub fn futex_wake_one(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: as for `futex_wait`.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+    }
 }
 
 /// `posix_fadvise(2)`.

@@ -258,3 +258,37 @@ pub unsafe fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowai
         }
     }
 }
+
+/// RWF flags the engine can honour around its own I/O; with others (RWF_NOWAIT, RWF_APPEND)
+/// the call goes to the kernel as it is.
+const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_DONTCACHE;
+
+/// `preadv2` on a managed fd.
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs.
+pub unsafe fn readv2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
+    if flags & !HANDLED_RWF != 0 {
+        return None;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { readv(fd, iov, cnt, off, nowait) }
+}
+
+/// `pwritev2` on a managed fd: with RWF_DSYNC or RWF_SYNC, what was written is made durable
+/// as the flag asks before the call returns.
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs.
+pub unsafe fn writev2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
+    if flags & !HANDLED_RWF != 0 {
+        return None;
+    }
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { writev(fd, iov, cnt, off, nowait) }?;
+    Some(match r {
+        Ok(n) if n > 0 && flags & libc::RWF_SYNC != 0 => sys::fsync(fd).map(|_| n),
+        Ok(n) if n > 0 && flags & libc::RWF_DSYNC != 0 => sys::fdatasync(fd).map(|_| n),
+        r => r,
+    })
+}

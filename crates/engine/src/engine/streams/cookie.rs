@@ -11,7 +11,7 @@
 use super::Mode;
 use crate::engine::{fdops, is_direct, rw, STATS};
 use crate::stats::Counter;
-use crate::sys::{self, Errno};
+use crate::sys::{self, errno, set_errno, Errno};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -269,16 +269,6 @@ unsafe fn make(fd: i32, m: Mode) -> Result<*mut FILE, Errno> {
     unsafe { (*(f as *mut FileHead)).fileno = fd };
     STATS.add(Counter::StreamsDirect, 1);
     Ok(f)
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location returns this thread's errno.
-    unsafe { *libc::__errno_location() }
-}
-
-fn set_errno(e: i32) {
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = e }
 }
 
 /// Runs a cookie callback: errno as the program had it on success, the error's errno on
