@@ -12,7 +12,7 @@
 //! earlier would break sqlite's locking; at the program's own close those locks are gone anyway.
 
 use crate::lock::FutexMutex;
-use crate::sys::{self, Errno, SysResult};
+use crate::sys::{self, SysResult};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
@@ -229,11 +229,6 @@ impl Companion {
     /// In a fork child: the range lock may have been held by a thread that is gone.
     pub fn reset_after_fork(&self) {
         self.range_lock.reset_after_fork();
-    }
-
-    /// Why the companion could not be opened, if it could not.
-    pub fn open_error(&self) -> Option<Errno> {
-        (self.fd.load(Ordering::Relaxed) == FAILED).then(|| self.open_errno.load(Ordering::Relaxed))
     }
 }
 

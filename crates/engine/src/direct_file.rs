@@ -5,6 +5,7 @@ use crate::align::{self, Alignment};
 use crate::bufpool::BufPool;
 use crate::companion::Companion;
 use crate::io::{FileIo, Outcome};
+use crate::writing::FileWrites;
 use crate::{read_path, sys, write_path};
 use std::fmt;
 use std::io;
@@ -87,6 +88,7 @@ pub struct DirectFile {
     accmode: i32,
     fallback: std::sync::Mutex<Option<Fallback>>,
     companion: Companion,
+    writes: FileWrites,
     counters: Counters,
 }
 
@@ -126,6 +128,7 @@ impl DirectFile {
             accmode,
             fallback: std::sync::Mutex::new(fallback),
             companion: Companion::new((st.st_dev, st.st_ino)),
+            writes: FileWrites::of((st.st_dev, st.st_ino)),
             counters: Counters::default(),
         })
     }
@@ -164,6 +167,7 @@ impl DirectFile {
             companion: &self.companion,
             accmode: self.accmode,
             append: false,
+            writes: self.writes,
             pool: shared_pool(),
             nowait: false,
             tuning: Default::default(),

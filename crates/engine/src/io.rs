@@ -4,6 +4,7 @@ use crate::align::Alignment;
 use crate::bufpool::BufPool;
 use crate::companion::Companion;
 use crate::readahead::{Params, Readahead};
+use crate::writing::FileWrites;
 
 /// One open file description as the read and write paths see it.
 pub struct FileIo<'a> {
@@ -17,6 +18,9 @@ pub struct FileIo<'a> {
     pub accmode: i32,
     /// The description has O_APPEND.
     pub append: bool,
+    /// The file's write sequence, moved by every write (read-ahead windows of the file are
+    /// stale after it).
+    pub writes: FileWrites,
     /// Bounce buffers.
     pub pool: &'a BufPool,
     /// Running inside a signal handler that interrupted the engine: never block.
@@ -53,11 +57,4 @@ pub struct Outcome {
     /// The companion could not be opened, so the description was switched to buffered
     /// I/O for good (the errno of the failed open).
     pub demoted: Option<i32>,
-}
-
-impl Outcome {
-    /// True if any of the call went through a bounce buffer.
-    pub fn bounced(&self) -> bool {
-        self.bounced_bytes > 0
-    }
 }

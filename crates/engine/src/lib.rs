@@ -19,3 +19,4 @@ pub mod readahead;
 pub mod stats;
 pub mod sys;
 pub mod write_path;
+pub mod writing;

@@ -7,6 +7,7 @@
 //! returns (genuine errors keep their errno).
 
 use crate::io::{FileIo, Outcome};
+use crate::readahead::Source;
 use crate::sys::{self, SysResult};
 
 /// Reads up to `len` bytes at `off` into `buf`, like `pread(2)` on a buffered descriptor.
@@ -23,9 +24,10 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
         return unsafe { companion_read(io, buf, len, off, out) };
     }
     let st = sys::fstat(io.fd)?;
-    if let Some((ra, _)) = io.tuning.readahead {
+    if let Some((ra, params)) = io.tuning.readahead {
+        let src = Source { fd: io.fd, align: io.align, accmode: io.accmode, params };
         // SAFETY: forwarded from the caller.
-        match unsafe { ra.serve(io, &st, buf, len, off, out) } {
+        match unsafe { ra.serve(&src, &st, buf, len, off, &mut out.readahead_bytes) } {
             None => {}
             Some(Err(e)) => return Err(e),
             Some(Ok(s)) => {
@@ -95,12 +97,13 @@ pub unsafe fn read_next(
     len: usize,
     out: &mut Outcome,
 ) -> Option<SysResult<usize>> {
-    let (ra, _) = io.tuning.readahead?;
+    let (ra, params) = io.tuning.readahead?;
     if io.tuning.dontcache {
         return None;
     }
+    let src = Source { fd: io.fd, align: io.align, accmode: io.accmode, params };
     // SAFETY: forwarded from the caller.
-    let r = unsafe { ra.serve_next(io, fd, buf, len, out) }?;
+    let r = unsafe { ra.serve_next(&src, fd, buf, len, &mut out.readahead_bytes) }?;
     if let Ok(n) = r {
         out.bounced_bytes += n as u64;
     }

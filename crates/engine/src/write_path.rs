@@ -11,8 +11,8 @@
 //! forbids reopening it, no /proc), the description is switched to buffered I/O instead.
 
 use crate::io::{FileIo, Outcome};
-use crate::readahead::Writing;
 use crate::sys::{self, SysResult};
+use crate::writing::Writing;
 
 fn granule(io: &FileIo<'_>) -> u64 {
     io.align.offset.max(crate::align::page_size()) as u64
@@ -125,8 +125,8 @@ pub unsafe fn append(
 
 /// Marks a write to the file in progress until the result is dropped: read-ahead windows of
 /// any description of the file may hold bytes it replaces.
-fn writing(io: &FileIo<'_>) -> Option<Writing> {
-    io.tuning.readahead.map(|(ra, _)| ra.writing())
+fn writing(io: &FileIo<'_>) -> Writing {
+    io.writes.begin()
 }
 
 /// True if a write of `len` bytes goes through the companion's page cache as a whole:

@@ -9,6 +9,7 @@ use crate::lock::FutexMutex;
 use crate::readahead::Readahead;
 use crate::stats::Reason;
 use crate::sys;
+use crate::writing::FileWrites;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub struct Desc {
     /// on fd 0-2, glibc's standard streams read and write with calls no hook sees.
     pub(super) twin: AtomicI32,
     pub(super) ra: Readahead,
+    /// The file's write sequence (read-ahead windows of it are stale after a write).
+    pub(super) writes: FileWrites,
 }
 
 impl Desc {
@@ -39,6 +42,7 @@ impl Desc {
             companion: &self.companion,
             accmode: self.accmode,
             append: self.append.load(Ordering::Relaxed),
+            writes: self.writes,
             pool,
             nowait,
             tuning: state().tuning(&self.ra),
@@ -117,6 +121,7 @@ pub(super) fn insert(
             companion: Companion::new((st.st_dev, st.st_ino)),
             twin: AtomicI32::new(twin),
             ra: Readahead::new((st.st_dev, st.st_ino)),
+            writes: FileWrites::of((st.st_dev, st.st_ino)),
         }),
     );
 }

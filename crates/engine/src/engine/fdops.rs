@@ -55,7 +55,7 @@ pub fn lseek(fd: i32, off: i64, whence: i32, nowait: bool) -> Option<Result<u64,
 /// it is read or trusted meanwhile, and those read before are stale after.
 pub fn with_offset_lock<R>(fd: i32, nowait: bool, f: impl FnOnce() -> R) -> Option<R> {
     let d = FDS.get(fd, nowait)?;
-    let _writing = d.ra.writing();
+    let _writing = d.writes.begin();
     locked(&d, nowait, f)
 }
 

@@ -14,7 +14,7 @@ pub fn mapping(fd: i32, prot: i32, flags: i32) {
     let Some(d) = FDS.get(fd, false) else { return };
     // Writes through a shared mapping reach the file with no call the engine sees.
     let shared = flags & libc::MAP_TYPE == libc::MAP_SHARED || flags & libc::MAP_TYPE == libc::MAP_SHARED_VALIDATE;
-    d.ra.mapped(shared && (prot & libc::PROT_WRITE != 0 || d.accmode != libc::O_RDONLY));
+    d.writes.mapped(shared && (prot & libc::PROT_WRITE != 0 || d.accmode != libc::O_RDONLY));
     if d.direct.load(Ordering::Relaxed) {
         STATS.add(Counter::MmapCalls, 1);
         log::once(

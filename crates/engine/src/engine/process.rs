@@ -4,7 +4,7 @@ use super::{FDS, STATE, STATS};
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
 use crate::stats::{self, Reason};
-use crate::{readahead, sys};
+use crate::{readahead, sys, writing};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static EXITED: AtomicBool = AtomicBool::new(false);
@@ -106,6 +106,7 @@ fn reset_after_fork() {
         d.ra.reset_after_fork();
     });
     readahead::reset_after_fork();
+    writing::reset_after_fork();
     if let Some(st) = STATE.get() {
         st.pool.reset_after_fork();
     }

@@ -4,6 +4,8 @@
 //! through a libc wrapper that a preload library could interpose (`libc::syscall` itself is
 //! not interposed by us and only sets `errno`, which the shim restores).
 
+pub mod aio;
+
 use libc::{c_int, c_long, c_void, off_t};
 
 /// An errno value.

@@ -12,17 +12,19 @@
 //! A window is only trusted while the file is unchanged: the size, mtime and ctime seen when it
 //! was read must still be those of the file at each use (Linux 6.13+ gives timestamps fine
 //! enough to tell a change after a query), and a write, truncate or mmap of the file through
-//! any of its descriptions in this process discards it (see [`Writing`]). Random reads never
+//! any of its descriptions in this process discards it (see [`crate::writing`]). Random reads never
 //! fill a window, so they move no more bytes than they ask for; a large aligned one goes
 //! straight into the program's buffer. Windows share one memory budget; a description that
 //! cannot get one simply reads without.
 
-use crate::io::{FileIo, Outcome};
+mod spares;
+
+use crate::align::Alignment;
 use crate::lock::FutexMutex;
-use crate::sys::{self, SysResult};
-use memmap2::{Advice, MmapMut};
+use crate::sys::{self, aio, SysResult};
+use crate::writing::FileWrites;
+use memmap2::MmapMut;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Aligned reads of this size or more that are not part of a sequential run go to the kernel
 /// as they are.
@@ -30,9 +32,6 @@ const DIRECT_REQUEST: usize = 1 << 20;
 
 /// Windows per description: the one being served and up to three read ahead of it.
 const MAX_WINDOWS: usize = 4;
-
-/// Bytes of windows allocated in this process.
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
 
 /// What a window's contents depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,42 +49,6 @@ impl Stamp {
 
 /// The file's stamp and its write sequence in this process: what every window must match.
 type Now = (Stamp, u64);
-
-/// Write sequences of the files this process writes through the engine, by a hash of
-/// (st_dev, st_ino): a write through any description of a file moves its sequence, so the
-/// windows of every description of it are discarded. Files that share a slot only discard
-/// each other's windows more often.
-static FILE_SEQ: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
-
-/// Set in a file's sequence once it is mapped shared and writable in this process.
-const MAPPED: u64 = 1 << 63;
-/// The low bits of a sequence count the writes in progress; each write that ends adds one to
-/// the count above them.
-const WRITERS: u64 = (1 << 20) - 1;
-const ENDED: u64 = 1 << 20;
-
-fn file_seq((dev, ino): (u64, u64)) -> &'static AtomicU64 {
-    let h = (dev.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ino).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    &FILE_SEQ[(h >> 54) as usize % FILE_SEQ.len()]
-}
-
-/// A write in progress: while any is, no window of the file is read or trusted, and when it
-/// ends every window read before is stale.
-#[must_use]
-pub struct Writing(&'static AtomicU64);
-
-impl Writing {
-    fn begin(seq: &'static AtomicU64) -> Self {
-        seq.fetch_add(1, Ordering::AcqRel);
-        Writing(seq)
-    }
-}
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        self.0.fetch_add(ENDED - 1, Ordering::Release);
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
@@ -133,7 +96,7 @@ struct State {
     in_flight: usize,
     /// This description's Linux AIO context (0: none yet); one per description, so that only
     /// its owner reaps it.
-    ctx: libc::c_ulong,
+    ctx: aio::Context,
     /// No AIO (io_setup failed: aio-max-nr reached; or the kernel refused a read): windows are
     /// read synchronously, one at a time.
     no_aio: bool,
@@ -145,8 +108,8 @@ struct State {
 /// The read-ahead state of one open file description.
 pub struct Readahead {
     lock: FutexMutex,
-    /// The file's write sequence (see [`Writing`]).
-    seq: &'static AtomicU64,
+    /// The file's write sequence.
+    writes: FileWrites,
     st: UnsafeCell<State>,
 }
 
@@ -154,6 +117,19 @@ pub struct Readahead {
 unsafe impl Sync for Readahead {}
 // SAFETY: the windows are plain memory owned by this value.
 unsafe impl Send for Readahead {}
+
+/// The description a read is served for, as read-ahead needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// The descriptor with O_DIRECT set that windows are read from.
+    pub fd: i32,
+    /// Its O_DIRECT requirements.
+    pub align: Alignment,
+    /// O_RDONLY, O_WRONLY or O_RDWR.
+    pub accmode: i32,
+    /// How read-ahead is configured.
+    pub params: Params,
+}
 
 /// How read-ahead is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,30 +153,7 @@ pub struct Served {
 impl Readahead {
     /// No window yet, for the file `ident` (st_dev, st_ino).
     pub fn new(ident: (u64, u64)) -> Self {
-        Readahead { lock: FutexMutex::new(), seq: file_seq(ident), st: UnsafeCell::new(State::default()) }
-    }
-
-    /// A write to the file through this description is starting: windows of every
-    /// description of the file are stale from now on.
-    pub fn writing(&self) -> Writing {
-        Writing::begin(self.seq)
-    }
-
-    /// The file is being memory-mapped from this process: writes through a shared writable
-    /// mapping reach the page cache without a call the engine sees, so such a file is never
-    /// read ahead again here; any other mapping only discards the windows read so far.
-    pub fn mapped(&self, shared_writable: bool) {
-        drop(Writing::begin(self.seq));
-        if shared_writable {
-            self.seq.fetch_or(MAPPED, Ordering::AcqRel);
-        }
-    }
-
-    /// The file's write sequence now, or `None` while a write is in progress or the file is
-    /// mapped writable: no window may be read or used then.
-    fn seq_now(&self) -> Option<u64> {
-        let v = self.seq.load(Ordering::Acquire);
-        (v & (MAPPED | WRITERS) == 0).then_some(v)
+        Readahead { lock: FutexMutex::new(), writes: FileWrites::of(ident), st: UnsafeCell::new(State::default()) }
     }
 
     /// Serves a read of `len` bytes at `off` into `buf` from the windows, reading them if the
@@ -212,36 +165,36 @@ impl Readahead {
     /// `buf` must be valid for writes of `len` bytes.
     pub unsafe fn serve(
         &self,
-        io: &FileIo<'_>,
+        src: &Source,
         st: &libc::stat,
         buf: *mut u8,
         len: usize,
         off: u64,
-        out: &mut Outcome,
+        fetched: &mut u64,
     ) -> Option<SysResult<Served>> {
-        let (_, p) = io.tuning.readahead?;
+        let p = src.params;
         // A write-only description gets the kernel's EBADF, also at end of file.
-        if p.window == 0 || len == 0 || io.accmode == libc::O_WRONLY || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if p.window == 0 || len == 0 || src.accmode == libc::O_WRONLY || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return None;
         }
         let end = off.checked_add(len as u64)?;
         let _g = self.lock.try_lock()?;
         // SAFETY: the lock is held.
         let s = unsafe { &mut *self.st.get() };
-        let Some(seq) = self.seq_now() else {
-            s.discard(out);
+        let Some(seq) = self.writes.quiet() else {
+            s.discard(fetched);
             s.sequential(off);
             s.next = end;
             return None;
         };
         let now = (Stamp::of(st), seq);
         if s.wins.iter().any(|w| w.phase != Phase::Empty && w.made != now) {
-            s.discard(out);
+            s.discard(fetched);
         }
         s.sequential(off);
         // A large aligned read out of sequence goes straight into the program's buffer: no
         // copy, and the device moves exactly what was asked for.
-        let direct = len >= DIRECT_REQUEST && io.align.read_ok(buf as usize, off, len);
+        let direct = len >= DIRECT_REQUEST && src.align.read_ok(buf as usize, off, len);
         if s.find(off).is_none() && !s.in_run && (direct || len < 2 * p.window) {
             s.next = end;
             return None;
@@ -256,16 +209,16 @@ impl Readahead {
                 break; // end of file, as of this call
             }
             if s.find(pos).is_none() {
-                s.discard(out);
-                s.frontier = pos - pos % io.align.read_offset.max(1) as u64;
+                s.discard(fetched);
+                s.frontier = pos - pos % src.align.read_offset.max(1) as u64;
             }
-            s.top_up(io, p, pos, limit, now, size, out);
+            s.top_up(src, pos, limit, now, size, fetched);
             let Some(i) = s.find(pos) else {
                 rest_unread = true; // no memory for a window
                 break;
             };
             if s.wins[i].phase == Phase::InFlight {
-                s.wait(i, out);
+                s.wait(i, fetched);
             }
             let w = &s.wins[i];
             if !w.covers(pos) {
@@ -292,7 +245,7 @@ impl Readahead {
         }
         s.next = off + done as u64;
         s.run = s.run.saturating_add(done as u64);
-        s.top_up(io, p, s.next, limit, now, size, out);
+        s.top_up(src, s.next, limit, now, size, fetched);
         Some(Ok(Served { bytes: done, rest_unread }))
     }
 
@@ -306,13 +259,13 @@ impl Readahead {
     /// `buf` must be valid for writes of `len` bytes.
     pub unsafe fn serve_next(
         &self,
-        io: &FileIo<'_>,
+        src: &Source,
         fd: i32,
         buf: *mut u8,
         len: usize,
-        out: &mut Outcome,
+        fetched: &mut u64,
     ) -> Option<SysResult<usize>> {
-        let (_, p) = io.tuning.readahead?;
+        let p = src.params;
         if p.window == 0 || len == 0 {
             return None;
         }
@@ -325,8 +278,8 @@ impl Readahead {
             return None;
         }
         // Only a read a window can serve pays for the look at the file.
-        let st = sys::fstat(io.fd).ok()?;
-        let now = (Stamp::of(&st), self.seq_now()?);
+        let st = sys::fstat(src.fd).ok()?;
+        let now = (Stamp::of(&st), self.writes.quiet()?);
         let w = &s.wins[i];
         if w.made != now {
             return None;
@@ -352,7 +305,7 @@ impl Readahead {
         s.run = s.run.saturating_add(n as u64);
         s.next = pos + n as u64;
         let limit = s.limit(p, s.next);
-        s.top_up(io, p, s.next, limit, now, st.st_size.max(0) as u64, out);
+        s.top_up(src, s.next, limit, now, st.st_size.max(0) as u64, fetched);
         Some(Ok(n))
     }
 
@@ -398,8 +351,8 @@ impl State {
 
     /// Forgets every window, after waiting for those in flight: their buffers are the
     /// kernel's until then.
-    fn discard(&mut self, out: &mut Outcome) {
-        while self.in_flight > 0 && self.reap_one(out) {}
+    fn discard(&mut self, fetched: &mut u64) {
+        while self.in_flight > 0 && self.reap_one(fetched) {}
         for w in &mut self.wins {
             w.phase = Phase::Empty;
         }
@@ -408,14 +361,14 @@ impl State {
     /// Releases the windows the reader has passed, then starts reading windows from
     /// `frontier` on, as long as they start before `limit` and end of file and a window is
     /// free (allocating it from the budget). Without AIO only the window `pos` needs is read.
-    #[allow(clippy::too_many_arguments)]
-    fn top_up(&mut self, io: &FileIo<'_>, p: Params, pos: u64, limit: u64, now: Now, size: u64, out: &mut Outcome) {
+    fn top_up(&mut self, src: &Source, pos: u64, limit: u64, now: Now, size: u64, fetched: &mut u64) {
+        let p = src.params;
         for w in &mut self.wins {
             if w.phase == Phase::Ready && w.end() <= pos {
                 w.phase = Phase::Empty;
             }
         }
-        let ro = io.align.read_offset.max(1);
+        let ro = src.align.read_offset.max(1);
         let want = (p.window - p.window % ro) as u64;
         if want == 0 {
             return;
@@ -432,15 +385,21 @@ impl State {
             }
             let Some(k) = self.wins.iter().position(|w| w.phase == Phase::Empty && w.buf.is_some()).or_else(|| {
                 let k = self.wins.iter().position(|w| w.buf.is_none())?;
+                // A description's windows after its first may only use the first half of the
+                // budget, so that many readers at once each get one.
                 let first = self.wins.iter().all(|w| w.buf.is_none());
-                allocate(&mut self.wins[k], p, first).then_some(k)
+                self.wins[k].buf = Some(spares::take_window(p.window, if first { p.budget } else { p.budget / 2 })?);
+                Some(k)
             }) else {
                 break;
             };
             // A context only for a description that has a window to read: contexts count
             // against the system's aio-max-nr, which other programs need too.
-            if self.ctx == 0 && !self.no_aio && !take_context(&mut self.ctx) {
-                self.no_aio = true;
+            if self.ctx == 0 && !self.no_aio {
+                match spares::take_context(MAX_WINDOWS) {
+                    Some(c) => self.ctx = c,
+                    None => self.no_aio = true,
+                }
             }
             // No more than the file holds: the kernel pins (and first faults in) every page of
             // the buffer it is asked to fill.
@@ -450,23 +409,17 @@ impl State {
             (w.off, w.len, w.eof, w.made) = (self.frontier, ask as usize, false, now);
             if self.no_aio {
                 // SAFETY: the window is at least `ask` bytes of page-aligned private memory.
-                match unsafe { sys::pread(io.fd, m.as_mut_ptr(), ask as usize, w.off) } {
+                match unsafe { sys::pread(src.fd, m.as_mut_ptr(), ask as usize, w.off) } {
                     Ok(got) => {
-                        out.readahead_bytes += got as u64;
+                        *fetched += got as u64;
                         (w.len, w.eof, w.phase) = (got, got < ask as usize, Phase::Ready);
                     }
                     Err(_) => return,
                 }
             } else {
                 w.phase = Phase::InFlight;
-                let cb = &mut cbs[n];
-                cb.aio_data = k as u64;
-                cb.aio_lio_opcode = IOCB_CMD_PREAD;
-                cb.aio_fildes = io.fd as u32;
-                cb.aio_buf = m.as_mut_ptr() as u64;
-                cb.aio_nbytes = ask;
-                cb.aio_offset = w.off as i64;
-                ptrs[n] = cb;
+                cbs[n] = aio::pread_cb(src.fd, m.as_mut_ptr(), ask, w.off, k as u64);
+                ptrs[n] = &mut cbs[n];
                 picked[n] = k;
                 n += 1;
             }
@@ -477,8 +430,7 @@ impl State {
         }
         // SAFETY: each iocb describes one window's private memory, which stays mapped until
         // the read is reaped (`wait`, `discard`, or Drop).
-        let r = unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, n as libc::c_long, ptrs.as_mut_ptr()) };
-        let submitted = r.max(0) as usize;
+        let submitted = unsafe { aio::submit(self.ctx, &mut ptrs[..n]) }.unwrap_or(0);
         self.in_flight += submitted;
         for &k in &picked[submitted..n] {
             self.wins[k].phase = Phase::Empty;
@@ -493,9 +445,9 @@ impl State {
     }
 
     /// Waits until window `i` is no longer in flight.
-    fn wait(&mut self, i: usize, out: &mut Outcome) {
+    fn wait(&mut self, i: usize, fetched: &mut u64) {
         while self.wins[i].phase == Phase::InFlight {
-            if !self.reap_one(out) {
+            if !self.reap_one(fetched) {
                 return;
             }
         }
@@ -504,218 +456,62 @@ impl State {
     /// Waits for at least one read in flight and settles what completed: a window keeps the
     /// bytes read (fewer than asked: end of file); a failed read empties it. False if the
     /// context is unusable (then the windows in flight are given up for good).
-    fn reap_one(&mut self, out: &mut Outcome) -> bool {
-        let mut evs: [IoEvent; MAX_WINDOWS] = Default::default();
-        loop {
-            // SAFETY: `evs` holds MAX_WINDOWS events; a null timeout waits.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    self.ctx,
-                    1 as libc::c_long,
-                    MAX_WINDOWS as libc::c_long,
-                    evs.as_mut_ptr(),
-                    std::ptr::null_mut::<libc::timespec>(),
-                )
-            };
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+    fn reap_one(&mut self, fetched: &mut u64) -> bool {
+        let mut evs: [aio::IoEvent; MAX_WINDOWS] = Default::default();
+        let r = aio::getevents(self.ctx, &mut evs).unwrap_or(0);
+        if r == 0 {
+            for w in &mut self.wins {
+                if w.phase == Phase::InFlight {
+                    // The kernel may still write into it: never reuse or unmap it.
+                    if let Some(m) = w.buf.take() {
+                        std::mem::forget(m);
+                    }
+                    w.phase = Phase::Empty;
+                }
+            }
+            self.in_flight = 0;
+            self.no_aio = true;
+            self.broken = true;
+            return false;
+        }
+        for ev in &evs[..r] {
+            let Some(w) = self.wins.get_mut(ev.data as usize) else { continue };
+            self.in_flight = self.in_flight.saturating_sub(1);
+            if ev.res < 0 {
+                w.phase = Phase::Empty;
                 continue;
             }
-            if r <= 0 {
-                for w in &mut self.wins {
-                    if w.phase == Phase::InFlight {
-                        // The kernel may still write into it: never reuse or unmap it.
-                        if let Some(m) = w.buf.take() {
-                            std::mem::forget(m);
-                        }
-                        w.phase = Phase::Empty;
-                    }
-                }
-                self.in_flight = 0;
-                self.no_aio = true;
-                self.broken = true;
-                return false;
-            }
-            for ev in &evs[..r as usize] {
-                let Some(w) = self.wins.get_mut(ev.data as usize) else { continue };
-                self.in_flight = self.in_flight.saturating_sub(1);
-                if ev.res < 0 {
-                    w.phase = Phase::Empty;
-                    continue;
-                }
-                out.readahead_bytes += ev.res as u64;
-                w.eof = (ev.res as usize) < w.len;
-                w.len = ev.res as usize;
-                w.phase = Phase::Ready;
-            }
-            return true;
+            *fetched += ev.res as u64;
+            w.eof = (ev.res as usize) < w.len;
+            w.len = ev.res as usize;
+            w.phase = Phase::Ready;
         }
+        true
     }
 }
 
-/// `IOCB_CMD_PREAD` of linux/aio_abi.h.
-const IOCB_CMD_PREAD: u16 = 0;
-
-/// `struct io_event` of linux/aio_abi.h.
-#[repr(C)]
-#[derive(Default)]
-struct IoEvent {
-    data: u64,
-    obj: u64,
-    res: i64,
-    res2: i64,
-}
-
-/// AIO contexts of closed descriptions, idle, for the next ones: io_destroy waits for an RCU
-/// grace period (about 32 ms measured here), which a program reading many files would pay at
-/// every close.
-static IDLE_CONTEXTS: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
-
-/// Gives `ctx` an idle context, or a new one; false if the kernel has none to give.
-fn take_context(ctx: &mut libc::c_ulong) -> bool {
-    for slot in &IDLE_CONTEXTS {
-        let c = slot.swap(0, Ordering::AcqRel);
-        if c != 0 {
-            *ctx = c;
-            return true;
-        }
-    }
-    // SAFETY: io_setup writes the new context id into `ctx`.
-    let r = unsafe { libc::syscall(libc::SYS_io_setup, MAX_WINDOWS as libc::c_long, ctx as *mut libc::c_ulong) };
-    if r != 0 {
-        *ctx = 0;
-    }
-    r == 0
-}
-
-/// Keeps a context with nothing in flight for the next description, or destroys it.
-fn give_back_context(ctx: libc::c_ulong) {
-    for slot in &IDLE_CONTEXTS {
-        if slot.compare_exchange(0, ctx, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            return;
-        }
-    }
-    // SAFETY: the context is the caller's own and has nothing in flight.
-    unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
-}
-
-/// In a fork child: no window is the child's, and the parent's AIO contexts do not exist.
+/// In a fork child: no window or AIO context of the parent is the child's.
 pub fn reset_after_fork() {
-    IDLE_WINDOWS.reset_after_fork();
-    IN_USE.store(0, Ordering::Relaxed);
-    // Writes other threads of the parent had in progress never end here.
-    for seq in &FILE_SEQ {
-        let v = seq.load(Ordering::Relaxed);
-        if v & WRITERS != 0 {
-            seq.store((v & !WRITERS) + ENDED, Ordering::Relaxed);
-        }
-    }
-    for slot in &IDLE_CONTEXTS {
-        slot.store(0, Ordering::Relaxed);
-    }
+    spares::reset_after_fork();
 }
 
 impl Drop for Readahead {
     fn drop(&mut self) {
         let s = self.st.get_mut();
         if s.ctx != 0 {
-            let mut out = Outcome::default();
-            while s.in_flight > 0 && s.reap_one(&mut out) {}
+            let mut fetched = 0;
+            while s.in_flight > 0 && s.reap_one(&mut fetched) {}
             if s.in_flight == 0 && !s.broken {
-                give_back_context(s.ctx);
+                spares::give_back_context(s.ctx);
             } else {
                 // Waits for whatever is still in flight, so the windows can be unmapped.
-                // SAFETY: the context is this description's own.
-                unsafe { libc::syscall(libc::SYS_io_destroy, s.ctx) };
+                aio::destroy(s.ctx);
             }
         }
         for w in &mut s.wins {
             if let Some(m) = w.buf.take() {
-                if let Err(m) = IDLE_WINDOWS.keep(m) {
-                    IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
-                }
+                spares::give_back_window(m);
             }
-        }
-    }
-}
-
-/// Windows of closed descriptions, kept for the next ones (they stay counted in `IN_USE`): a
-/// new mapping costs the zeroing of every page at its first read, which a program reading
-/// many files would pay for every file.
-struct IdleWindows {
-    lock: FutexMutex,
-    slots: UnsafeCell<[Option<MmapMut>; 8]>,
-}
-
-// SAFETY: `slots` is only touched with `lock` held.
-unsafe impl Sync for IdleWindows {}
-
-static IDLE_WINDOWS: IdleWindows = IdleWindows { lock: FutexMutex::new(), slots: UnsafeCell::new([const { None }; 8]) };
-
-impl IdleWindows {
-    /// An idle window of `len` bytes, if one is free right now.
-    fn take(&self, len: usize) -> Option<MmapMut> {
-        let _g = self.lock.try_lock()?;
-        // SAFETY: the lock is held.
-        let slots = unsafe { &mut *self.slots.get() };
-        slots.iter_mut().find(|m| m.as_ref().is_some_and(|m| m.len() == len))?.take()
-    }
-
-    /// Keeps `m` (with no read in flight) for the next description; gives it back if there is
-    /// no room. Never waits and never allocates: a close may run in a signal handler.
-    fn keep(&self, m: MmapMut) -> Result<(), MmapMut> {
-        let Some(_g) = self.lock.try_lock() else { return Err(m) };
-        // SAFETY: the lock is held.
-        let slots = unsafe { &mut *self.slots.get() };
-        match slots.iter_mut().find(|m| m.is_none()) {
-            Some(slot) => {
-                *slot = Some(m);
-                Ok(())
-            }
-            None => Err(m),
-        }
-    }
-
-    /// In a fork child: the windows were not inherited (MADV_DONTFORK), so they are forgotten
-    /// without unmapping, and the lock is free again.
-    fn reset_after_fork(&self) {
-        self.lock.reset_after_fork();
-        // SAFETY: only one thread exists in a fork child.
-        for m in unsafe { &mut *self.slots.get() } {
-            if let Some(m) = m.take() {
-                std::mem::forget(m);
-            }
-        }
-    }
-}
-
-/// Gives `w` a buffer of one window: an idle one, else a new one from the budget; false if
-/// none is left. A description's new windows after its `first` may only use the first half of
-/// the budget, so that many readers at once each get one.
-fn allocate(w: &mut Window, p: Params, first: bool) -> bool {
-    if let Some(m) = IDLE_WINDOWS.take(p.window) {
-        w.buf = Some(m);
-        return true;
-    }
-    let budget = if first { p.budget } else { p.budget / 2 };
-    if IN_USE.fetch_add(p.window, Ordering::Relaxed) + p.window > budget {
-        IN_USE.fetch_sub(p.window, Ordering::Relaxed);
-        return false;
-    }
-    match MmapMut::map_anon(p.window) {
-        Ok(m) => {
-            // A fork child must never share a buffer the kernel may be writing into.
-            let _ = m.advise(Advice::DontFork);
-            // In 2 MiB pages a window is a few segments where 4 KiB pages would be a thousand:
-            // the disk's queue takes 254 segments per request, so a 4 MiB read would be split
-            // into requests of under 1 MiB (measured here: 2.0 against 1.2 GB/s).
-            let _ = m.advise(Advice::HugePage);
-            w.buf = Some(m);
-            true
-        }
-        Err(_) => {
-            IN_USE.fetch_sub(p.window, Ordering::Relaxed);
-            false
         }
     }
 }
@@ -724,9 +520,6 @@ fn allocate(w: &mut Window, p: Params, first: bool) -> bool {
 mod tests {
     use super::*;
     use crate::align;
-    use crate::bufpool::BufPool;
-    use crate::companion::Companion;
-    use crate::io::Tuning;
     use std::path::PathBuf;
 
     const WINDOW: usize = 1 << 20;
@@ -735,8 +528,6 @@ mod tests {
         fd: i32,
         dir: PathBuf,
         align: align::Alignment,
-        companion: Companion,
-        pool: BufPool,
         ra: Readahead,
         accmode: i32,
         // The window budget is the process's: tests that use it run one at a time.
@@ -769,9 +560,7 @@ mod tests {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         // Each test starts with no idle window: budgets differ between tests.
         if fresh {
-            while let Some(m) = IDLE_WINDOWS.take(WINDOW) {
-                IN_USE.fetch_sub(m.len(), Ordering::Relaxed);
-            }
+            spares::drop_idle_windows(WINDOW);
         }
         let dir = std::env::temp_dir().join(format!("s3dlio-ra-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -786,8 +575,6 @@ mod tests {
             fd,
             dir,
             align: align::discover(fd),
-            companion: Companion::new((st.st_dev, st.st_ino)),
-            pool: BufPool::new(1 << 20, 4 << 20),
             ra: Readahead::new((st.st_dev, st.st_ino)),
             accmode: libc::O_RDONLY,
             _serial: serial,
@@ -797,33 +584,29 @@ mod tests {
     impl File {
         /// Reads into a buffer one byte past a page boundary, as a program's malloc'd
         /// buffer would be.
-        fn read(&self, off: u64, len: usize, out: &mut Outcome) -> Option<Vec<u8>> {
-            self.read_with(off, len, 64 << 20, out)
+        fn read(&self, off: u64, len: usize, fetched: &mut u64) -> Option<Vec<u8>> {
+            self.read_with(off, len, 64 << 20, fetched)
         }
 
-        fn read_with(&self, off: u64, len: usize, budget: usize, out: &mut Outcome) -> Option<Vec<u8>> {
-            self.read_at(off, len, budget, 1, out)
+        fn read_with(&self, off: u64, len: usize, budget: usize, fetched: &mut u64) -> Option<Vec<u8>> {
+            self.read_at(off, len, budget, 1, fetched)
         }
 
         /// Reads into a buffer `misalign` bytes past a page boundary.
-        fn read_at(&self, off: u64, len: usize, budget: usize, misalign: usize, out: &mut Outcome) -> Option<Vec<u8>> {
+        fn read_at(&self, off: u64, len: usize, budget: usize, misalign: usize, fetched: &mut u64) -> Option<Vec<u8>> {
             let st = sys::fstat(self.fd).unwrap();
-            let io = FileIo {
+            let src = Source {
                 fd: self.fd,
                 align: self.align,
-                companion: &self.companion,
                 accmode: self.accmode,
-                append: false,
-                pool: &self.pool,
-                nowait: false,
-                tuning: Tuning { readahead: Some((&self.ra, Params { window: WINDOW, budget })), ..Default::default() },
+                params: Params { window: WINDOW, budget },
             };
             let layout = std::alloc::Layout::from_size_align(len + 4096, 4096).unwrap();
             // SAFETY: a non-zero size.
             let mem = unsafe { std::alloc::alloc_zeroed(layout) };
             let p = mem.wrapping_add(misalign);
             // SAFETY: `p` has `len` bytes inside the allocation.
-            let r = unsafe { self.ra.serve(&io, &st, p, len, off, out) };
+            let r = unsafe { self.ra.serve(&src, &st, p, len, off, fetched) };
             // SAFETY: as above; freed with its own layout.
             let got = r.map(|r| unsafe { std::slice::from_raw_parts(p, r.unwrap().bytes) }.to_vec());
             // SAFETY: allocated above with `layout`.
@@ -836,11 +619,11 @@ mod tests {
     fn sequential_small_reads_come_from_one_window() {
         let data = pattern(3 * WINDOW + 1234, 1);
         let f = file("seq", &data);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         let mut got = Vec::new();
         let mut off = 0u64;
         loop {
-            let b = f.read(off, 4097, &mut out).expect("sequential reads are served");
+            let b = f.read(off, 4097, &mut fetched).expect("sequential reads are served");
             if b.is_empty() {
                 break;
             }
@@ -849,119 +632,119 @@ mod tests {
         }
         assert!(got == data, "bytes differ");
         // three full windows and a short one, each read from the device once
-        assert_eq!(out.readahead_bytes, data.len() as u64);
+        assert_eq!(fetched, data.len() as u64);
     }
 
     #[test]
     fn random_and_large_reads_take_the_ordinary_path() {
         let data = pattern(2 * WINDOW, 2);
         let f = file("rand", &data);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         for off in [700_000u64, 5_000, 300_000, 1_500_000] {
-            assert!(f.read(off, 65536, &mut out).is_none(), "random read at {off} served from a window");
+            assert!(f.read(off, 65536, &mut fetched).is_none(), "random read at {off} served from a window");
         }
-        assert_eq!(out.readahead_bytes, 0, "random reads must not read ahead");
-        assert!(f.read(0, WINDOW / 2, &mut out).is_none(), "half a window is not read ahead");
-        assert_eq!(out.readahead_bytes, 0);
+        assert_eq!(fetched, 0, "random reads must not read ahead");
+        assert!(f.read(0, WINDOW / 2, &mut fetched).is_none(), "half a window is not read ahead");
+        assert_eq!(fetched, 0);
     }
 
     #[test]
     fn a_changed_file_or_a_write_discards_the_window() {
         let data = pattern(WINDOW, 3);
         let f = file("stale", &data);
-        let mut out = Outcome::default();
-        assert_eq!(f.read(0, 4096, &mut out).unwrap(), data[..4096]);
-        let filled = out.readahead_bytes;
+        let mut fetched = 0u64;
+        assert_eq!(f.read(0, 4096, &mut fetched).unwrap(), data[..4096]);
+        let filled = fetched;
         // another writer changes bytes the window holds
         let mut w = std::fs::OpenOptions::new().write(true).open(f.dir.join("f")).unwrap();
         std::io::Seek::seek(&mut w, std::io::SeekFrom::Start(4096)).unwrap();
         std::io::Write::write_all(&mut w, b"fresh bytes").unwrap();
         drop(w);
-        assert_eq!(&f.read(4096, 11, &mut out).unwrap(), b"fresh bytes");
-        assert!(out.readahead_bytes > filled, "the window must be read again");
-        let refilled = out.readahead_bytes;
-        drop(f.ra.writing());
-        assert_eq!(f.read(4107, 100, &mut out).unwrap(), data[4107..4207]);
-        assert!(out.readahead_bytes > refilled, "a write through the description discards the window");
+        assert_eq!(&f.read(4096, 11, &mut fetched).unwrap(), b"fresh bytes");
+        assert!(fetched > filled, "the window must be read again");
+        let refilled = fetched;
+        drop(f.ra.writes.begin());
+        assert_eq!(f.read(4107, 100, &mut fetched).unwrap(), data[4107..4207]);
+        assert!(fetched > refilled, "a write through the description discards the window");
     }
 
     #[test]
     fn end_of_file_inside_the_window() {
         let data = pattern(10_000, 4);
         let f = file("eof", &data);
-        let mut out = Outcome::default();
-        let sizes: Vec<usize> = (0..3).map(|i| f.read(i * 4096, 4096, &mut out).unwrap().len()).collect();
+        let mut fetched = 0u64;
+        let sizes: Vec<usize> = (0..3).map(|i| f.read(i * 4096, 4096, &mut fetched).unwrap().len()).collect();
         assert_eq!(sizes, [4096, 4096, 1808]);
-        assert_eq!(f.read(10_000, 4096, &mut out).unwrap().len(), 0, "the next read is at end of file");
-        assert!(f.read(12_288, 4096, &mut out).is_none(), "past the end, out of sequence: the kernel answers");
+        assert_eq!(f.read(10_000, 4096, &mut fetched).unwrap().len(), 0, "the next read is at end of file");
+        assert!(f.read(12_288, 4096, &mut fetched).is_none(), "past the end, out of sequence: the kernel answers");
     }
 
     #[test]
     fn one_large_read_is_pipelined_without_reading_past_it() {
         let data = pattern(6 * WINDOW, 5);
         let f = file("large", &data);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         let (off, len) = (1000u64, 3 * WINDOW + 5000);
-        let got = f.read(off, len, &mut out).expect("a read of two windows or more is served");
+        let got = f.read(off, len, &mut fetched).expect("a read of two windows or more is served");
         assert!(got == data[off as usize..off as usize + len], "bytes differ");
         // the aligned superset of the request, nothing beyond it
-        assert_eq!(out.readahead_bytes, 4 * WINDOW as u64);
+        assert_eq!(fetched, 4 * WINDOW as u64);
     }
 
     #[test]
     fn read_ahead_grows_with_the_run_and_stops_at_end_of_file() {
         let data = pattern(10 * WINDOW + 777, 6);
         let f = file("ramp", &data);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         let step = 300_001usize;
         let mut got = Vec::new();
         let mut off = 0u64;
         let mut ahead_after_first_window = None;
         loop {
-            let b = f.read(off, step, &mut out).expect("sequential reads are served");
+            let b = f.read(off, step, &mut fetched).expect("sequential reads are served");
             if b.is_empty() {
                 break;
             }
             off += b.len() as u64;
             got.extend(b);
             if ahead_after_first_window.is_none() && off > WINDOW as u64 {
-                ahead_after_first_window = Some(out.readahead_bytes);
+                ahead_after_first_window = Some(fetched);
             }
         }
         assert!(got == data, "bytes differ");
         // A short run reads at most one window past what it asked for.
         assert!(ahead_after_first_window.unwrap() <= 3 * WINDOW as u64, "{ahead_after_first_window:?}");
         // Every byte of the file was read from the device once, and nothing past its end.
-        assert_eq!(out.readahead_bytes, data.len() as u64);
+        assert_eq!(fetched, data.len() as u64);
     }
 
     #[test]
     fn without_window_memory_the_ordinary_path_reads() {
         let data = pattern(3 * WINDOW, 7);
         let f = file("nomem", &data);
-        let mut out = Outcome::default();
-        assert!(f.read_with(0, 3 * WINDOW - 1, 0, &mut out).is_none());
-        assert_eq!(out.readahead_bytes, 0);
+        let mut fetched = 0u64;
+        assert!(f.read_with(0, 3 * WINDOW - 1, 0, &mut fetched).is_none());
+        assert_eq!(fetched, 0);
         // SAFETY: no other reference to the state exists in this test.
         assert_eq!(unsafe { (*f.ra.st.get()).ctx }, 0, "an AIO context was taken without a window to read");
         // one window's worth of budget still serves a large read, a window at a time
-        let got = f.read_with(1, 3 * WINDOW - 1, WINDOW, &mut out).expect("served with one window");
+        let got = f.read_with(1, 3 * WINDOW - 1, WINDOW, &mut fetched).expect("served with one window");
         assert!(got == data[1..], "bytes differ");
     }
 
     #[test]
     fn a_closed_descriptions_aio_context_serves_the_next_one() {
         let data = pattern(4 * WINDOW, 8);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         let ctx = {
             let f = file("ctx1", &data);
-            assert!(f.read(0, 3 * WINDOW, &mut out).is_some());
+            assert!(f.read(0, 3 * WINDOW, &mut fetched).is_some());
             // SAFETY: no other reference to the state exists in this test.
             unsafe { (*f.ra.st.get()).ctx }
         };
         assert_ne!(ctx, 0, "windows are read with AIO");
         let f = file("ctx2", &data);
-        assert!(f.read(0, 3 * WINDOW, &mut out).is_some());
+        assert!(f.read(0, 3 * WINDOW, &mut fetched).is_some());
         // SAFETY: as above.
         let again = unsafe { (*f.ra.st.get()).ctx };
         assert_eq!(again, ctx, "the idle context is reused, not destroyed");
@@ -971,30 +754,33 @@ mod tests {
     fn a_write_only_description_is_left_to_the_kernel() {
         let mut f = file("wronly", &pattern(WINDOW, 9));
         f.accmode = libc::O_WRONLY;
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         // in sequence and at end of file: the kernel's EBADF must reach the program
-        assert!(f.read(0, 4096, &mut out).is_none());
-        assert!(f.read(4096, 4096, &mut out).is_none());
-        assert!(f.read(WINDOW as u64, 4096, &mut out).is_none());
-        assert_eq!(out.readahead_bytes, 0);
+        assert!(f.read(0, 4096, &mut fetched).is_none());
+        assert!(f.read(4096, 4096, &mut fetched).is_none());
+        assert!(f.read(WINDOW as u64, 4096, &mut fetched).is_none());
+        assert_eq!(fetched, 0);
     }
 
     #[test]
     fn large_aligned_reads_go_direct_unless_in_sequence() {
         let data = pattern(8 * WINDOW, 10);
         let f = file("aligned", &data);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         let a = f.align.mem.max(f.align.read_offset);
         // out of sequence: straight to the kernel, whatever the size
         for off in [3 * WINDOW as u64, WINDOW as u64] {
-            assert!(f.read_at(off, WINDOW, 64 << 20, a, &mut out).is_none(), "aligned read at {off} was windowed");
-            assert!(f.read_at(off, 3 * WINDOW, 64 << 20, a, &mut out).is_none(), "aligned read at {off} was windowed");
+            assert!(f.read_at(off, WINDOW, 64 << 20, a, &mut fetched).is_none(), "aligned read at {off} was windowed");
+            assert!(
+                f.read_at(off, 3 * WINDOW, 64 << 20, a, &mut fetched).is_none(),
+                "aligned read at {off} was windowed"
+            );
         }
-        assert_eq!(out.readahead_bytes, 0);
+        assert_eq!(fetched, 0);
         // the same reads in sequence are read ahead
         let mut got = Vec::new();
         for k in 0..8u64 {
-            let r = f.read_at(k * WINDOW as u64, WINDOW, 64 << 20, a, &mut out);
+            let r = f.read_at(k * WINDOW as u64, WINDOW, 64 << 20, a, &mut fetched);
             match r {
                 Some(b) => got.extend(b),
                 None => {
@@ -1005,7 +791,7 @@ mod tests {
             }
         }
         assert!(got == data, "bytes differ");
-        assert!(out.readahead_bytes > 0);
+        assert!(fetched > 0);
     }
 
     #[test]
@@ -1014,50 +800,50 @@ mod tests {
         let f = file("otherdesc", &data);
         let st = sys::fstat(f.fd).unwrap();
         let other = Readahead::new((st.st_dev, st.st_ino));
-        let mut out = Outcome::default();
-        assert_eq!(f.read(0, 4096, &mut out).unwrap(), data[..4096]);
-        let filled = out.readahead_bytes;
-        let w = other.writing();
-        assert!(f.read(4096, 4096, &mut out).is_none(), "a window was used while a write of the file ran");
+        let mut fetched = 0u64;
+        assert_eq!(f.read(0, 4096, &mut fetched).unwrap(), data[..4096]);
+        let filled = fetched;
+        let w = other.writes.begin();
+        assert!(f.read(4096, 4096, &mut fetched).is_none(), "a window was used while a write of the file ran");
         std::fs::OpenOptions::new()
             .write(true)
             .open(f.dir.join("f"))
             .and_then(|h| std::os::unix::fs::FileExt::write_all_at(&h, b"new", 8192))
             .unwrap();
         drop(w);
-        assert_eq!(&f.read(8192, 3, &mut out).unwrap(), b"new");
-        assert!(out.readahead_bytes > filled, "the windows read before the write were used");
+        assert_eq!(&f.read(8192, 3, &mut fetched).unwrap(), b"new");
+        assert!(fetched > filled, "the windows read before the write were used");
     }
 
     #[test]
     fn a_shared_writable_mapping_ends_read_ahead_of_the_file() {
         let data = pattern(2 * WINDOW, 13);
         let f = file("mapped", &data);
-        let mut out = Outcome::default();
-        assert!(f.read(0, 4096, &mut out).is_some());
-        f.ra.mapped(false);
-        assert!(f.read(4096, 4096, &mut out).is_some(), "a private or read-only mapping stops nothing");
-        f.ra.mapped(true);
-        let served = (0..4).any(|k| f.read(8192 + k * 4096, 4096, &mut out).is_some());
+        let mut fetched = 0u64;
+        assert!(f.read(0, 4096, &mut fetched).is_some());
+        f.ra.writes.mapped(false);
+        assert!(f.read(4096, 4096, &mut fetched).is_some(), "a private or read-only mapping stops nothing");
+        f.ra.writes.mapped(true);
+        let served = (0..4).any(|k| f.read(8192 + k * 4096, 4096, &mut fetched).is_some());
         // The slot is the process's: later tests' files may reuse this inode number.
-        f.ra.seq.fetch_and(!MAPPED, Ordering::Relaxed);
+        f.ra.writes.unmap_for_test();
         assert!(!served, "a file mapped shared and writable was still read ahead");
     }
 
     #[test]
     fn a_closed_descriptions_windows_serve_the_next_one() {
         let data = pattern(2 * WINDOW, 14);
-        let mut out = Outcome::default();
+        let mut fetched = 0u64;
         let first = {
             let f = file("idle1", &data);
-            assert!(f.read(0, 4096, &mut out).is_some());
+            assert!(f.read(0, 4096, &mut fetched).is_some());
             // SAFETY: no other reference to the state exists in this test.
             unsafe { (*f.ra.st.get()).wins.iter().find_map(|w| w.buf.as_ref().map(|m| m.as_ptr() as usize)) }.unwrap()
         };
-        let in_use = IN_USE.load(Ordering::Relaxed);
+        let in_use = spares::in_use();
         assert!(in_use >= WINDOW, "idle windows stay counted");
         let f = file2("idle2", &data);
-        assert!(f.read(0, 4096, &mut out).is_some());
+        assert!(f.read(0, 4096, &mut fetched).is_some());
         // SAFETY: as above.
         let again = unsafe {
             (*f.ra.st.get()).wins.iter().filter_map(|w| w.buf.as_ref().map(|m| m.as_ptr() as usize)).collect::<Vec<_>>()
