@@ -5,6 +5,7 @@ use crate::{absolute_globs, current_dir, error, warning, ProbeArgs};
 use s3dlio_engine::align::{self, Alignment};
 use s3dlio_engine::config::{Config, VAR_EXCLUDE, VAR_PATHS, VAR_PROGRAMS};
 use s3dlio_engine::pathmatch::normalize_into;
+use s3dlio_engine::probe::{self, errno_name, Refusal};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -189,25 +190,6 @@ fn open_in_dir(dir: &Path) -> Result<Option<(File, Option<PathBuf>, bool)>, Stri
     Ok(None)
 }
 
-fn errno_name(e: i32) -> String {
-    let name = match e {
-        libc::EINVAL => "EINVAL",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EACCES => "EACCES",
-        libc::EPERM => "EPERM",
-        libc::EIO => "EIO",
-        libc::EBADF => "EBADF",
-        _ => "",
-    };
-    let text = std::io::Error::from_raw_os_error(e).to_string();
-    let text = text.split(" (os error").next().unwrap_or_default();
-    if name.is_empty() {
-        text.to_string()
-    } else {
-        format!("{name}: {text}")
-    }
-}
-
 /// A one-byte read with RWF_DONTCACHE (Linux 6.14+): the kernel checks the flag before it
 /// looks at the file's size, so an empty file answers as well as a full one.
 fn try_dontcache(fd: i32) -> Answer {
@@ -242,76 +224,16 @@ fn last_errno() -> i32 {
 /// O_DIRECT turned on the way the library does it (F_SETFL after open), then one aligned
 /// read (and on a scratch file first one aligned write) to see the kernel take it.
 fn try_direct(fd: i32, a: &Alignment, scratch: bool) -> Answer {
-    if a.supported == Some(false) {
-        return Answer { ok: Some(false), detail: "no: statx says this file cannot do O_DIRECT".into() };
-    }
-    // SAFETY: fcntl on an fd we own, integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
-        let e = last_errno();
-        return Answer {
-            ok: Some(false),
-            detail: format!(
-                "no: the filesystem refuses O_DIRECT ({}); the library keeps such files buffered",
-                errno_name(e)
-            ),
-        };
-    }
-    let len = a.offset.max(a.read_offset);
-    let Some(buf) = AlignedBuf::new(len, a.mem.max(align::page_size())) else {
-        return Answer { ok: None, detail: "could not allocate an aligned buffer to test with".into() };
-    };
-    if scratch {
-        // SAFETY: `buf` is valid for `len` bytes.
-        let w = unsafe { libc::pwrite(fd, buf.ptr.cast(), len, 0) };
-        if w < 0 {
-            let e = last_errno();
-            return Answer {
-                ok: Some(false),
-                detail: format!("no: F_SETFL took O_DIRECT but an aligned write failed ({})", errno_name(e)),
-            };
+    match probe::direct_round_trip(fd, a, scratch) {
+        Ok(_) => {
+            let what = if scratch { "an aligned write and read went through" } else { "an aligned read went through" };
+            Answer { ok: Some(true), detail: format!("yes: {what}") }
         }
-    }
-    // SAFETY: `buf` is valid and writable for `len` bytes.
-    let r = unsafe { libc::pread(fd, buf.ptr.cast(), len, 0) };
-    buf.touch();
-    if r < 0 {
-        let e = last_errno();
-        return Answer {
-            ok: Some(false),
-            detail: format!("no: F_SETFL took O_DIRECT but an aligned read failed ({})", errno_name(e)),
-        };
-    }
-    let what = if scratch { "an aligned write and read went through" } else { "an aligned read went through" };
-    Answer { ok: Some(true), detail: format!("yes: {what}") }
-}
-
-/// A zeroed buffer aligned for O_DIRECT.
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize, align: usize) -> Option<AlignedBuf> {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), align).ok()?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(AlignedBuf { ptr, layout })
-    }
-
-    /// Reads the first byte back, so the compiler cannot treat the buffer as write-only.
-    fn touch(&self) {
-        // SAFETY: the buffer holds at least one initialised byte.
-        std::hint::black_box(unsafe { *self.ptr });
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+        Err(Refusal::NoMemory) => Answer { ok: None, detail: Refusal::NoMemory.to_string() },
+        Err(r @ Refusal::FsNoDirect(_)) => {
+            Answer { ok: Some(false), detail: format!("no: {r}; the library keeps such files buffered") }
+        }
+        Err(r) => Answer { ok: Some(false), detail: format!("no: {r}") },
     }
 }
 

@@ -4,6 +4,7 @@
 //! mirror its hook families; the store API (crate `s3dlio`) builds on [`direct_file`].
 
 pub mod align;
+pub mod buffer;
 pub mod bufpool;
 pub mod companion;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod io;
 pub mod lock;
 pub mod log;
 pub mod pathmatch;
+pub mod probe;
 pub mod read_path;
 pub mod readahead;
 pub mod stats;

@@ -43,9 +43,10 @@
 use crate::object_store::{parse_uri, ObjectMetadata, ObjectStore, Operation, Result, Scheme, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use memmap2::MmapMut;
 use s3dlio_engine::align::{self, Alignment};
+use s3dlio_engine::buffer::AlignedBuf;
 use s3dlio_engine::direct_file::{DirectFile, Fallback, IoCounters};
+use s3dlio_engine::probe;
 use s3dlio_engine::sys;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -284,78 +285,12 @@ pub fn test_direct_io_support(path: impl AsRef<Path>) -> DirectIoSupport {
         let why = f.fallback().map_or_else(|| "O_DIRECT is not in effect".to_string(), |r| r.to_string());
         return no(Some(a), why, dir);
     }
-    let block = a.offset.max(a.mem);
-    let probe = (|| -> io::Result<Option<String>> {
-        let mut out = AlignedBuf::new(block, a.mem.max(page))?;
-        out.spare().iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
-        out.set_len(block);
-        let n = f.write_at(out.as_slice(), 0)?;
-        let mut back = AlignedBuf::new(block, a.mem.max(page))?;
-        let m = f.read_at(back.spare(), 0)?;
-        back.set_len(m);
-        let c = f.stats();
-        Ok(if n != block || back.as_slice() != out.as_slice() {
-            Some(format!("an aligned direct write and read of {block} bytes did not round-trip"))
-        } else if c.direct_calls < 2 || c.fallback_calls + c.einval_retries + c.bounced_calls > 0 {
-            Some(format!("an aligned {block}-byte transfer did not go direct: {c:?}"))
-        } else if !f.is_direct() {
-            Some("the kernel dropped O_DIRECT during the probe".to_string())
-        } else {
-            None
-        })
-    })();
-    match probe {
-        Ok(None) => {
+    match probe::direct_round_trip(f.fd(), &a, true) {
+        Ok(_) if f.is_direct() => {
             DirectIoSupport { supported: true, mem_align: a.mem, offset_align: a.offset, reason: None, probed_dir: dir }
         }
-        Ok(Some(why)) => no(Some(a), why, dir),
-        Err(e) => no(Some(a), format!("an aligned direct write and read failed: {e}"), dir),
-    }
-}
-
-/// A page-aligned (or more) buffer from an anonymous mapping: unmapped with exactly the
-/// mapping it came from, and usable as the owner of a [`Bytes`] without copying.
-struct AlignedBuf {
-    map: MmapMut,
-    start: usize,
-    cap: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// `cap` bytes aligned to `align` (a power of two), zero-filled.
-    fn new(cap: usize, align: usize) -> io::Result<Self> {
-        let page = get_system_page_size();
-        let extra = if align > page { align } else { 0 };
-        let total = cap.checked_add(extra).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        let map = MmapMut::map_anon(total.max(1))?;
-        let addr = map.as_ptr() as usize;
-        let start = addr.next_multiple_of(align.max(1)) - addr;
-        Ok(AlignedBuf { map, start, cap, len: 0 })
-    }
-
-    /// The whole capacity.
-    fn spare(&mut self) -> &mut [u8] {
-        &mut self.map[self.start..self.start + self.cap]
-    }
-
-    fn set_len(&mut self, len: usize) {
-        self.len = len.min(self.cap);
-    }
-
-    fn fill_from(&mut self, src: &[u8]) {
-        self.spare()[..src.len()].copy_from_slice(src);
-        self.len = src.len();
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        self.as_slice()
+        Ok(_) => no(Some(a), "the kernel dropped O_DIRECT during the probe".to_string(), dir),
+        Err(r) => no(Some(a), r.to_string(), dir),
     }
 }
 
