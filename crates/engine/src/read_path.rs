@@ -6,6 +6,7 @@
 //! unchanged on the buffered companion, so the program gets exactly what a buffered read
 //! returns (genuine errors keep their errno).
 
+use crate::align::Alignment;
 use crate::io::{FileIo, Outcome};
 use crate::readahead::Source;
 use crate::sys::{self, SysResult};
@@ -56,11 +57,7 @@ unsafe fn unwindowed(
     off: u64,
     out: &mut Outcome,
 ) -> SysResult<usize> {
-    let a = &io.align;
-    // The kernel may fill the caller's buffer up to the end of the last block even past end
-    // of file, beyond the count it returns; a buffered read never touches those bytes, so a
-    // read that crosses end of file takes the bounce path, which copies exactly.
-    if a.read_ok(buf as usize, off, len) && !crosses_eof(st, off, len) {
+    if plan_read(&io.align, st, buf as usize, off, len) == ReadPlan::Direct {
         // SAFETY: forwarded from the caller.
         match unsafe { sys::pread(io.fd, buf, len, off) } {
             Err(libc::EINVAL) => {}
@@ -110,8 +107,26 @@ pub unsafe fn read_next(
     Some(r)
 }
 
-fn crosses_eof(st: &libc::stat, off: u64, len: usize) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFREG && off + len as u64 > st.st_size as u64
+/// How a read outside the read-ahead windows is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Straight into the program's buffer with O_DIRECT.
+    Direct,
+    /// The aligned superset through bounce buffers, the asked-for bytes copied out.
+    Bounce,
+}
+
+/// Plans a read of `len` bytes at `off` into address `buf` of the file `st` describes.
+pub fn plan_read(align: &Alignment, st: &libc::stat, buf: usize, off: u64, len: usize) -> ReadPlan {
+    // The kernel may fill the caller's buffer up to the end of the last block even past end
+    // of file, beyond the count it returns; a buffered read never touches those bytes, so a
+    // read that crosses end of file takes the bounce path, which copies exactly.
+    let crosses_eof = st.st_mode & libc::S_IFMT == libc::S_IFREG && off + len as u64 > st.st_size as u64;
+    if align.read_ok(buf, off, len) && !crosses_eof {
+        ReadPlan::Direct
+    } else {
+        ReadPlan::Bounce
+    }
 }
 
 /// Bounce buffers one read may use: the device serves one request of several MiB at full
@@ -193,4 +208,29 @@ unsafe fn companion_read(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, ou
     let n = unsafe { io.companion.read(c, buf, len, off as i64) }?;
     out.buffered_bytes += n as u64;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::AlignSource;
+
+    #[test]
+    fn reads_are_dispatched_by_alignment_and_end_of_file() {
+        let a = Alignment { mem: 4096, offset: 4096, read_offset: 4096, source: AlignSource::Statx, supported: None };
+        // SAFETY: stat is plain data.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        st.st_mode = libc::S_IFREG | 0o644;
+        st.st_size = 1 << 20;
+        assert_eq!(plan_read(&a, &st, 8192, 4096, 65536), ReadPlan::Direct);
+        assert_eq!(plan_read(&a, &st, 8193, 4096, 65536), ReadPlan::Bounce, "misaligned buffer");
+        assert_eq!(plan_read(&a, &st, 8192, 100, 4096), ReadPlan::Bounce, "misaligned offset");
+        assert_eq!(plan_read(&a, &st, 8192, 0, 1000), ReadPlan::Bounce, "misaligned length");
+        // an aligned read crossing end of file is bounced: the kernel could write past the count
+        assert_eq!(plan_read(&a, &st, 8192, (1 << 20) - 4096, 8192), ReadPlan::Bounce);
+        assert_eq!(plan_read(&a, &st, 8192, (1 << 20) - 4096, 4096), ReadPlan::Direct);
+        // a block device has no end of file to cross here
+        st.st_mode = libc::S_IFBLK | 0o644;
+        assert_eq!(plan_read(&a, &st, 8192, (1 << 20) - 4096, 8192), ReadPlan::Direct);
+    }
 }

@@ -10,12 +10,47 @@
 //! held only in the engine's memory. If the companion cannot be opened (a file whose mode
 //! forbids reopening it, no /proc), the description is switched to buffered I/O instead.
 
-use crate::io::{FileIo, Outcome};
+use crate::align::Alignment;
+use crate::io::{FileIo, Outcome, Tuning};
 use crate::sys::{self, SysResult};
 use crate::writing::Writing;
 
-fn granule(io: &FileIo<'_>) -> u64 {
-    io.align.offset.max(crate::align::page_size()) as u64
+/// Pieces of a split write meet at page-or-sector boundaries, whichever is larger.
+fn granule(align: &Alignment) -> u64 {
+    align.offset.max(crate::align::page_size()) as u64
+}
+
+/// How a positional write is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePlan {
+    /// Through the page cache as a whole (write-behind or dontcache), dropped behind.
+    Cache,
+    /// Straight from the program's buffer with O_DIRECT.
+    Direct,
+    /// The unaligned head `[off, ia)` and tail `[ib, end)` through the page cache, the
+    /// aligned interior `[ia, ib)` direct; pieces may be empty.
+    Split {
+        /// Start of the interior: `off` rounded up to the granule (at most the end).
+        ia: u64,
+        /// End of the interior: the end rounded down to the granule (at least `ia`).
+        ib: u64,
+    },
+}
+
+/// Plans a write of `len` bytes from address `buf` at `off` (`len > 0`); `None` when the
+/// write would end past the largest offset (EFBIG).
+pub fn plan_write(align: &Alignment, tuning: &Tuning<'_>, buf: usize, off: u64, len: usize) -> Option<WritePlan> {
+    if through_cache(tuning, len) {
+        return Some(WritePlan::Cache);
+    }
+    if align.write_ok(buf, off, len) {
+        return Some(WritePlan::Direct);
+    }
+    let g = granule(align);
+    let end = off.checked_add(len as u64)?;
+    let ia = off.next_multiple_of(g).min(end);
+    let ib = (end - end % g).max(ia);
+    Some(WritePlan::Split { ia, ib })
 }
 
 /// Writes `len` bytes from `buf` at `off`, like `pwrite(2)` on a buffered descriptor.
@@ -33,18 +68,14 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
         return unsafe { sys::pwrite(io.fd, buf, len, off) };
     }
     let _writing = writing(io);
-    if through_cache(io, len) {
+    let (ia, ib) = match plan_write(&io.align, &io.tuning, buf as usize, off, len).ok_or(libc::EFBIG)? {
         // SAFETY: forwarded from the caller.
-        return unsafe { buffered(io, buf, len, off as i64, out) };
-    }
-    if io.align.write_ok(buf as usize, off, len) {
+        WritePlan::Cache => return unsafe { buffered(io, buf, len, off as i64, out) },
         // SAFETY: forwarded from the caller.
-        return unsafe { direct_all(io, buf, len, off, out) };
-    }
-    let g = granule(io);
-    let end = off.checked_add(len as u64).ok_or(libc::EFBIG)?;
-    let ia = off.next_multiple_of(g).min(end);
-    let ib = (end - end % g).max(ia);
+        WritePlan::Direct => return unsafe { direct_all(io, buf, len, off, out) },
+        WritePlan::Split { ia, ib } => (ia, ib),
+    };
+    let end = off + len as u64;
     let mut done = 0usize;
     // Head, interior, tail, in file order.
     for (lo, hi, direct) in [(off, ia, false), (ia, ib, true), (ib, end, false)] {
@@ -90,7 +121,7 @@ pub unsafe fn append(
     out: &mut Outcome,
 ) -> SysResult<(usize, u64)> {
     let _writing = writing(io);
-    if !through_cache(io, len) && len > 0 && io.align.write_ok(buf as usize, 0, len) {
+    if !through_cache(&io.tuning, len) && len > 0 && io.align.write_ok(buf as usize, 0, len) {
         // The kernel appends atomically if the current end of file is aligned; if it is
         // not, it refuses with EINVAL and nothing was written. pwrite on an O_APPEND
         // description appends without moving the offset, as the program's pwrite would.
@@ -132,8 +163,8 @@ fn writing(io: &FileIo<'_>) -> Writing {
 /// True if a write of `len` bytes goes through the companion's page cache as a whole:
 /// `S3DLIO_DIRECT_MODE=dontcache`, or a write small enough for write-behind, where a direct
 /// write would cost a device round trip each.
-pub fn through_cache(io: &FileIo<'_>, len: usize) -> bool {
-    io.tuning.dontcache || len < io.tuning.write_behind
+pub fn through_cache(tuning: &Tuning<'_>, len: usize) -> bool {
+    tuning.dontcache || len < tuning.write_behind
 }
 
 /// An aligned write straight from the program's buffer; EINVAL is redone buffered.
@@ -161,7 +192,7 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
         return unsafe { direct_all(io, buf, len, off, out) };
     }
     let mut bounce = io.pool.get(io.nowait).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
-    let g = granule(io) as usize;
+    let g = granule(&io.align) as usize;
     let chunk = bounce.len() / g * g;
     if chunk == 0 || !(bounce.as_mut_ptr() as usize).is_multiple_of(io.align.mem) {
         // SAFETY: forwarded from the caller.
@@ -224,4 +255,49 @@ unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &
     };
     out.buffered_bytes += n as u64;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::AlignSource;
+
+    fn strict() -> Alignment {
+        Alignment { mem: 4096, offset: 4096, read_offset: 4096, source: AlignSource::Statx, supported: None }
+    }
+
+    #[test]
+    fn writes_are_dispatched_by_size_and_alignment() {
+        let a = strict();
+        let behind = Tuning { write_behind: 1 << 20, ..Default::default() };
+        let none = Tuning::default();
+        let dontcache = Tuning { dontcache: true, ..Default::default() };
+        // below the write-behind size: the page cache, dropped behind, whatever the alignment
+        assert_eq!(plan_write(&a, &behind, 4096, 0, 4096), Some(WritePlan::Cache));
+        assert_eq!(plan_write(&a, &behind, 1, 3, 1000), Some(WritePlan::Cache));
+        // dontcache: everything through the page cache
+        assert_eq!(plan_write(&a, &dontcache, 0, 0, 8 << 20), Some(WritePlan::Cache));
+        // aligned buffer, offset and length: straight to the device
+        assert_eq!(plan_write(&a, &behind, 8192, 1 << 20, 2 << 20), Some(WritePlan::Direct));
+        assert_eq!(plan_write(&a, &none, 4096, 0, 4096), Some(WritePlan::Direct));
+        // misaligned offset: head and tail through the cache, the interior direct
+        assert_eq!(plan_write(&a, &none, 4096, 100, 3 * 4096), Some(WritePlan::Split { ia: 4096, ib: 3 * 4096 }));
+        // misaligned buffer only: one interior, no head or tail
+        assert_eq!(plan_write(&a, &none, 4097, 0, 8192), Some(WritePlan::Split { ia: 0, ib: 8192 }));
+        // inside one block: no interior
+        assert_eq!(plan_write(&a, &none, 0, 10, 20), Some(WritePlan::Split { ia: 30, ib: 30 }));
+        // past the largest offset: EFBIG
+        assert_eq!(plan_write(&a, &none, 0, u64::MAX - 10, 4096 * 2), None);
+    }
+
+    #[test]
+    fn write_pieces_meet_at_page_boundaries_on_small_sector_disks() {
+        let a = Alignment { mem: 512, offset: 512, read_offset: 512, source: AlignSource::Statx, supported: None };
+        let page = crate::align::page_size() as u64;
+        // a misaligned buffer: pieces split at the page, not the 512-byte sector
+        assert_eq!(
+            plan_write(&a, &Tuning::default(), 1, 512, 3 * page as usize),
+            Some(WritePlan::Split { ia: page, ib: 3 * page })
+        );
+    }
 }

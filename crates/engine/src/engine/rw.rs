@@ -142,7 +142,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
         }
         // An aligned write that goes direct needs no offset bookkeeping: the kernel's own
         // write moves the offset.
-        if !d.has_twin() && !write_path::through_cache(&io, len) && d.align.write_ok(buf as usize, 0, len) {
+        if !d.has_twin() && !write_path::through_cache(&io.tuning, len) && d.align.write_ok(buf as usize, 0, len) {
             let _writing = d.writes.begin();
             // SAFETY: forwarded from the caller.
             match unsafe { sys::write(fd, buf, len) } {
