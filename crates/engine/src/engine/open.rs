@@ -7,7 +7,7 @@ use crate::companion;
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
 use crate::pathmatch;
-use crate::stats::{Counter, Reason};
+use crate::stats::{Counter, Fallback};
 use crate::sys;
 use std::sync::atomic::Ordering;
 
@@ -78,13 +78,13 @@ pub fn opened(fd: i32, plan: OpenPlan) {
     let added_sync = plan.extra_flags & !plan.program_flags;
     let min = state().cfg.min_size;
     if fmt == libc::S_IFREG && accmode == libc::O_RDONLY && min > 0 && (st.st_size as u64) < min {
-        fallback(fd, Reason::BelowMinSize, added_sync, &st);
+        fallback(fd, Fallback::BelowMinSize, added_sync, &st);
         return;
     }
     enable_direct(fd, &st, accmode, plan.program_flags & libc::O_APPEND != 0, added_sync);
 }
 
-fn fallback(fd: i32, why: Reason, added_sync: i32, st: &libc::stat) {
+fn fallback(fd: i32, why: Fallback, added_sync: i32, st: &libc::stat) {
     STATS.add(Counter::OpensFallback, 1);
     STATS.fallback(why);
     if added_sync != 0 {
@@ -110,7 +110,7 @@ fn remember_no_direct(dev: u64) {
 /// without O_DIRECT the open would create the file and then fail) and tracks it.
 fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_sync: i32) {
     if dev_refuses_direct(st.st_dev) {
-        fallback(fd, Reason::FsNoDirect, added_sync, st);
+        fallback(fd, Fallback::FsNoDirect, added_sync, st);
         return;
     }
     let (align, warn) = align::discover(fd).with_minimum(state().cfg.align);
@@ -123,7 +123,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
             Cause::FileNoDirect,
             format_args!("a matched file cannot do O_DIRECT (statx); it stays buffered"),
         );
-        fallback(fd, Reason::FileNoDirect, added_sync, st);
+        fallback(fd, Fallback::FileNoDirect, added_sync, st);
         return;
     }
     let ident = (st.st_dev, st.st_ino);
@@ -141,7 +141,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
                 Cause::NoCompanion,
                 format_args!("cannot reopen a matched file on fd {fd} through /proc (errno {e}); it stays buffered"),
             );
-            fallback(fd, Reason::NoCompanion, added_sync, st);
+            fallback(fd, Fallback::NoCompanion, added_sync, st);
             return;
         }
         Err(e) => {
@@ -153,7 +153,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
                 Cause::FsNoDirect,
                 format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
             );
-            fallback(fd, Reason::FsNoDirect, added_sync, st);
+            fallback(fd, Fallback::FsNoDirect, added_sync, st);
             return;
         }
     };
