@@ -83,19 +83,14 @@ fn prepare(a: &RunArgs) -> Result<Plan, String> {
     let vars: Vec<(OsString, OsString)> = set.iter().map(|(k, v)| (OsString::from(k), v.clone())).collect();
     // The library only warns about a bad value and goes on without it; here nothing has run
     // yet, so refusing is cheap and the run then does what was asked.
-    let (cfg, warnings) = Config::from_vars(vars.iter().cloned().chain(inherited));
-    if let Some(w) = warnings.first() {
-        let hint = OPTION_OF
-            .iter()
-            .find(|(var, _)| w.strip_prefix(var).is_some_and(|rest| rest.starts_with(['=', ' '])))
-            .map(|(var, opt)| {
-                if set.iter().any(|(k, _)| k == var) {
-                    format!("fix {opt}")
-                } else {
-                    format!("fix or unset {var} in the environment")
-                }
-            })
-            .unwrap_or_else(|| "fix or unset the variable in the environment".to_string());
+    // The same table and parsers as the library's; each warning comes with its variable.
+    let (cfg, warnings) = Config::from_vars_by_var(vars.iter().cloned().chain(inherited));
+    if let Some((var, w)) = warnings.first() {
+        let hint = match var.and_then(|v| OPTION_OF.iter().find(|(name, _)| *name == v.name)) {
+            Some((var, opt)) if set.iter().any(|(k, _)| k == var) => format!("fix {opt}"),
+            Some((var, _)) => format!("fix or unset {var} in the environment"),
+            None => "fix or unset the variable in the environment".to_string(),
+        };
         let more =
             if warnings.len() > 1 { format!(" (and {} more problems)", warnings.len() - 1) } else { String::new() };
         return Err(format!("{w}{more}\n  {hint} and try again"));
@@ -333,6 +328,30 @@ mod tests {
             preload_value(lib, Some(OsStr::new("/x/libjemalloc.so libfoo.so"))),
             "/opt/lib/libs3dlio_direct.so:/x/libjemalloc.so libfoo.so"
         );
+    }
+
+    fn run_args(min_size: Option<&str>, log: Option<&str>) -> RunArgs {
+        RunArgs {
+            paths: vec!["/data".into()],
+            exclude: Vec::new(),
+            min_size: min_size.map(OsString::from),
+            align: None,
+            sync: false,
+            only: Vec::new(),
+            stats: None,
+            log: log.map(OsString::from),
+            command: vec!["true".into()],
+        }
+    }
+
+    #[test]
+    fn a_refused_value_names_its_option() {
+        let Err(e) = prepare(&run_args(Some("12Q"), Some("loud"))) else { panic!("12Q accepted") };
+        assert!(e.starts_with("S3DLIO_DIRECT_MIN_SIZE='12Q' is not a size (use e.g. 4096, 64K, 1MiB); using 0"), "{e}");
+        assert!(e.contains(" more problems)\n  fix --min-size and try again"), "{e}");
+        let Err(e) = prepare(&run_args(None, Some("loud"))) else { panic!("loud accepted") };
+        assert!(e.starts_with("S3DLIO_DIRECT_LOG='loud' is not one of error, warn, info, debug; using warn"), "{e}");
+        assert!(e.ends_with("\n  fix --log and try again"), "{e}");
     }
 
     #[test]

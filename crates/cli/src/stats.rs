@@ -2,7 +2,7 @@
 //! files the library writes (`s3dlio_engine::stats`), merging them, and showing the result.
 
 use crate::{error, StatsArgs};
-use s3dlio_engine::stats::{Counter, COUNTERS, FALLBACK_REASONS};
+use s3dlio_engine::stats::{Counter, Fallback};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 pub struct ProcStats {
     pub pid: u64,
     pub program: String,
-    /// In [`COUNTERS`] order.
+    /// In [`Counter::ALL`] order.
     pub counters: Vec<u64>,
-    /// Documented reasons first, in [`FALLBACK_REASONS`] order, then any others in file order.
+    /// Documented reasons first, in [`Fallback::COUNTED`] order, then any others in file order.
     pub fallbacks: Vec<(String, u64)>,
 }
 
@@ -59,14 +59,19 @@ pub fn load(path: &Path) -> Result<ProcStats, String> {
     }
     let pid = obj.get("pid").and_then(Value::as_u64).ok_or_else(|| not_ours("no \"pid\""))?;
     let program = obj.get("program").and_then(Value::as_str).unwrap_or("?").to_string();
-    let counters = COUNTERS.iter().map(|k| obj.get(*k).and_then(Value::as_u64).unwrap_or(0)).collect();
-    let mut fallbacks: Vec<(String, u64)> = FALLBACK_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    let counters = Counter::ALL.iter().map(|c| obj.get(c.key()).and_then(Value::as_u64).unwrap_or(0)).collect();
+    let mut fallbacks = documented_fallbacks();
     if let Some(f) = obj.get("fallbacks").and_then(Value::as_object) {
         for (reason, n) in f {
             add_to(&mut fallbacks, reason, n.as_u64().unwrap_or(0));
         }
     }
     Ok(ProcStats { pid, program, counters, fallbacks })
+}
+
+/// Every reason the statistics file counts, at zero.
+fn documented_fallbacks() -> Vec<(String, u64)> {
+    Fallback::COUNTED.iter().map(|r| (r.key().to_string(), 0)).collect()
 }
 
 fn add_to(list: &mut Vec<(String, u64)>, name: &str, n: u64) {
@@ -111,8 +116,12 @@ fn json_files_in(dir: &Path, keep: impl Fn(&str) -> bool) -> std::io::Result<Vec
 
 /// Adds up every process.
 pub fn merge(procs: &[ProcStats]) -> Totals {
-    let mut t = Totals { processes: procs.len(), counters: vec![0; COUNTERS.len()], ..Totals::default() };
-    t.fallbacks = FALLBACK_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    let mut t = Totals {
+        processes: procs.len(),
+        counters: vec![0; Counter::ALL.len()],
+        fallbacks: documented_fallbacks(),
+        ..Totals::default()
+    };
     let mut programs: Vec<(String, usize)> = Vec::new();
     for p in procs {
         for (sum, v) in t.counters.iter_mut().zip(&p.counters) {
@@ -140,8 +149,8 @@ pub fn merged_json(procs: &[ProcStats], t: &Totals) -> Value {
     o.insert("pids".into(), procs.iter().map(|p| p.pid).collect::<Vec<_>>().into());
     let programs: Map<String, Value> = t.programs.iter().map(|(name, n)| (name.clone(), (*n).into())).collect();
     o.insert("programs".into(), programs.into());
-    for (name, v) in COUNTERS.iter().zip(&t.counters) {
-        o.insert((*name).into(), (*v).into());
+    for (c, v) in Counter::ALL.iter().zip(&t.counters) {
+        o.insert(c.key().into(), (*v).into());
     }
     let fallbacks: Map<String, Value> = t.fallbacks.iter().map(|(r, n)| (r.clone(), (*n).into())).collect();
     o.insert("fallbacks".into(), fallbacks.into());
@@ -285,11 +294,10 @@ fn summary_text(procs: &[ProcStats], unreadable: &[String], pattern: &str) -> St
         Counter::WriteBouncedCalls,
         Counter::WriteCalls,
     ];
-    let others: Vec<String> = COUNTERS
+    let others: Vec<String> = Counter::ALL
         .iter()
-        .enumerate()
-        .filter(|(i, _)| !shown.iter().any(|c| *c as usize == *i) && t.counters[*i] > 0)
-        .map(|(i, name)| format!("{name} {}", t.counters[i]))
+        .filter(|c| !shown.contains(c) && t.get(**c) > 0)
+        .map(|c| format!("{} {}", c.key(), t.get(*c)))
         .collect();
     if !others.is_empty() {
         line("also", &others.join(", "));
@@ -339,7 +347,7 @@ pub fn main(args: StatsArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s3dlio_engine::stats::{Reason, Stats};
+    use s3dlio_engine::stats::Stats;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
@@ -362,12 +370,12 @@ mod tests {
         a.add(Counter::ReadBouncedBytes, 100);
         a.add(Counter::OpensMatched, 2);
         a.add(Counter::OpensDirect, 1);
-        a.fallback(Reason::FsNoDirect);
+        a.fallback(Fallback::FsNoDirect);
         let b = Stats::new();
         b.add(Counter::ReadBytes, 24);
         b.add(Counter::WriteBytes, 4096);
-        b.fallback(Reason::FsNoDirect);
-        b.fallback(Reason::BelowMinSize);
+        b.fallback(Fallback::FsNoDirect);
+        b.fallback(Fallback::BelowMinSize);
         write(&d, "a.json", &a.to_json(10, 1, "python3"));
         write(&d, "b.json", &b.to_json(11, 1, "python3"));
         write(&d, "c.json.tmp5", "partial");

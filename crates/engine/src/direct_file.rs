@@ -7,7 +7,6 @@ use crate::companion::Companion;
 use crate::io::{FileIo, Outcome};
 use crate::writing::FileWrites;
 use crate::{read_path, sys, write_path};
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -15,35 +14,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// Why a [`DirectFile`] is not doing direct I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
-    /// The caller did not ask for direct I/O.
-    NotRequested,
-    /// The filesystem refused O_DIRECT (`fcntl(F_SETFL)` gave EINVAL): ramfs, many FUSE mounts.
-    FsNoDirect,
-    /// The kernel reports that this file cannot do direct I/O (statx DIOALIGN of zero).
-    FileNoDirect,
-    /// The file is smaller than the configured minimum for direct I/O.
-    BelowMinSize,
-    /// A direct call was refused with EINVAL and redone buffered.
-    EinvalRetry,
-    /// The buffered companion descriptor could not be opened, so the file went buffered.
-    NoCompanion,
-}
-
-impl fmt::Display for Fallback {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Fallback::NotRequested => "direct I/O not requested",
-            Fallback::FsNoDirect => "filesystem does not support O_DIRECT",
-            Fallback::FileNoDirect => "file does not support O_DIRECT (statx DIOALIGN is 0)",
-            Fallback::BelowMinSize => "file smaller than the minimum size for direct I/O",
-            Fallback::EinvalRetry => "direct call refused with EINVAL, redone buffered",
-            Fallback::NoCompanion => "could not open a buffered companion descriptor",
-        })
-    }
-}
+/// Why a [`DirectFile`] is not doing direct I/O: the engine's one list of fallback reasons
+/// (the statistics file counts the same ones, by their keys).
+pub use crate::stats::Fallback;
 
 /// Per-file I/O counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

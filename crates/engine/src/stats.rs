@@ -8,91 +8,156 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Documented fallback reasons, in the order they appear in the file.
-pub const FALLBACK_REASONS: &[&str] = &[
-    "fs_no_odirect",
-    "file_no_odirect",
-    "below_min_size",
-    "no_companion",
-    "fdopen_stream",
-    "inherited_by_child",
-    "einval_retry",
-    "stale_fd",
-];
+/// Declares the counters of the statistics file, each once: its variant, doc line and key.
+macro_rules! counters {
+    ($( #[doc = $doc:literal] $name:ident => $key:literal; )+) => {
+        /// A per-process counter of the statistics file.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter {
+            $( #[doc = $doc] $name, )+
+        }
 
-/// Index into [`FALLBACK_REASONS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Reason {
-    /// The filesystem refused O_DIRECT (F_SETFL gave EINVAL).
-    FsNoDirect = 0,
-    /// statx said the file cannot do O_DIRECT.
-    FileNoDirect,
-    /// Read-only open of a file below S3DLIO_DIRECT_MIN_SIZE.
-    BelowMinSize,
-    /// The buffered companion could not be opened; the description went buffered.
-    NoCompanion,
-    /// A stdio stream was opened on the descriptor; it went buffered.
-    FdopenStream,
-    /// The descriptor was handed to a child process; it went buffered.
-    InheritedByChild,
-    /// A direct call was refused with EINVAL and redone buffered.
-    EinvalRetry,
-    /// A tracked fd number turned out to be reused by another file.
-    StaleFd,
+        impl Counter {
+            /// Every counter, in file order (the discriminant is the index).
+            pub const ALL: &[Counter] = &[$(Counter::$name),+];
+
+            /// The counter's key in the statistics file and in `s3dlio-direct stats --json`.
+            pub const fn key(self) -> &'static str {
+                match self {
+                    $( Counter::$name => $key, )+
+                }
+            }
+
+            /// What it counts: its doc line (README's table of counters shows the same).
+            pub const fn doc(self) -> &'static str {
+                match self {
+                    $( Counter::$name => $doc.trim_ascii(), )+
+                }
+            }
+        }
+    };
 }
 
-/// Names of the integer counters, in file order.
-pub const COUNTERS: &[&str] = &[
-    "opens_matched",
-    "opens_direct",
-    "opens_fallback",
-    "read_calls",
-    "read_bytes",
-    "read_bounced_calls",
-    "read_bounced_bytes",
-    "write_calls",
-    "write_bytes",
-    "write_bounced_calls",
-    "write_bounced_bytes",
-    "einval_retries",
-    "streams_direct",
-    "mmap_calls",
-    "advice_swallowed",
-    "read_ahead_bytes",
-];
-
-/// Index into [`COUNTERS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-#[allow(missing_docs)]
-pub enum Counter {
-    OpensMatched = 0,
-    OpensDirect,
-    OpensFallback,
-    ReadCalls,
-    ReadBytes,
-    ReadBouncedCalls,
-    ReadBouncedBytes,
-    WriteCalls,
-    WriteBytes,
-    WriteBouncedCalls,
-    WriteBouncedBytes,
-    EinvalRetries,
+counters! {
+    /// Opens of regular files and block devices `S3DLIO_DIRECT_PATHS` matched.
+    OpensMatched => "opens_matched";
+    /// Of those, opens that went direct.
+    OpensDirect => "opens_direct";
+    /// Of those, opens left buffered (`fallbacks` says why).
+    OpensFallback => "opens_fallback";
+    /// Read calls on direct files (`read`, `pread`, `readv`, stream reads, copy emulation).
+    ReadCalls => "read_calls";
+    /// Bytes those calls returned.
+    ReadBytes => "read_bytes";
+    /// Read calls that copied some bytes from the library's buffers (misaligned, or read ahead).
+    ReadBouncedCalls => "read_bounced_calls";
+    /// Bytes copied that way.
+    ReadBouncedBytes => "read_bounced_bytes";
+    /// Write calls on direct files.
+    WriteCalls => "write_calls";
+    /// Bytes those calls wrote.
+    WriteBytes => "write_bytes";
+    /// Write calls that sent some bytes through the page cache (small or unaligned pieces, dropped after).
+    WriteBouncedCalls => "write_bounced_calls";
+    /// Bytes written that way.
+    WriteBouncedBytes => "write_bounced_bytes";
+    /// Direct calls refused with EINVAL and redone buffered.
+    EinvalRetries => "einval_retries";
     /// stdio streams whose reads and writes the engine serves.
-    StreamsDirect,
-    /// mmap of a direct file: served by the page cache, not direct.
-    MmapCalls,
-    /// posix_fadvise(WILLNEED) and readahead calls not passed on.
-    AdviceSwallowed,
+    StreamsDirect => "streams_direct";
+    /// `mmap` of a direct file: served by the page cache, not direct.
+    MmapCalls => "mmap_calls";
+    /// `posix_fadvise(WILLNEED)` and `readahead` calls not passed on.
+    AdviceSwallowed => "advice_swallowed";
     /// Bytes read from the device into read-ahead windows.
-    ReadaheadBytes,
+    ReadaheadBytes => "read_ahead_bytes";
+}
+
+/// Declares the fallback reasons, each once: its variant, doc line, key and human text.
+/// The `counted` ones are the statistics file's `fallbacks`; `store_only` ones are only
+/// reported by the store API.
+macro_rules! fallbacks {
+    (
+        counted: $( #[doc = $doc:literal] $name:ident => $key:literal, $text:literal; )+
+        store_only: $( #[doc = $sdoc:literal] $sname:ident => $skey:literal, $stext:literal; )+
+    ) => {
+        /// Why a file (or a call on it) is not doing direct I/O: the engine's statistics
+        /// count these, and the store API ([`crate::direct_file`]) reports them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Fallback {
+            $( #[doc = $doc] $name, )+
+            $( #[doc = $sdoc] $sname, )+
+        }
+
+        impl Fallback {
+            /// The reasons the statistics file counts, in file order (the discriminant is
+            /// the index).
+            pub const COUNTED: &[Fallback] = &[$(Fallback::$name),+];
+            /// Every reason: the counted ones, then those only the store API reports.
+            pub const ALL: &[Fallback] = &[$(Fallback::$name,)+ $(Fallback::$sname),+];
+
+            /// The reason's key in the statistics file's `fallbacks`.
+            pub const fn key(self) -> &'static str {
+                match self {
+                    $( Fallback::$name => $key, )+
+                    $( Fallback::$sname => $skey, )+
+                }
+            }
+
+            /// What it means: its doc line (README's table of fallback reasons shows the same).
+            pub const fn doc(self) -> &'static str {
+                match self {
+                    $( Fallback::$name => $doc.trim_ascii(), )+
+                    $( Fallback::$sname => $sdoc.trim_ascii(), )+
+                }
+            }
+
+            /// The text for people (`Display`): what went buffered and why.
+            pub const fn text(self) -> &'static str {
+                match self {
+                    $( Fallback::$name => $text, )+
+                    $( Fallback::$sname => $stext, )+
+                }
+            }
+        }
+    };
+}
+
+fallbacks! {
+    counted:
+    /// The filesystem refused O_DIRECT (`fcntl(F_SETFL)` gave EINVAL): ramfs, many FUSE mounts.
+    FsNoDirect => "fs_no_odirect", "filesystem does not support O_DIRECT";
+    /// The kernel reports that the file cannot do direct I/O (statx DIOALIGN of zero).
+    FileNoDirect => "file_no_odirect", "file does not support O_DIRECT (statx DIOALIGN is 0)";
+    /// A read-only open of a file smaller than `S3DLIO_DIRECT_MIN_SIZE` (the store: `min_io_size`).
+    BelowMinSize => "below_min_size", "file smaller than the minimum size for direct I/O";
+    /// The buffered companion descriptor could not be opened, so the file went buffered.
+    NoCompanion => "no_companion", "could not open a buffered companion descriptor";
+    /// A stdio stream the engine does not serve was opened on the file; it went buffered.
+    FdopenStream => "fdopen_stream", "a stdio stream the engine does not serve was opened on the file";
+    /// The descriptor was handed to a child process (`posix_spawn`, `system`, `popen`); it went buffered.
+    InheritedByChild => "inherited_by_child", "the descriptor was handed to a child process";
+    /// A direct call was refused with EINVAL and redone buffered.
+    EinvalRetry => "einval_retry", "direct call refused with EINVAL, redone buffered";
+    /// A tracked fd number turned out to be reused by another file; it was released.
+    StaleFd => "stale_fd", "a tracked descriptor number was reused by another file";
+    store_only:
+    /// The caller did not ask for direct I/O.
+    NotRequested => "not_requested", "direct I/O not requested";
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
+    }
 }
 
 /// The process's counters.
 pub struct Stats {
-    counters: [AtomicU64; COUNTERS.len()],
-    fallbacks: [AtomicU64; FALLBACK_REASONS.len()],
+    counters: [AtomicU64; Counter::ALL.len()],
+    fallbacks: [AtomicU64; Fallback::COUNTED.len()],
 }
 
 impl Default for Stats {
@@ -105,8 +170,8 @@ impl Stats {
     /// All zero.
     pub const fn new() -> Self {
         Stats {
-            counters: [const { AtomicU64::new(0) }; COUNTERS.len()],
-            fallbacks: [const { AtomicU64::new(0) }; FALLBACK_REASONS.len()],
+            counters: [const { AtomicU64::new(0) }; Counter::ALL.len()],
+            fallbacks: [const { AtomicU64::new(0) }; Fallback::COUNTED.len()],
         }
     }
 
@@ -116,19 +181,16 @@ impl Stats {
         self.counters[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts one fallback for `r`.
-    pub fn fallback(&self, r: Reason) {
-        self.fallbacks[r as usize].fetch_add(1, Ordering::Relaxed);
+    /// Counts one fallback for `r` (a reason the file does not count is ignored).
+    pub fn fallback(&self, r: Fallback) {
+        if let Some(a) = self.fallbacks.get(r as usize) {
+            a.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Current value of a counter.
     pub fn get(&self, c: Counter) -> u64 {
         self.counters[c as usize].load(Ordering::Relaxed)
-    }
-
-    /// Current count of a fallback reason.
-    pub fn fallbacks(&self, r: Reason) -> u64 {
-        self.fallbacks[r as usize].load(Ordering::Relaxed)
     }
 
     /// Zeroes everything (a fork child starts from zero).
@@ -138,11 +200,11 @@ impl Stats {
 
     /// Adds the integers of a file this process image's predecessor wrote.
     fn absorb(&self, text: &str) {
-        for (i, name) in COUNTERS.iter().enumerate() {
-            self.counters[i].fetch_add(json_int(text, name).unwrap_or(0), Ordering::Relaxed);
+        for (a, c) in self.counters.iter().zip(Counter::ALL) {
+            a.fetch_add(json_int(text, c.key()).unwrap_or(0), Ordering::Relaxed);
         }
-        for (i, name) in FALLBACK_REASONS.iter().enumerate() {
-            self.fallbacks[i].fetch_add(json_int(text, name).unwrap_or(0), Ordering::Relaxed);
+        for (a, r) in self.fallbacks.iter().zip(Fallback::COUNTED) {
+            a.fetch_add(json_int(text, r.key()).unwrap_or(0), Ordering::Relaxed);
         }
     }
 
@@ -155,13 +217,12 @@ impl Stats {
             env!("CARGO_PKG_VERSION"),
             json_escape(program)
         );
-        for (i, name) in COUNTERS.iter().enumerate() {
-            let _ = write!(s, ",\"{name}\":{}", self.counters[i].load(Ordering::Relaxed));
+        for (a, c) in self.counters.iter().zip(Counter::ALL) {
+            let _ = write!(s, ",\"{}\":{}", c.key(), a.load(Ordering::Relaxed));
         }
         s.push_str(",\"fallbacks\":{");
-        for (i, name) in FALLBACK_REASONS.iter().enumerate() {
-            let _ =
-                write!(s, "{}\"{name}\":{}", if i > 0 { "," } else { "" }, self.fallbacks[i].load(Ordering::Relaxed));
+        for (i, (a, r)) in self.fallbacks.iter().zip(Fallback::COUNTED).enumerate() {
+            let _ = write!(s, "{}\"{}\":{}", if i > 0 { "," } else { "" }, r.key(), a.load(Ordering::Relaxed));
         }
         s.push_str("}}\n");
         s
@@ -304,9 +365,10 @@ mod tests {
     fn json_has_every_key_and_round_trips() {
         let s = Stats::new();
         s.add(Counter::ReadBytes, 123);
-        s.fallback(Reason::FsNoDirect);
+        s.fallback(Fallback::FsNoDirect);
+        s.fallback(Fallback::NotRequested);
         let j = s.to_json(5, 99, "prog \"x\"");
-        for k in COUNTERS.iter().chain(FALLBACK_REASONS) {
+        for k in Counter::ALL.iter().map(|c| c.key()).chain(Fallback::COUNTED.iter().map(|r| r.key())) {
             assert!(j.contains(&format!("\"{k}\":")), "{k} missing in {j}");
         }
         assert_eq!(json_int(&j, "read_bytes"), Some(123));
@@ -318,6 +380,56 @@ mod tests {
         assert_eq!(t.get(Counter::ReadBytes), 246);
         s.reset();
         assert_eq!(s.get(Counter::ReadBytes), 0);
+    }
+
+    fn is_key(k: &str) -> bool {
+        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !k.starts_with('_')
+    }
+
+    #[test]
+    fn declarations_are_consistent() {
+        let mut keys: Vec<&str> = Vec::new();
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            keys.push(c.key());
+            assert!(!c.doc().is_empty() && !c.doc().contains(['\n', '|']), "{c:?}");
+        }
+        for (i, r) in Fallback::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(i < Fallback::COUNTED.len(), Fallback::COUNTED.contains(r), "{r:?}");
+            keys.push(r.key());
+            assert!(!r.doc().is_empty() && !r.doc().contains(['\n', '|']), "{r:?}");
+            assert_eq!(r.to_string(), r.text());
+            assert!(!r.text().is_empty());
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert!(is_key(k), "{k}");
+            assert!(!keys[..i].contains(k), "{k} twice");
+        }
+        assert!(!Fallback::COUNTED.contains(&Fallback::NotRequested));
+    }
+
+    /// The file's format, key by key: the declarations may be reworded, the file may not
+    /// change unnoticed.
+    #[test]
+    fn json_layout() {
+        let s = Stats::new();
+        s.add(Counter::OpensMatched, 3);
+        s.add(Counter::ReadaheadBytes, 7);
+        s.fallback(Fallback::StaleFd);
+        s.fallback(Fallback::NotRequested);
+        let j = s.to_json(5, 99, "p");
+        let want = format!(
+            "{{\"schema\":1,\"version\":\"{}\",\"pid\":5,\"starttime\":99,\"program\":\"p\",\
+             \"opens_matched\":3,\"opens_direct\":0,\"opens_fallback\":0,\"read_calls\":0,\"read_bytes\":0,\
+             \"read_bounced_calls\":0,\"read_bounced_bytes\":0,\"write_calls\":0,\"write_bytes\":0,\
+             \"write_bounced_calls\":0,\"write_bounced_bytes\":0,\"einval_retries\":0,\"streams_direct\":0,\
+             \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"fallbacks\":{{\
+             \"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_companion\":0,\
+             \"fdopen_stream\":0,\"inherited_by_child\":0,\"einval_retry\":0,\"stale_fd\":1}}}}\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(j, want);
     }
 
     #[test]

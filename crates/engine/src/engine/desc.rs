@@ -7,7 +7,7 @@ use crate::companion::{self, Companion};
 use crate::io::FileIo;
 use crate::lock::FutexMutex;
 use crate::readahead::Readahead;
-use crate::stats::Reason;
+use crate::stats::Fallback;
 use crate::sys;
 use crate::writing::FileWrites;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -79,7 +79,7 @@ impl Desc {
 
     /// Clears O_DIRECT on the description for good: a stream or another process will use it
     /// with I/O the engine cannot see.
-    pub(super) fn demote(&self, fd: i32, why: Reason) {
+    pub(super) fn demote(&self, fd: i32, why: Fallback) {
         if self.direct.swap(false, Ordering::AcqRel) {
             let _ = sys::set_o_direct(fd, false);
             self.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);

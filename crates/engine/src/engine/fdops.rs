@@ -5,7 +5,7 @@ use super::desc::locked;
 use super::rw::{pread, pwrite, read, write};
 use super::{managed_direct, state, Served, FDS};
 use crate::companion;
-use crate::stats::Reason;
+use crate::stats::Fallback;
 use crate::sys::{self, Errno, SysResult};
 use std::sync::atomic::Ordering;
 
@@ -38,7 +38,7 @@ pub fn duped(oldfd: i32, newfd: i32) {
     if let Some(d) = FDS.get(oldfd, false) {
         if (0..=2).contains(&newfd) && d.direct.load(Ordering::Relaxed) && !d.use_twin(oldfd) {
             // A standard stream now writes to the file through glibc's internal calls.
-            d.demote(oldfd, Reason::NoCompanion);
+            d.demote(oldfd, Fallback::NoCompanion);
         }
         FDS.insert(newfd, d);
     }

@@ -20,7 +20,7 @@ use crate::fdtable::FdTable;
 use crate::io::Tuning;
 use crate::log::{self, Cause};
 use crate::readahead::{Params, Readahead};
-use crate::stats::{Reason, Stats};
+use crate::stats::{Fallback, Stats};
 use crate::sys::Errno;
 use desc::Desc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,7 +117,7 @@ pub(super) fn managed_direct(fd: i32, nowait: bool) -> Option<Arc<Desc>> {
 /// `fd` no longer refers to what the engine tracked: let it go (the program's call then
 /// goes to the kernel unchanged).
 pub(super) fn stale(fd: i32) {
-    STATS.fallback(Reason::StaleFd);
+    STATS.fallback(Fallback::StaleFd);
     log::once(LogLevel::Warn, Cause::StaleFd, format_args!("fd {fd} was reused behind the shim's back; released"));
     fdops::forget(fd);
 }

@@ -7,7 +7,7 @@ use crate::companion;
 use crate::config::{Config, LogLevel};
 use crate::log::{self, Cause};
 use crate::pathmatch;
-use crate::stats::{Counter, Reason};
+use crate::stats::{Counter, Fallback};
 use crate::sys;
 use std::sync::atomic::Ordering;
 
@@ -63,7 +63,7 @@ pub enum Placement {
     /// left alone and not counted.
     NotAFile,
     /// Counted as matched, but stays buffered for this reason.
-    Fallback(Reason),
+    Fallback(Fallback),
     /// Counted as matched, and made direct (unless the kernel then refuses).
     Direct,
 }
@@ -76,10 +76,10 @@ pub fn place(cfg: &Config, fmt: u32, size: i64, accmode: i32, dev_refuses: bool)
     }
     let min = cfg.min_size;
     if fmt == libc::S_IFREG && accmode == libc::O_RDONLY && min > 0 && (size.max(0) as u64) < min {
-        return Placement::Fallback(Reason::BelowMinSize);
+        return Placement::Fallback(Fallback::BelowMinSize);
     }
     if dev_refuses {
-        return Placement::Fallback(Reason::FsNoDirect);
+        return Placement::Fallback(Fallback::FsNoDirect);
     }
     Placement::Direct
 }
@@ -138,7 +138,7 @@ pub fn opened(fd: i32, plan: OpenPlan) {
     }
 }
 
-fn fallback(fd: i32, why: Reason, added_sync: i32, st: &libc::stat) {
+fn fallback(fd: i32, why: Fallback, added_sync: i32, st: &libc::stat) {
     STATS.add(Counter::OpensFallback, 1);
     STATS.fallback(why);
     if added_sync != 0 {
@@ -173,7 +173,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
             Cause::FileNoDirect,
             format_args!("a matched file cannot do O_DIRECT (statx); it stays buffered"),
         );
-        fallback(fd, Reason::FileNoDirect, added_sync, st);
+        fallback(fd, Fallback::FileNoDirect, added_sync, st);
         return;
     }
     let ident = (st.st_dev, st.st_ino);
@@ -191,7 +191,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
                 Cause::NoCompanion,
                 format_args!("cannot reopen a matched file on fd {fd} through /proc (errno {e}); it stays buffered"),
             );
-            fallback(fd, Reason::NoCompanion, added_sync, st);
+            fallback(fd, Fallback::NoCompanion, added_sync, st);
             return;
         }
         Err(e) => {
@@ -203,7 +203,7 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
                 Cause::FsNoDirect,
                 format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
             );
-            fallback(fd, Reason::FsNoDirect, added_sync, st);
+            fallback(fd, Fallback::FsNoDirect, added_sync, st);
             return;
         }
     };
@@ -296,13 +296,13 @@ mod tests {
         let reg = libc::S_IFREG;
         assert_eq!(place(&c, libc::S_IFIFO, 0, libc::O_RDONLY, false), Placement::NotAFile);
         assert_eq!(place(&c, libc::S_IFDIR, 0, libc::O_RDONLY, false), Placement::NotAFile);
-        assert_eq!(place(&c, reg, 1000, libc::O_RDONLY, false), Placement::Fallback(Reason::BelowMinSize));
+        assert_eq!(place(&c, reg, 1000, libc::O_RDONLY, false), Placement::Fallback(Fallback::BelowMinSize));
         // the minimum is for read-only opens: a file about to be written may grow
         assert_eq!(place(&c, reg, 1000, libc::O_RDWR, false), Placement::Direct);
         assert_eq!(place(&c, reg, 1000, libc::O_WRONLY, false), Placement::Direct);
         assert_eq!(place(&c, reg, 1 << 20, libc::O_RDONLY, false), Placement::Direct);
         assert_eq!(place(&c, libc::S_IFBLK, 0, libc::O_RDONLY, false), Placement::Direct);
-        assert_eq!(place(&c, reg, 1 << 30, libc::O_RDONLY, true), Placement::Fallback(Reason::FsNoDirect));
+        assert_eq!(place(&c, reg, 1 << 30, libc::O_RDONLY, true), Placement::Fallback(Fallback::FsNoDirect));
         let no_min = cfg(&[("S3DLIO_DIRECT_PATHS", "/data")]);
         assert_eq!(place(&no_min, reg, 0, libc::O_RDONLY, false), Placement::Direct);
     }

@@ -3,7 +3,7 @@
 use super::{FDS, STATE, STATS};
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
-use crate::stats::{self, Reason};
+use crate::stats::{self, Fallback};
 use crate::{readahead, sys, writing};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -53,7 +53,7 @@ pub fn before_spawn() {
                 Cause::InheritedByChild,
                 format_args!("direct fds inherited by a child go buffered"),
             );
-            d.demote(fd, Reason::InheritedByChild);
+            d.demote(fd, Fallback::InheritedByChild);
         }
     });
 }

@@ -6,7 +6,7 @@ use super::{managed_direct, stale, state, Served, STATS};
 use crate::config::LogLevel;
 use crate::io::Outcome;
 use crate::log::{self, Cause};
-use crate::stats::{Counter, Reason};
+use crate::stats::{Counter, Fallback};
 use crate::sys::{self, SysResult};
 use crate::{read_path, write_path};
 
@@ -17,7 +17,7 @@ fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> 
         return false;
     }
     if let Some(e) = o.demoted {
-        d.demote(fd, Reason::NoCompanion);
+        d.demote(fd, Fallback::NoCompanion);
         log::once(
             LogLevel::Warn,
             Cause::NoCompanion,
@@ -26,7 +26,7 @@ fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> 
     }
     if o.einval_retry {
         STATS.add(Counter::EinvalRetries, 1);
-        STATS.fallback(Reason::EinvalRetry);
+        STATS.fallback(Fallback::EinvalRetry);
         log::once(
             LogLevel::Info,
             Cause::EinvalRetry,

@@ -12,7 +12,7 @@ use super::open::{plan_open, plan_reopen, OpenPlan};
 use super::{active, open, state, FDS, STATS};
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
-use crate::stats::Reason;
+use crate::stats::Fallback;
 use crate::sys::{self, Errno, SysResult};
 use libc::{c_char, FILE};
 use std::ffi::CStr;
@@ -28,7 +28,7 @@ pub fn stream_opened(fd: i32) {
                 Cause::FdopenStream,
                 format_args!("a stream was opened on a direct fd; it goes buffered"),
             );
-            d.demote(fd, Reason::FdopenStream);
+            d.demote(fd, Fallback::FdopenStream);
         }
     }
 }
@@ -42,7 +42,7 @@ pub fn unserved_stream(fd: i32) {
     let mut p = [0u8; 4096];
     let Ok(n) = sys::fd_path(fd, &mut p) else { return };
     if state().cfg.wants(&p[..n]) && sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
-        STATS.fallback(Reason::FdopenStream);
+        STATS.fallback(Fallback::FdopenStream);
         log::once(
             LogLevel::Info,
             Cause::StreamBuffered,

@@ -6,6 +6,8 @@
 //! `getenv`. Values are read as raw bytes: `PATHS`, `EXCLUDE`, `PROGRAMS`, `LOG_FILE` and
 //! `STATS` may hold any non-NUL bytes (file names need not be UTF-8); the other variables
 //! must be ASCII words or numbers.
+//!
+//! The variables, their defaults and their parsers are declared once, in [`VARS`].
 
 use crate::pathmatch::PatternSet;
 use crate::sys;
@@ -13,72 +15,13 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
-/// Colon-separated absolute globs/prefixes of files to make direct.
-pub const VAR_PATHS: &str = "S3DLIO_DIRECT_PATHS";
-/// Same syntax as PATHS; a match here wins over PATHS.
-pub const VAR_EXCLUDE: &str = "S3DLIO_DIRECT_EXCLUDE";
-/// Boolean: add O_SYNC at open of matched files.
-pub const VAR_SYNC: &str = "S3DLIO_DIRECT_SYNC";
-/// Power of two raising memory and offset alignment.
-pub const VAR_ALIGN: &str = "S3DLIO_DIRECT_ALIGN";
-/// Size below which read-only opens stay buffered.
-pub const VAR_MIN_SIZE: &str = "S3DLIO_DIRECT_MIN_SIZE";
-/// Log level word.
-pub const VAR_LOG: &str = "S3DLIO_DIRECT_LOG";
-/// Log destination instead of stderr.
-pub const VAR_LOG_FILE: &str = "S3DLIO_DIRECT_LOG_FILE";
-/// Statistics file template (`%p`, `%h`).
-pub const VAR_STATS: &str = "S3DLIO_DIRECT_STATS";
-/// Bytes of bounce buffers kept.
-pub const VAR_POOL: &str = "S3DLIO_DIRECT_POOL";
-/// Colon-separated globs of the program names the shim works in.
-pub const VAR_PROGRAMS: &str = "S3DLIO_DIRECT_PROGRAMS";
-/// Read-ahead window for small sequential reads (0: off).
-pub const VAR_READAHEAD: &str = "S3DLIO_DIRECT_READAHEAD";
-/// Writes shorter than this go through the page cache, written back and dropped behind (0: off).
-pub const VAR_WRITE_BEHIND: &str = "S3DLIO_DIRECT_WRITE_BEHIND";
-/// `direct` or `dontcache`.
-pub const VAR_MODE: &str = "S3DLIO_DIRECT_MODE";
-
-/// Every variable this module reads; any other `S3DLIO_DIRECT_*` name gets an
-/// "unknown variable" warning (most likely a typo the user wants to hear about).
-pub const KNOWN_VARS: &[&str] = &[
-    VAR_PATHS,
-    VAR_EXCLUDE,
-    VAR_SYNC,
-    VAR_ALIGN,
-    VAR_MIN_SIZE,
-    VAR_LOG,
-    VAR_LOG_FILE,
-    VAR_STATS,
-    VAR_POOL,
-    VAR_PROGRAMS,
-    VAR_READAHEAD,
-    VAR_WRITE_BEHIND,
-    VAR_MODE,
-];
+mod vars;
+pub use vars::*;
 
 const PREFIX: &str = "S3DLIO_DIRECT_";
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-/// Default for `S3DLIO_DIRECT_POOL`: 64 MiB of bounce buffers.
-pub const DEFAULT_POOL_BYTES: usize = 64 << 20;
-/// Smallest accepted `S3DLIO_DIRECT_POOL`: smaller values are raised to this (the pool must
-/// hold at least one bounce buffer for a large aligned superset).
-pub const MIN_POOL_BYTES: usize = 1 << 20;
-/// Largest accepted `S3DLIO_DIRECT_ALIGN` (1 GiB); no device needs more.
-pub const MAX_ALIGN: usize = 1 << 30;
-
-/// Default for `S3DLIO_DIRECT_READAHEAD`: one device request of this size runs at the
-/// device's full speed (measured: 1 MiB at a time reaches about half of it).
-pub const DEFAULT_READAHEAD: usize = 4 << 20;
-/// Default for `S3DLIO_DIRECT_WRITE_BEHIND`: below this size a direct write costs a device
-/// round trip each, and the page cache written back behind the program is faster.
-pub const DEFAULT_WRITE_BEHIND: usize = 1 << 20;
-/// Largest accepted read-ahead window and write-behind size.
-pub const MAX_TUNING: usize = 1 << 30;
 
 /// How matched files' calls reach the device (`S3DLIO_DIRECT_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +31,24 @@ pub enum Mode {
     /// Every call through the page cache with RWF_DONTCACHE (Linux 6.14+), which drops the
     /// pages it brought in; for comparison and for devices where that is faster.
     Dontcache,
+}
+
+impl Mode {
+    /// Every mode, in the order warnings list them.
+    pub const ALL: [Mode; 2] = [Mode::Direct, Mode::Dontcache];
+
+    /// Parse `direct` or `dontcache` in any case (surrounding whitespace ignored).
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| s.trim().eq_ignore_ascii_case(m.as_str()))
+    }
+
+    /// The lower-case word, as accepted by [`Mode::parse`].
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Dontcache => "dontcache",
+        }
+    }
 }
 
 /// How much the shim logs. Ordered: a message is emitted when its level is `<=` the
@@ -105,17 +66,16 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    /// Every level, least verbose first.
+    pub const ALL: [LogLevel; 4] = [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug];
+
     /// Parse `error`, `warn`, `info`, `debug` in any case (surrounding whitespace ignored).
     pub fn parse(s: &str) -> Option<LogLevel> {
-        let s = s.trim();
-        [("error", LogLevel::Error), ("warn", LogLevel::Warn), ("info", LogLevel::Info), ("debug", LogLevel::Debug)]
-            .into_iter()
-            .find(|(w, _)| s.eq_ignore_ascii_case(w))
-            .map(|(_, l)| l)
+        LogLevel::ALL.into_iter().find(|l| s.trim().eq_ignore_ascii_case(l.as_str()))
     }
 
     /// The lower-case word, as accepted by [`LogLevel::parse`].
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             LogLevel::Error => "error",
             LogLevel::Warn => "warn",
@@ -132,28 +92,30 @@ pub struct Config {
     pub paths: PatternSet,
     /// `S3DLIO_DIRECT_EXCLUDE`: wins over `paths`.
     pub exclude: PatternSet,
-    /// `S3DLIO_DIRECT_SYNC`: add O_SYNC at open of matched files.
+    /// `S3DLIO_DIRECT_SYNC`: add O_SYNC at open of matched files (default [`DEFAULT_SYNC`]).
     pub sync: bool,
-    /// `S3DLIO_DIRECT_ALIGN`, a power of two in 1..=1 GiB; `None`: the kernel's alignment.
+    /// `S3DLIO_DIRECT_ALIGN`, a power of two in 1..=[`MAX_ALIGN`]; `None`: the kernel's alignment.
     pub align: Option<usize>,
-    /// `S3DLIO_DIRECT_MIN_SIZE`: read-only opens of smaller regular files stay buffered.
+    /// `S3DLIO_DIRECT_MIN_SIZE`: read-only opens of smaller regular files stay buffered
+    /// (default [`DEFAULT_MIN_SIZE`]).
     pub min_size: u64,
-    /// `S3DLIO_DIRECT_LOG`, default `Warn`.
+    /// `S3DLIO_DIRECT_LOG`, default [`DEFAULT_LOG_LEVEL`].
     pub log_level: LogLevel,
     /// `S3DLIO_DIRECT_LOG_FILE`; `None`: stderr.
     pub log_file: Option<OsString>,
     /// `S3DLIO_DIRECT_STATS`, the raw template: `%p`/`%h` are NOT expanded here (the pid
     /// changes at fork, so expansion happens when the file is written).
     pub stats_path: Option<OsString>,
-    /// `S3DLIO_DIRECT_POOL`, default 64 MiB, at least 1 MiB.
+    /// `S3DLIO_DIRECT_POOL`, default [`DEFAULT_POOL_BYTES`], at least [`MIN_POOL_BYTES`].
     pub pool_bytes: usize,
     /// `S3DLIO_DIRECT_PROGRAMS`; `None`: every program.
     pub programs: Option<ProgramSet>,
-    /// `S3DLIO_DIRECT_READAHEAD`, default 4 MiB, 0: off.
+    /// `S3DLIO_DIRECT_READAHEAD`, default [`DEFAULT_READAHEAD`], 0: off; else a multiple of
+    /// [`MIN_READAHEAD`].
     pub readahead: usize,
-    /// `S3DLIO_DIRECT_WRITE_BEHIND`, default 1 MiB, 0: off.
+    /// `S3DLIO_DIRECT_WRITE_BEHIND`, default [`DEFAULT_WRITE_BEHIND`], 0: off.
     pub write_behind: usize,
-    /// `S3DLIO_DIRECT_MODE`, default `Direct`.
+    /// `S3DLIO_DIRECT_MODE`, default [`DEFAULT_MODE`].
     pub mode: Mode,
     /// Whether this process is one of `programs`: decided once, when the variables are read,
     /// because `enabled` runs inside every `open()`.
@@ -161,22 +123,22 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Everything off: no paths, no sync, kernel alignment, no minimum size, `warn` to
-    /// stderr, no statistics, a 64 MiB pool, every program.
+    /// Every variable unset: no paths, so the shim changes nothing; the `DEFAULT_*`
+    /// constants for the rest.
     fn default() -> Self {
         Config {
             paths: PatternSet::default(),
             exclude: PatternSet::default(),
-            sync: false,
+            sync: DEFAULT_SYNC,
             align: None,
-            min_size: 0,
-            log_level: LogLevel::Warn,
+            min_size: DEFAULT_MIN_SIZE,
+            log_level: DEFAULT_LOG_LEVEL,
             log_file: None,
             stats_path: None,
             pool_bytes: DEFAULT_POOL_BYTES,
             readahead: DEFAULT_READAHEAD,
             write_behind: DEFAULT_WRITE_BEHIND,
-            mode: Mode::Direct,
+            mode: DEFAULT_MODE,
             programs: None,
             program_selected: true,
         }
@@ -199,6 +161,18 @@ impl Config {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
+        let (cfg, warnings) = Self::from_vars_by_var(vars);
+        (cfg, warnings.into_iter().map(|(_, w)| w).collect())
+    }
+
+    /// [`Config::from_vars`], each warning with the variable it is about (`None`: an unknown
+    /// name), for a caller that says which of its inputs to fix.
+    pub fn from_vars_by_var<I, K, V>(vars: I) -> (Config, Vec<(Option<&'static Var>, String)>)
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
         let mut cfg = Config::default();
         let mut warnings = Vec::new();
         let mut seen: Vec<&'static str> = Vec::new();
@@ -207,19 +181,23 @@ impl Config {
             if !name_bytes.starts_with(PREFIX.as_bytes()) {
                 continue;
             }
-            let Some(&name) = KNOWN_VARS.iter().find(|n| n.as_bytes() == name_bytes) else {
-                warnings.push(format!(
+            let Some(var) = Var::lookup(name_bytes) else {
+                let known: Vec<&str> = VARS.iter().map(|v| v.name).collect();
+                let text = format!(
                     "unknown variable {} ignored (known: {})",
                     String::from_utf8_lossy(name_bytes),
-                    KNOWN_VARS.join(", ")
-                ));
+                    known.join(", ")
+                );
+                warnings.push((None, text));
                 continue;
             };
-            if seen.contains(&name) {
+            if seen.contains(&var.name) {
                 continue;
             }
-            seen.push(name);
-            cfg.apply(name, v.as_ref(), &mut warnings);
+            seen.push(var.name);
+            let mut w = Vec::new();
+            var.apply(&mut cfg, v.as_ref().as_bytes(), &mut w);
+            warnings.extend(w.into_iter().map(|w| (Some(var), w)));
         }
         if let Some(programs) = &cfg.programs {
             let names = current_program_names();
@@ -244,151 +222,6 @@ impl Config {
     /// never data). File-type checks happen at open, not here.
     pub fn wants(&self, path: &[u8]) -> bool {
         self.enabled() && !is_pseudo_fs(path) && self.paths.matches(path) && !self.exclude.matches(path)
-    }
-
-    /// Parse one known variable into `self`, pushing at most one warning (PATHS/EXCLUDE:
-    /// one per skipped entry).
-    fn apply(&mut self, name: &'static str, raw: &OsStr, warnings: &mut Vec<String>) {
-        let bytes = raw.as_bytes();
-        match name {
-            VAR_PATHS => {
-                let (set, w) = PatternSet::parse_bytes(name, bytes);
-                self.paths = set;
-                warnings.extend(w);
-                return;
-            }
-            VAR_EXCLUDE => {
-                let (set, w) = PatternSet::parse_bytes(name, bytes);
-                self.exclude = set;
-                warnings.extend(w);
-                return;
-            }
-            VAR_LOG_FILE => {
-                self.log_file = non_empty(raw);
-                return;
-            }
-            VAR_STATS => {
-                self.stats_path = non_empty(raw);
-                return;
-            }
-            VAR_PROGRAMS => {
-                let (set, bad) = ProgramSet::parse(bytes);
-                if set.is_empty() && bad.is_empty() {
-                    return; // empty, or only separators: unset
-                }
-                if !bad.is_empty() {
-                    let using = if set.is_empty() {
-                        "matching no program, so the shim stays off".to_string()
-                    } else {
-                        format!("using '{}'", set.texts.join(":"))
-                    };
-                    warnings.push(format!(
-                        "{name}='{}': {} (use base names or globs such as python3:python3.*); {using}",
-                        String::from_utf8_lossy(bytes),
-                        bad.join(", ")
-                    ));
-                }
-                self.programs = Some(set);
-                return;
-            }
-            _ => {}
-        }
-        let shown = String::from_utf8_lossy(bytes);
-        let value = std::str::from_utf8(bytes).ok();
-        if value.is_some_and(|v| v.trim().is_empty()) {
-            return; // empty: the default, silently
-        }
-        let value = value.unwrap_or("\u{0}"); // non-UTF-8: fails every parser below
-        let warning = match name {
-            VAR_SYNC => match parse_bool(value) {
-                Some(b) => {
-                    self.sync = b;
-                    None
-                }
-                None => Some(format!(
-                    "{name}='{shown}' is not a boolean (use 1/0, true/false, yes/no, on/off); using off"
-                )),
-            },
-            VAR_ALIGN => match parse_size(value)
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n.is_power_of_two() && n <= MAX_ALIGN)
-            {
-                Some(a) => {
-                    self.align = Some(a);
-                    None
-                }
-                None => Some(format!(
-                    "{name}='{shown}' is not a power of two between 1 and 1GiB (e.g. 4096, 4K, 1MiB); using the kernel's alignment"
-                )),
-            },
-            VAR_MIN_SIZE => match parse_size(value) {
-                Some(n) => {
-                    self.min_size = n;
-                    None
-                }
-                None => Some(format!(
-                    "{name}='{shown}' is not a size (use e.g. 4096, 64K, 1MiB); using 0"
-                )),
-            },
-            VAR_LOG => match LogLevel::parse(value) {
-                Some(l) => {
-                    self.log_level = l;
-                    None
-                }
-                None => Some(format!(
-                    "{name}='{shown}' is not one of error, warn, info, debug; using warn"
-                )),
-            },
-            VAR_POOL => match parse_size(value).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-            {
-                Some(n) if n >= MIN_POOL_BYTES => {
-                    self.pool_bytes = n;
-                    None
-                }
-                Some(_) => {
-                    self.pool_bytes = MIN_POOL_BYTES;
-                    Some(format!(
-                        "{name}='{shown}' is below the minimum of 1MiB; using 1MiB"
-                    ))
-                }
-                None => Some(format!(
-                    "{name}='{shown}' is not a size (use e.g. 64MiB, 256M, 1G); using 64MiB"
-                )),
-            },
-            VAR_READAHEAD | VAR_WRITE_BEHIND => {
-                let (slot, default) = if name == VAR_READAHEAD {
-                    (&mut self.readahead, "4MiB")
-                } else {
-                    (&mut self.write_behind, "1MiB")
-                };
-                match parse_size(value).and_then(|n| usize::try_from(n).ok()).filter(|&n| n <= MAX_TUNING) {
-                    Some(n) if name == VAR_READAHEAD && n != 0 && n < 65536 => {
-                        *slot = 65536;
-                        Some(format!("{name}='{shown}' is below the minimum of 64KiB (0 turns it off); using 64KiB"))
-                    }
-                    Some(n) => {
-                        *slot = if name == VAR_READAHEAD { n.next_multiple_of(65536) } else { n };
-                        None
-                    }
-                    None => Some(format!(
-                        "{name}='{shown}' is not a size up to 1GiB (use e.g. 0, 256K, 8MiB); using {default}"
-                    )),
-                }
-            }
-            VAR_MODE => match value.trim().to_ascii_lowercase().as_str() {
-                "direct" => {
-                    self.mode = Mode::Direct;
-                    None
-                }
-                "dontcache" => {
-                    self.mode = Mode::Dontcache;
-                    None
-                }
-                _ => Some(format!("{name}='{shown}' is not one of direct, dontcache; using direct")),
-            },
-            _ => None,
-        };
-        warnings.extend(warning);
     }
 }
 
@@ -494,24 +327,6 @@ fn is_pseudo_fs(path: &[u8]) -> bool {
         .any(|p| path.strip_prefix(*p).is_some_and(|rest| rest.is_empty() || rest[0] == b'/'))
 }
 
-fn non_empty(v: &OsStr) -> Option<OsString> {
-    (!v.is_empty()).then(|| v.to_os_string())
-}
-
-/// `1,true,yes,on` / `0,false,no,off` in any case (surrounding whitespace ignored); `None`
-/// for anything else. (The empty value, also "off", is handled by the caller.)
-fn parse_bool(s: &str) -> Option<bool> {
-    let s = s.trim();
-    let any = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
-    if any(&["1", "true", "yes", "on"]) {
-        Some(true)
-    } else if any(&["0", "false", "no", "off"]) {
-        Some(false)
-    } else {
-        None
-    }
-}
-
 /// Parse a byte size: decimal digits, optionally followed by a suffix `K`, `M`, `G`, `KiB`,
 /// `MiB` or `GiB` in any case, all powers of 1024 (users of this knob think in blocks, and
 /// `64K` meaning 64000 would never be what they wanted). Whitespace around the value and
@@ -602,7 +417,7 @@ mod tests {
 
     #[test]
     fn empty_values_mean_default_without_warning() {
-        let vars: Vec<(&str, &str)> = KNOWN_VARS.iter().map(|&n| (n, "")).collect();
+        let vars: Vec<(&str, &str)> = VARS.iter().map(|v| (v.name, "")).collect();
         let (c, w) = cfg(&vars);
         assert!(w.is_empty(), "{w:?}");
         assert_default_except_nothing(&c);
@@ -823,6 +638,65 @@ mod tests {
     }
 
     #[test]
+    fn readahead_values() {
+        for (v, want) in [("0", 0usize), ("64K", 64 << 10), ("100K", 128 << 10), ("8MiB", 8 << 20), ("1G", 1 << 30)] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_READAHEAD", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.readahead, want, "{v}");
+        }
+        for v in ["1", "4K", "65535"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_READAHEAD", v)]);
+            assert_eq!(c.readahead, 64 << 10, "{v}");
+            assert_eq!(
+                w,
+                format!("S3DLIO_DIRECT_READAHEAD='{v}' is below the minimum of 64KiB (0 turns it off); using 64KiB")
+            );
+        }
+        for v in ["lots", "2G", "-1", "1.5M"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_READAHEAD", v)]);
+            assert_eq!(c.readahead, 4 << 20, "{v}");
+            assert_eq!(
+                w,
+                format!("S3DLIO_DIRECT_READAHEAD='{v}' is not a size up to 1GiB (use e.g. 0, 256K, 8MiB); using 4MiB")
+            );
+        }
+    }
+
+    #[test]
+    fn write_behind_values() {
+        for (v, want) in [("0", 0usize), ("1", 1), ("3000", 3000), ("256K", 256 << 10), ("1G", 1 << 30)] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_WRITE_BEHIND", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.write_behind, want, "{v}");
+        }
+        for v in ["lots", "2G", "-1"] {
+            let (c, w) = one_warning(&[("S3DLIO_DIRECT_WRITE_BEHIND", v)]);
+            assert_eq!(c.write_behind, 1 << 20, "{v}");
+            assert_eq!(
+                w,
+                format!(
+                    "S3DLIO_DIRECT_WRITE_BEHIND='{v}' is not a size up to 1GiB (use e.g. 0, 256K, 8MiB); using 1MiB"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn mode_values() {
+        for (v, want) in [("direct", Mode::Direct), ("DontCache", Mode::Dontcache), (" dontcache\n", Mode::Dontcache)] {
+            let (c, w) = cfg(&[("S3DLIO_DIRECT_MODE", v)]);
+            assert!(w.is_empty(), "{v}: {w:?}");
+            assert_eq!(c.mode, want, "{v}");
+        }
+        let (c, w) = one_warning(&[("S3DLIO_DIRECT_MODE", "fast")]);
+        assert_eq!(c.mode, Mode::Direct);
+        assert_eq!(w, "S3DLIO_DIRECT_MODE='fast' is not one of direct, dontcache; using direct");
+        for m in Mode::ALL {
+            assert_eq!(Mode::parse(m.as_str()), Some(m));
+        }
+    }
+
+    #[test]
     fn non_utf8_scalar_values_warn_with_lossy_text() {
         let (c, w) = Config::from_vars([
             (OsString::from(VAR_MIN_SIZE), OsString::from_vec(b"4\xffK".to_vec())),
@@ -847,6 +721,9 @@ mod tests {
             ("S3DLIO_DIRECT_STATS", "/tmp/s"),
             ("S3DLIO_DIRECT_POOL", "8M"),
             ("S3DLIO_DIRECT_PROGRAMS", "*"),
+            ("S3DLIO_DIRECT_READAHEAD", "8M"),
+            ("S3DLIO_DIRECT_WRITE_BEHIND", "0"),
+            ("S3DLIO_DIRECT_MODE", "dontcache"),
         ];
         let bad = [
             ("S3DLIO_DIRECT_PATHS", "rel"),
@@ -857,6 +734,9 @@ mod tests {
             ("S3DLIO_DIRECT_LOG", "loud"),
             ("S3DLIO_DIRECT_POOL", "huge"),
             ("S3DLIO_DIRECT_PROGRAMS", "a/b"),
+            ("S3DLIO_DIRECT_READAHEAD", "huge"),
+            ("S3DLIO_DIRECT_WRITE_BEHIND", "huge"),
+            ("S3DLIO_DIRECT_MODE", "fast"),
             ("S3DLIO_DIRECT_BOGUS", "1"),
         ];
         // Swap one variable at a time for its bad value: one warning, all the rest intact.
@@ -881,6 +761,9 @@ mod tests {
             assert_eq!(c.stats_path, Some(OsString::from("/tmp/s")));
             let want_pool = if bad_name == VAR_POOL { 64 << 20 } else { 8 << 20 };
             assert_eq!(c.pool_bytes, want_pool);
+            assert_eq!(c.readahead, if bad_name == VAR_READAHEAD { 4 << 20 } else { 8 << 20 });
+            assert_eq!(c.write_behind, if bad_name == VAR_WRITE_BEHIND { 1 << 20 } else { 0 });
+            assert_eq!(c.mode, if bad_name == VAR_MODE { Mode::Direct } else { Mode::Dontcache });
         }
         // All bad at once: one warning each, all defaults.
         let (c, w) = cfg(&bad);
@@ -891,6 +774,9 @@ mod tests {
         assert_eq!(c.min_size, 0);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert_eq!(c.pool_bytes, 64 << 20);
+        assert_eq!(c.readahead, 4 << 20);
+        assert_eq!(c.write_behind, 1 << 20);
+        assert_eq!(c.mode, Mode::Direct);
     }
 
     fn own_exe_name() -> String {
