@@ -40,12 +40,13 @@
 //! # }
 //! ```
 
-use crate::object_store::{parse_uri, ObjectMetadata, ObjectStore, Operation, Result, Scheme, StoreError};
+use crate::store_api::{parse_uri, ObjectMetadata, ObjectStore, Operation, Result, Scheme, StoreError};
+pub use crate::store_api::{IoReport, IoStats};
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3dlio_engine::align::{self, Alignment};
 use s3dlio_engine::buffer::AlignedBuf;
-use s3dlio_engine::direct_file::{DirectFile, Fallback, IoCounters};
+use s3dlio_engine::direct_file::{DirectFile, Fallback};
 use s3dlio_engine::probe;
 use s3dlio_engine::sys;
 use std::ffi::{OsStr, OsString};
@@ -291,159 +292,6 @@ pub fn test_direct_io_support(path: impl AsRef<Path>) -> DirectIoSupport {
         }
         Ok(_) => no(Some(a), "the kernel dropped O_DIRECT during the probe".to_string(), dir),
         Err(r) => no(Some(a), r.to_string(), dir),
-    }
-}
-
-/// How one data operation (`get`, `get_range`, `put`, `put_multipart`) did its I/O.
-///
-/// ```
-/// use s3dlio::file_store_direct::{ConfigurableFileSystemObjectStore, FileSystemConfig};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), s3dlio::object_store::StoreError> {
-/// let dir = std::env::temp_dir().join(format!("s3dlio-doc-report-{}", std::process::id()));
-/// let uri = format!("direct://{}/obj", dir.display());
-/// let store = ConfigurableFileSystemObjectStore::new(FileSystemConfig::default());
-/// let report = store.put_with_report(&uri, &vec![0u8; 20 << 20]).await?;
-/// assert!(report.direct_requested); // direct:// asks for O_DIRECT
-/// if report.direct {
-///     assert_ne!(report.fd_flags & libc::O_DIRECT, 0);
-///     assert!(report.io_calls <= 20); // 8 MiB per call, not one call per page
-/// } else {
-///     println!("buffered because: {}", report.fallback.unwrap());
-/// }
-/// # std::fs::remove_dir_all(&dir).unwrap();
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoReport {
-    /// The operation.
-    pub operation: Operation,
-    /// The URI it was given.
-    pub uri: String,
-    /// Bytes returned (reads) or stored (writes).
-    pub bytes: u64,
-    /// Direct I/O was asked for (configuration or `direct://`).
-    pub direct_requested: bool,
-    /// The kernel had O_DIRECT on the file's descriptor at the end of the operation
-    /// (`fcntl(F_GETFL)`).
-    pub direct: bool,
-    /// Why the operation was not (entirely) direct although direct I/O was requested: the
-    /// filesystem refused O_DIRECT, the object was below `min_io_size`, or some calls were
-    /// redone buffered. `None` when it was fully direct, or when direct I/O was not requested.
-    pub fallback: Option<Fallback>,
-    /// The descriptor's status flags (`fcntl(F_GETFL)`), e.g. to check `O_DIRECT` and `O_SYNC`.
-    pub fd_flags: i32,
-    /// Required buffer alignment the engine found for the file.
-    pub mem_align: usize,
-    /// Required offset alignment the engine found for the file.
-    pub offset_align: usize,
-    /// Read or write calls the store made on the file for this operation.
-    pub io_calls: u64,
-    /// The largest of those calls, in bytes.
-    pub largest_io: usize,
-    /// The engine's counters for the file: bytes that went straight to or from the kernel,
-    /// through bounce buffers, or through the page cache.
-    pub counters: IoCounters,
-}
-
-impl IoReport {
-    /// True if direct I/O was requested and fully achieved.
-    ///
-    /// ```
-    /// # use s3dlio::file_store_direct::IoReport;
-    /// # fn check(r: &IoReport) {
-    /// assert_eq!(r.fully_direct(), r.direct_requested && r.direct && r.fallback.is_none());
-    /// # }
-    /// ```
-    pub fn fully_direct(&self) -> bool {
-        self.direct_requested && self.direct && self.fallback.is_none()
-    }
-}
-
-/// Cumulative I/O statistics of one store (all clones share them).
-///
-/// ```
-/// use s3dlio::file_store_direct::{ConfigurableFileSystemObjectStore, FileSystemConfig};
-/// use s3dlio::object_store::ObjectStore;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), s3dlio::object_store::StoreError> {
-/// let dir = std::env::temp_dir().join(format!("s3dlio-doc-stats-{}", std::process::id()));
-/// let store = ConfigurableFileSystemObjectStore::new(FileSystemConfig::direct_io());
-/// store.put(&format!("file://{}/o", dir.display()), b"hello").await?;
-/// let s = store.stats();
-/// assert_eq!(s.data_ops, 1);
-/// assert_eq!(s.direct_ops + s.fallback_ops, 1);
-/// for (why, n) in &s.fallbacks {
-///     println!("{n} operation(s) not direct: {why}");
-/// }
-/// # std::fs::remove_dir_all(&dir).unwrap();
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IoStats {
-    /// Data operations (`get`, `get_range`, `put`, `put_multipart`) that succeeded.
-    pub data_ops: u64,
-    /// Those that asked for direct I/O and got it entirely.
-    pub direct_ops: u64,
-    /// Those that asked for direct I/O and did not (entirely) get it; see `fallbacks`.
-    pub fallback_ops: u64,
-    /// Those that did not ask for direct I/O.
-    pub buffered_ops: u64,
-    /// Bytes returned by reads.
-    pub bytes_read: u64,
-    /// Bytes stored by writes.
-    pub bytes_written: u64,
-    /// Read and write calls the store made.
-    pub io_calls: u64,
-    /// Sum of the engine's per-file counters.
-    pub counters: IoCounters,
-    /// How many operations fell back, by reason.
-    pub fallbacks: Vec<(Fallback, u64)>,
-}
-
-impl IoStats {
-    /// How many operations fell back for `reason`.
-    ///
-    /// ```
-    /// use s3dlio::direct_file::Fallback;
-    /// use s3dlio::file_store_direct::IoStats;
-    /// assert_eq!(IoStats::default().fallback_count(Fallback::FsNoDirect), 0);
-    /// ```
-    pub fn fallback_count(&self, reason: Fallback) -> u64 {
-        self.fallbacks.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
-    }
-
-    fn add(&mut self, r: &IoReport) {
-        self.data_ops += 1;
-        match (r.direct_requested, r.fallback) {
-            (false, _) => self.buffered_ops += 1,
-            (true, None) => self.direct_ops += 1,
-            (true, Some(f)) => {
-                self.fallback_ops += 1;
-                match self.fallbacks.iter_mut().find(|(x, _)| *x == f) {
-                    Some((_, n)) => *n += 1,
-                    None => self.fallbacks.push((f, 1)),
-                }
-            }
-        }
-        if matches!(r.operation, Operation::Get | Operation::GetRange) {
-            self.bytes_read += r.bytes;
-        } else {
-            self.bytes_written += r.bytes;
-        }
-        self.io_calls += r.io_calls;
-        let (c, d) = (&mut self.counters, &r.counters);
-        c.direct_calls += d.direct_calls;
-        c.direct_bytes += d.direct_bytes;
-        c.bounced_calls += d.bounced_calls;
-        c.bounced_bytes += d.bounced_bytes;
-        c.buffered_bytes += d.buffered_bytes;
-        c.fallback_calls += d.fallback_calls;
-        c.einval_retries += d.einval_retries;
     }
 }
 

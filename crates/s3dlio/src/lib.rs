@@ -3,6 +3,7 @@
 
 pub mod file_store_direct;
 pub mod object_store;
+mod store_api;
 
 /// The engine's building blocks that the store's public API names.
 pub use s3dlio_engine::{align, direct_file};
