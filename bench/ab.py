@@ -248,7 +248,7 @@ def write_report(ctx, sides, pats, results, S, facts, elapsed, noise):
 def main():
     env = os.environ.get
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    bench.add_common_args(ap, os.path.join(REPO, "docs", "benchmarks-ab.md"), size_default="1GiB")
+    bench.add_common_args(ap, os.path.join(REPO, "docs", "benchmarks-ab.md"), size_default="1GiB", smoke_rounds=2)
     ap.add_argument("--a", default=env("BENCH_AB_A") or "HEAD", help="side A: a .so, 'worktree' or a git revision")
     ap.add_argument("--b", default=env("BENCH_AB_B") or "worktree", help="side B: a .so, 'worktree' or a git revision")
     ap.add_argument("--build-dir", default=env("BENCH_AB_BUILD_DIR", "/var/tmp/s3dlio-bench-ab"),

@@ -929,7 +929,7 @@ def chart(ctx, S, path):
     plt.close(fig)
 
 
-def add_common_args(ap, out_default, size_default="2GiB"):
+def add_common_args(ap, out_default, size_default="2GiB", smoke_rounds=1):
     """The options (and environment variables) bench.py and bench/ab.py share."""
     env = os.environ.get
     ap.add_argument("--dir", default=env("BENCH_DIR", "/var/tmp/s3dlio-bench"))
@@ -943,7 +943,7 @@ def add_common_args(ap, out_default, size_default="2GiB"):
     ap.add_argument("--python", default=env("BENCH_PYTHON"), help="interpreter of the Python rows (default: this one)")
     ap.add_argument("--keep", action="store_true", default=env("BENCH_KEEP", "") not in ("", "0"))
     ap.add_argument("--strict", action="store_true", default=env("BENCH_STRICT", "") not in ("", "0"))
-    ap.add_argument("--smoke", action="store_true", help="a tiny run: 64 MiB, 1 round, 1 s cells")
+    ap.add_argument("--smoke", action="store_true", help=f"a tiny run: 64 MiB, {smoke_rounds} round(s), 1 s cells")
 
 
 def apply_smoke(a, rounds=1):
