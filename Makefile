@@ -19,6 +19,17 @@
 #                 every pattern in every mode, report to docs/benchmarks.md + .png (BENCH_SIZE=2GiB,
 #                 BENCH_ROUNDS=3, BENCH_DIR=/var/tmp/s3dlio-bench, BENCH_MODES=...; see bench/bench.py)
 #   make bench-smoke  the same at 64 MiB, 1 round, report to a temp file (never part of `make test`)
+#   make bench-ab A=<rev|.so> B=<rev|worktree|.so>
+#                 A/B of two builds of the preload library (bench/ab.py): every read and write
+#                 pattern in shim mode, A and B back to back in each round, alternating A B, B A,
+#                 ...; per pattern the median MB/s of A and B, the median and min-max of the
+#                 per-round ratios B/A and a verdict (within noise / faster / slower); report to
+#                 docs/benchmarks-ab.md. A git revision is built from a clean `git archive`
+#                 export (cargo build --release --locked -p s3dlio-direct-preload), cached per
+#                 commit in BENCH_AB_BUILD_DIR (/var/tmp/s3dlio-bench-ab); "worktree" builds this
+#                 tree in place. Defaults A=HEAD B=worktree; env BENCH_AB_A/BENCH_AB_B work too.
+#                 BENCH_SIZE (1GiB), BENCH_ROUNDS, BENCH_WRITE_SIZE, BENCH_OUT as for bench, and
+#                 BENCH_AB_PATTERNS=c1m,cw4k to rerun some rows only
 #   make clean
 
 SHELL := /bin/bash
@@ -56,7 +67,7 @@ MECHANISM_TESTS := tests/test_differential.py tests/test_streams.py tests/test_r
 VENV := .venv
 VENV_STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: all build harness venv test lint demo clean bench bench-smoke bench-tools install uninstall
+.PHONY: all build harness venv test lint demo clean bench bench-smoke bench-ab bench-tools install uninstall
 
 all: build
 
@@ -137,6 +148,11 @@ bench-smoke: build bench-tools
 	bash bench/deps.sh $(BENCH_PYTHON)
 	d=$$(mktemp -d) && BENCH_DIR=$$d/data $(BENCH_PYTHON) bench/bench.py --smoke --out $$d/benchmarks.md \
 	  && echo "bench-smoke: report in $$d/benchmarks.md"
+
+# A and B (or BENCH_AB_A, BENCH_AB_B): what bench/ab.py compares; it builds them itself
+bench-ab: bench-tools
+	bash bench/deps.sh $(BENCH_PYTHON)
+	BENCH_STRICT=1 $(BENCH_PYTHON) bench/ab.py $(if $(A),--a '$(A)') $(if $(B),--b '$(B)')
 
 clean:
 	rm -rf $(BIN) $(VENV) bench/bin

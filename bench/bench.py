@@ -42,6 +42,9 @@ BENCH_WRITE_SIZE (1GiB, capped at BENCH_SIZE), BENCH_MODES, BENCH_OUT (docs/benc
 BENCH_KEEP=1 (keep the generated data), BENCH_STRICT=1 (fail when fio, nocache, numpy or
 matplotlib is missing instead of marking those cells missing), BENCH_SHIM (the .so).
 Needs Python 3.9+; numpy for the numpy.load row, matplotlib for the chart.
+
+Comparing two builds of the library (`make bench-ab A=<rev> B=<rev|worktree|.so>`) is
+bench/ab.py, which imports this module's patterns, runs and report pieces.
 """
 
 from __future__ import annotations
@@ -323,8 +326,9 @@ class Ctx:
                 sys.exit(f"bench: unknown mode {k!r} (known: {', '.join(MODES)})")
         self.modes = [MODES[k] for k in self.mode_keys]
 
-    def shim_env(self, mode: Mode) -> dict:
-        e = {"LD_PRELOAD": self.shim,
+    def shim_env(self, mode: Mode, shim: str | None = None) -> dict:
+        """The environment of a shim run: LD_PRELOAD of `shim` (default: the library under test)."""
+        e = {"LD_PRELOAD": shim or self.shim,
              "S3DLIO_DIRECT_PATHS": f"{self.data_dir}:{self.out_dir}",
              "S3DLIO_DIRECT_STATS": os.path.join(self.stats_dir, "st-%p.json")}
         e.update(mode.shim_env or {})
@@ -463,7 +467,8 @@ def run_child(ctx: Ctx, argv, env_extra, targets, kind, pre_warm=False, evict_fi
     return res
 
 
-def run_cell(ctx: Ctx, pat: Pattern, mode: Mode):
+def run_cell(ctx: Ctx, pat: Pattern, mode: Mode, shim: str | None = None):
+    """One run of a pattern in a mode; `shim` overrides the library of shim modes (bench/ab.py)."""
     if mode.native:
         if pat.native is None:
             return None
@@ -474,7 +479,7 @@ def run_cell(ctx: Ctx, pat: Pattern, mode: Mode):
     if mode.wrapper:
         argv = list(mode.wrapper) + argv
     if mode.is_shim:
-        env.update(ctx.shim_env(mode))
+        env.update(ctx.shim_env(mode, shim))
     targets = ctx.files if pat.kind == "read" else [ctx.out_dir]
     return run_child(ctx, argv, env, targets, pat.kind, pre_warm=(mode.cache == "warm"))
 
@@ -523,18 +528,21 @@ def run_micro(ctx: Ctx):
 # --------------------------------------------------------------------------- the run
 
 
-def check_tools(ctx: Ctx):
-    need = {"fio": "fio", "nocache": "nocache"}
-    for tool in need:
-        if shutil.which(tool) is None:
+def check_tools(ctx: Ctx, tools=("fio", "nocache", "numpy", "matplotlib")):
+    """Records in ctx.missing which of `tools` are absent; exits under BENCH_STRICT when any is."""
+    for tool in ("fio", "nocache"):
+        if tool in tools and shutil.which(tool) is None:
             ctx.missing[tool] = f"{tool} is not installed (Debian: apt-get install {tool})"
-    r = subprocess.run([ctx.python, "-c", "import numpy"], capture_output=True)
-    if r.returncode != 0:
-        ctx.missing["numpy"] = f"numpy is not importable by {ctx.python} (Debian: python3-numpy)"
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        ctx.missing["matplotlib"] = f"matplotlib is not importable by {sys.executable} (Debian: python3-matplotlib)"
+    if "numpy" in tools:
+        r = subprocess.run([ctx.python, "-c", "import numpy"], capture_output=True)
+        if r.returncode != 0:
+            ctx.missing["numpy"] = f"numpy is not importable by {ctx.python} (Debian: python3-numpy)"
+    if "matplotlib" in tools:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ctx.missing["matplotlib"] = (f"matplotlib is not importable by {sys.executable} "
+                                         "(Debian: python3-matplotlib)")
     if not os.path.exists(ctx.shim):
         sys.exit(f"bench: the shim {ctx.shim} is missing: run `make build`")
     if ctx.missing:
@@ -641,13 +649,15 @@ def pct(v):
     return f"{v:.1f}%" if v < 10 else f"{v:.0f}%"
 
 
+def paired_ratios(a_list, b_list, key="mbps"):
+    """The per-round ratios a/b of runs made back to back (rounds where either failed left out)."""
+    return [a[key] / b[key] for a, b in zip(a_list or [], b_list or [])
+            if a and b and a.get(key) and b.get(key)]
+
+
 def round_ratios(a_list, b_list, key="mbps"):
     """Per-round ratio a/b (paired), median."""
-    rs = []
-    for a, b in zip(a_list or [], b_list or []):
-        if a and b and a.get(key) and b.get(key):
-            rs.append(a[key] / b[key])
-    return med(rs)
+    return med(paired_ratios(a_list, b_list, key))
 
 
 def summarise(ctx, results, extra):
@@ -919,40 +929,62 @@ def chart(ctx, S, path):
     plt.close(fig)
 
 
-def main():
+def add_common_args(ap, out_default, size_default="2GiB", smoke_rounds=1):
+    """The options (and environment variables) bench.py and bench/ab.py share."""
     env = os.environ.get
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=env("BENCH_DIR", "/var/tmp/s3dlio-bench"))
-    ap.add_argument("--size", type=parse_size, default=parse_size(env("BENCH_SIZE", "2GiB")))
+    ap.add_argument("--size", type=parse_size, default=parse_size(env("BENCH_SIZE", size_default)))
     ap.add_argument("--files", type=int, default=int(env("BENCH_FILES", "16")))
     ap.add_argument("--rounds", type=int, default=int(env("BENCH_ROUNDS", "3")))
     ap.add_argument("--cell-secs", type=float, default=float(env("BENCH_CELL_SECS", "5")))
     ap.add_argument("--write-size", type=parse_size, default=parse_size(env("BENCH_WRITE_SIZE", "1GiB")))
-    ap.add_argument("--modes", default=env("BENCH_MODES", DEFAULT_MODES))
-    ap.add_argument("--out", default=env("BENCH_OUT", os.path.join(REPO, "docs", "benchmarks.md")))
+    ap.add_argument("--out", default=env("BENCH_OUT", out_default))
     ap.add_argument("--raw", default=env("BENCH_RAW"), help="also write the raw results as JSON here")
-    ap.add_argument("--shim", default=env("BENCH_SHIM", os.path.join(REPO, "target", "release", "libs3dlio_direct.so")))
     ap.add_argument("--python", default=env("BENCH_PYTHON"), help="interpreter of the Python rows (default: this one)")
     ap.add_argument("--keep", action="store_true", default=env("BENCH_KEEP", "") not in ("", "0"))
     ap.add_argument("--strict", action="store_true", default=env("BENCH_STRICT", "") not in ("", "0"))
-    ap.add_argument("--smoke", action="store_true", help="a tiny run: 64 MiB, 1 round, 1 s cells")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help=f"a tiny run: 64 MiB, {smoke_rounds} round(s), 1 s cells")
+
+
+def apply_smoke(a, rounds=1):
     if a.smoke:
-        a.size, a.rounds, a.cell_secs, a.files = min(a.size, 64 * MiB), 1, min(a.cell_secs, 1.0), 8
+        a.size, a.rounds, a.cell_secs, a.files = min(a.size, 64 * MiB), rounds, min(a.cell_secs, 1.0), 8
+
+
+def snapshot_shim(ctx: Ctx, src: str, sub: str = "shim") -> str:
+    """A private copy of a library under ctx.dir/sub: a rebuild during the run must not change
+    what is measured. Returns the copy's path."""
+    snap = os.path.join(ctx.dir, sub)
+    os.makedirs(snap, exist_ok=True)
+    dst = os.path.join(snap, os.path.basename(src))
+    shutil.copy2(src, dst)
+    return dst
+
+
+def bench_dir_info(ctx: Ctx, prog="bench") -> str:
+    """Sets ctx.dev; returns the filesystem type of ctx.dir (warns on tmpfs/ramfs)."""
+    ctx.dev = block_device_of(ctx.dir)
+    fs = subprocess.run(["stat", "-f", "-c", "%T", ctx.dir], capture_output=True, text=True).stdout.strip()
+    if fs in ("tmpfs", "ramfs"):
+        print(f"{prog}: WARNING: {ctx.dir} is on {fs}: there is no device to measure; use BENCH_DIR=", file=sys.stderr)
+    return fs
+
+
+def main():
+    env = os.environ.get
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(ap, os.path.join(REPO, "docs", "benchmarks.md"))
+    ap.add_argument("--modes", default=env("BENCH_MODES", DEFAULT_MODES))
+    ap.add_argument("--shim", default=env("BENCH_SHIM", os.path.join(REPO, "target", "release", "libs3dlio_direct.so")))
+    a = ap.parse_args()
+    apply_smoke(a)
     compile_tools()
     ctx = Ctx(a)
     check_tools(ctx)
     os.makedirs(ctx.dir, exist_ok=True)
-    # a private copy of the shim: a rebuild during the run must not change what is measured
-    snap = os.path.join(ctx.dir, "shim")
-    os.makedirs(snap, exist_ok=True)
     ctx.shim_info = f"built {datetime.datetime.fromtimestamp(os.path.getmtime(ctx.shim)).strftime('%Y-%m-%d %H:%M')}"
-    shutil.copy2(ctx.shim, os.path.join(snap, os.path.basename(ctx.shim)))
-    ctx.shim = os.path.join(snap, os.path.basename(ctx.shim))
-    ctx.dev = block_device_of(ctx.dir)
-    fs = subprocess.run(["stat", "-f", "-c", "%T", ctx.dir], capture_output=True, text=True).stdout.strip()
-    if fs in ("tmpfs", "ramfs"):
-        print(f"bench: WARNING: {ctx.dir} is on {fs}: there is no device to measure; use BENCH_DIR=", file=sys.stderr)
+    ctx.shim = snapshot_shim(ctx, ctx.shim)
+    fs = bench_dir_info(ctx)
     print(f"bench: {human(ctx.size)} in {ctx.dir} (device {ctx.dev}, {fs}), {ctx.rounds} round(s), "
           f"modes {','.join(ctx.mode_keys)}", flush=True)
     facts = machine_facts(ctx)

@@ -28,6 +28,9 @@
  *        one, then _exit. Must not deadlock (alarm 100 s) and every byte must verify.
  * With HARNESS_FDINFO set, the main descriptor's kernel flags go to stderr
  * ("FDINFO main fd=<n> flags:\t<octal>").
+ * Each mode is one mode_* function; main() dispatches through the table MODES (name, function,
+ * arguments needed, usage). Exit 2: no MODE/PATH, an unknown mode, or a mode given too few
+ * arguments (its usage line goes to stderr).
  */
 #include "common.h"
 #include <pthread.h>
@@ -264,6 +267,228 @@ static void make_file(uint64_t seed, long long size)
 
 static void on_alarm(int s) { (void)s; static const char m[] = "BAD timeout (deadlock?)\n"; if (write(1, m, sizeof m - 1)) {} _exit(3); }
 
+/* ---------- the modes: one function each, dispatched through MODES below ---------- */
+
+/* start nthreads threads of fn (argument: the thread's index) behind one barrier, and join them */
+static void run_threads(void *(*fn)(void *))
+{
+    pthread_t th[64];
+    pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
+    for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, fn, (void *)(intptr_t)t);
+    for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
+}
+
+/* pwrite-threads and pwrite-procs: PATH N RECSZ NREC [own]; creates PATH, returns its descriptor */
+static int pwrite_setup(int argc, char **argv)
+{
+    nthreads = atoi(argv[3]);
+    recsz = atoll(argv[4]);
+    nrec = atoll(argv[5]);
+    own_fd = argc > 6 && !strcmp(argv[6], "own");
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die("open");
+    maybe_fdinfo("main", fd);
+    return fd;
+}
+
+static int mode_pwrite_threads(int argc, char **argv)
+{
+    shared_fd = pwrite_setup(argc, argv);
+    run_threads(pw_thread);
+    close(shared_fd);
+    return verify_records();
+}
+
+static int mode_pwrite_procs(int argc, char **argv)
+{
+    close(pwrite_setup(argc, argv));
+    for (int p = 0; p < nthreads; p++) {
+        if (fork() == 0) {
+            int f = open(path, O_WRONLY);
+            if (f < 0) die("open");
+            write_records(f, p, nthreads);
+            close(f);
+            _exit(0);
+        }
+    }
+    while (wait(NULL) > 0) {}
+    return verify_records();
+}
+
+/* append-procs and append-threads: PATH N NREC RECSZ; creates PATH empty */
+static void append_setup(char **argv)
+{
+    nthreads = atoi(argv[3]);
+    nrec = atoll(argv[4]);
+    recsz = atoll(argv[5]);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die("open");
+    close(fd);
+}
+
+static int mode_append_procs(int argc, char **argv)
+{
+    (void)argc;
+    append_setup(argv);
+    for (int p = 0; p < nthreads; p++) {
+        if (fork() == 0) {
+            shared_fd = open(path, O_WRONLY | O_APPEND);
+            if (shared_fd < 0) die("open");
+            if (p == 0) maybe_fdinfo("main", shared_fd);
+            pthread_barrier_init(&barrier, NULL, 1);
+            app_thread((void *)(intptr_t)p);
+            close(shared_fd);
+            _exit(0);
+        }
+    }
+    while (wait(NULL) > 0) {}
+    return verify_tiled(nthreads, nrec, (size_t)recsz);
+}
+
+static int mode_append_threads(int argc, char **argv)
+{
+    (void)argc;
+    append_setup(argv);
+    shared_fd = open(path, O_WRONLY | O_APPEND);
+    maybe_fdinfo("main", shared_fd);
+    run_threads(app_thread);
+    close(shared_fd);
+    return verify_tiled(nthreads, nrec, (size_t)recsz);
+}
+
+static int mode_sharedfd_write(int argc, char **argv)
+{
+    (void)argc;
+    nthreads = atoi(argv[3]);
+    recsz = atoll(argv[4]);
+    nrec = atoll(argv[5]);
+    shared_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (shared_fd < 0) die("open");
+    maybe_fdinfo("main", shared_fd);
+    run_threads(app_thread);
+    close(shared_fd);
+    return verify_tiled(nthreads, nrec, (size_t)recsz);
+}
+
+static int mode_sharedfd_read(int argc, char **argv)
+{
+    (void)argc;
+    nthreads = atoi(argv[3]);
+    recsz = atoll(argv[4]);
+    nrec = atoll(argv[5]);
+    if (recsz < 16) recsz = 16;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    char *b = malloc((size_t)recsz);
+    for (long long i = 0; i < nrec; i++) {
+        memcpy(b, &i, 8);
+        for (long long k = 8; k < recsz; k++) b[k] = (char)gen_byte((uint64_t)i + 5, (uint64_t)k);
+        if (write_all(fd, b, (size_t)recsz) < 0) die("write");
+    }
+    fsync(fd);
+    close(fd);
+    read_count = calloc((size_t)nrec, sizeof(long long));
+    shared_fd = open(path, O_RDONLY);
+    maybe_fdinfo("main", shared_fd);
+    run_threads(sr_thread);
+    long long missing = 0, dup = 0;
+    for (long long i = 0; i < nrec; i++) { if (!read_count[i]) missing++; if (read_count[i] > 1) dup++; }
+    long long end = lseek(shared_fd, 0, SEEK_CUR);
+    if (missing || dup || read_bad || end != nrec * recsz) {
+        printf("BAD records=%lld missing=%lld read_twice=%lld bad_reads=%lld final_offset=%lld\n", nrec, missing, dup, read_bad, end);
+        return 1;
+    }
+    printf("OK records=%lld each read once, final_offset=%lld\n", nrec, end);
+    return 0;
+}
+
+static int mode_overlap_pread(int argc, char **argv)
+{
+    (void)argc;
+    nthreads = atoi(argv[3]);
+    iters = atoll(argv[4]);
+    make_file(9, OV_SIZE);
+    shared_fd = open(path, O_RDONLY);
+    maybe_fdinfo("main", shared_fd);
+    run_threads(ov_thread);
+    if (ov_bad) { printf("BAD preads=%lld bad=%lld\n", iters * nthreads, ov_bad); return 1; }
+    printf("OK preads=%lld all verified\n", iters * nthreads);
+    return 0;
+}
+
+/* one child of the fork storm: I/O on the inherited descriptor and on a fresh one; exit status 1 when bad */
+static void fork_storm_child(long long i)
+{
+    alarm(20);
+    char *b = (char *)malloc(20000) + 1;
+    long long off = (i * 7919) % (FS_SIZE - 20000);
+    int bad = pread(shared_fd, b, 12345, off) != 12345;
+    for (int k = 0; !bad && k < 12345; k++)
+        if ((unsigned char)b[k] != gen_byte(11, (uint64_t)(off + k))) bad = 1;
+    gen_fill(11, (uint64_t)off + 3, b, 4099);
+    if (pwrite(shared_fd, b, 4099, off + 3) != 4099) bad = 1;
+    int f = open(path, O_RDONLY);
+    if (f < 0 || pread(f, b, 5000, off + 1) != 5000) bad = 1;
+    for (int k = 0; !bad && k < 5000; k++)
+        if ((unsigned char)b[k] != gen_byte(11, (uint64_t)(off + 1 + k))) bad = 1;
+    close(f);
+    _exit(bad);
+}
+
+static int mode_fork_storm(int argc, char **argv)
+{
+    (void)argc;
+    nthreads = atoi(argv[3]);
+    iters = atoll(argv[4]);
+    make_file(11, FS_SIZE);
+    shared_fd = open(path, O_RDWR);
+    maybe_fdinfo("main", shared_fd);
+    pthread_t th[64];
+    for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, fs_thread, (void *)(intptr_t)t);
+    long long child_bad = 0;
+    for (long long i = 0; i < iters; i++) {
+        pid_t c = fork();
+        if (c == 0) fork_storm_child(i);
+        int st;
+        if (waitpid(c, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) child_bad++;
+    }
+    fs_stop = 1;
+    for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
+    close(shared_fd);
+    long long sz;
+    int fd = open(path, O_RDONLY);
+    char *b = malloc(FS_SIZE + 1);
+    sz = 0;
+    ssize_t n;
+    while ((n = read(fd, b + sz, FS_SIZE + 1 - sz)) > 0) sz += n;
+    close(fd);
+    long long content_bad = sz != FS_SIZE;
+    for (long long k = 0; !content_bad && k < sz; k++)
+        if ((unsigned char)b[k] != gen_byte(11, (uint64_t)k)) content_bad = 1;
+    if (child_bad || fs_bad || content_bad) {
+        printf("BAD forks=%lld child_bad=%lld thread_bad=%lld content_bad=%lld\n", iters, child_bad, fs_bad, content_bad);
+        return 1;
+    }
+    printf("OK forks=%lld\n", iters);
+    return 0;
+}
+
+/* argc counts the program, MODE and PATH: min_argc is what the mode's fixed arguments need */
+static const struct mode {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    int min_argc;
+    const char *usage;
+} MODES[] = {
+    {"pwrite-threads", mode_pwrite_threads, 6, "PATH T RECSZ NREC [own]"},
+    {"pwrite-procs", mode_pwrite_procs, 6, "PATH P RECSZ NREC"},
+    {"append-procs", mode_append_procs, 6, "PATH P NREC RECSZ"},
+    {"append-threads", mode_append_threads, 6, "PATH T NREC RECSZ"},
+    {"sharedfd-read", mode_sharedfd_read, 6, "PATH T RECSZ NREC"},
+    {"sharedfd-write", mode_sharedfd_write, 6, "PATH T RECSZ NREC"},
+    {"overlap-pread", mode_overlap_pread, 5, "PATH T ITERS"},
+    {"fork-storm", mode_fork_storm, 5, "PATH T ITERS"},
+};
+
 int main(int argc, char **argv)
 {
     if (argc < 4) { fprintf(stderr, "usage: conc MODE PATH args... (see the comment at the top of conc.c)\n"); return 2; }
@@ -272,175 +497,13 @@ int main(int argc, char **argv)
     signal(SIGALRM, on_alarm);
     alarm(100);
     setvbuf(stdout, NULL, _IONBF, 0);
-    if (!strcmp(m, "pwrite-threads") || !strcmp(m, "pwrite-procs")) {
-        nthreads = atoi(argv[3]);
-        recsz = atoll(argv[4]);
-        nrec = atoll(argv[5]);
-        own_fd = argc > 6 && !strcmp(argv[6], "own");
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) die("open");
-        maybe_fdinfo("main", fd);
-        if (!strcmp(m, "pwrite-threads")) {
-            shared_fd = fd;
-            pthread_t th[64];
-            pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-            for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, pw_thread, (void *)(intptr_t)t);
-            for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-        } else {
-            close(fd);
-            for (int p = 0; p < nthreads; p++) {
-                if (fork() == 0) {
-                    int f = open(path, O_WRONLY);
-                    if (f < 0) die("open");
-                    write_records(f, p, nthreads);
-                    close(f);
-                    _exit(0);
-                }
-            }
-            while (wait(NULL) > 0) {}
+    for (size_t i = 0; i < sizeof MODES / sizeof MODES[0]; i++) {
+        if (strcmp(m, MODES[i].name)) continue;
+        if (argc < MODES[i].min_argc) {
+            fprintf(stderr, "usage: conc %s %s\n", MODES[i].name, MODES[i].usage);
+            return 2;
         }
-        if (shared_fd >= 0) close(shared_fd);
-        return verify_records();
-    }
-    if (!strcmp(m, "append-procs") || !strcmp(m, "append-threads")) {
-        nthreads = atoi(argv[3]);
-        nrec = atoll(argv[4]);
-        recsz = atoll(argv[5]);
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) die("open");
-        close(fd);
-        if (!strcmp(m, "append-threads")) {
-            shared_fd = open(path, O_WRONLY | O_APPEND);
-            maybe_fdinfo("main", shared_fd);
-            pthread_t th[64];
-            pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-            for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, app_thread, (void *)(intptr_t)t);
-            for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-            close(shared_fd);
-        } else {
-            for (int p = 0; p < nthreads; p++) {
-                if (fork() == 0) {
-                    shared_fd = open(path, O_WRONLY | O_APPEND);
-                    if (shared_fd < 0) die("open");
-                    if (p == 0) maybe_fdinfo("main", shared_fd);
-                    pthread_barrier_init(&barrier, NULL, 1);
-                    app_thread((void *)(intptr_t)p);
-                    close(shared_fd);
-                    _exit(0);
-                }
-            }
-            while (wait(NULL) > 0) {}
-        }
-        return verify_tiled(nthreads, nrec, (size_t)recsz);
-    }
-    if (!strcmp(m, "sharedfd-write")) {
-        nthreads = atoi(argv[3]);
-        recsz = atoll(argv[4]);
-        nrec = atoll(argv[5]);
-        shared_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (shared_fd < 0) die("open");
-        maybe_fdinfo("main", shared_fd);
-        pthread_t th[64];
-        pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-        for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, app_thread, (void *)(intptr_t)t);
-        for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-        close(shared_fd);
-        return verify_tiled(nthreads, nrec, (size_t)recsz);
-    }
-    if (!strcmp(m, "sharedfd-read")) {
-        nthreads = atoi(argv[3]);
-        recsz = atoll(argv[4]);
-        nrec = atoll(argv[5]);
-        if (recsz < 16) recsz = 16;
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        char *b = malloc((size_t)recsz);
-        for (long long i = 0; i < nrec; i++) {
-            memcpy(b, &i, 8);
-            for (long long k = 8; k < recsz; k++) b[k] = (char)gen_byte((uint64_t)i + 5, (uint64_t)k);
-            if (write_all(fd, b, (size_t)recsz) < 0) die("write");
-        }
-        fsync(fd);
-        close(fd);
-        read_count = calloc((size_t)nrec, sizeof(long long));
-        shared_fd = open(path, O_RDONLY);
-        maybe_fdinfo("main", shared_fd);
-        pthread_t th[64];
-        pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-        for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, sr_thread, (void *)(intptr_t)t);
-        for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-        long long missing = 0, dup = 0;
-        for (long long i = 0; i < nrec; i++) { if (!read_count[i]) missing++; if (read_count[i] > 1) dup++; }
-        long long end = lseek(shared_fd, 0, SEEK_CUR);
-        if (missing || dup || read_bad || end != nrec * recsz) {
-            printf("BAD records=%lld missing=%lld read_twice=%lld bad_reads=%lld final_offset=%lld\n", nrec, missing, dup, read_bad, end);
-            return 1;
-        }
-        printf("OK records=%lld each read once, final_offset=%lld\n", nrec, end);
-        return 0;
-    }
-    if (!strcmp(m, "overlap-pread")) {
-        nthreads = atoi(argv[3]);
-        iters = atoll(argv[4]);
-        make_file(9, OV_SIZE);
-        shared_fd = open(path, O_RDONLY);
-        maybe_fdinfo("main", shared_fd);
-        pthread_t th[64];
-        pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-        for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, ov_thread, (void *)(intptr_t)t);
-        for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-        if (ov_bad) { printf("BAD preads=%lld bad=%lld\n", iters * nthreads, ov_bad); return 1; }
-        printf("OK preads=%lld all verified\n", iters * nthreads);
-        return 0;
-    }
-    if (!strcmp(m, "fork-storm")) {
-        nthreads = atoi(argv[3]);
-        iters = atoll(argv[4]);
-        make_file(11, FS_SIZE);
-        shared_fd = open(path, O_RDWR);
-        maybe_fdinfo("main", shared_fd);
-        pthread_t th[64];
-        for (long long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, fs_thread, (void *)(intptr_t)t);
-        long long child_bad = 0;
-        for (long long i = 0; i < iters; i++) {
-            pid_t c = fork();
-            if (c == 0) {
-                alarm(20);
-                char *b = (char *)malloc(20000) + 1;
-                long long off = (i * 7919) % (FS_SIZE - 20000);
-                int bad = pread(shared_fd, b, 12345, off) != 12345;
-                for (int k = 0; !bad && k < 12345; k++)
-                    if ((unsigned char)b[k] != gen_byte(11, (uint64_t)(off + k))) bad = 1;
-                gen_fill(11, (uint64_t)off + 3, b, 4099);
-                if (pwrite(shared_fd, b, 4099, off + 3) != 4099) bad = 1;
-                int f = open(path, O_RDONLY);
-                if (f < 0 || pread(f, b, 5000, off + 1) != 5000) bad = 1;
-                for (int k = 0; !bad && k < 5000; k++)
-                    if ((unsigned char)b[k] != gen_byte(11, (uint64_t)(off + 1 + k))) bad = 1;
-                close(f);
-                _exit(bad);
-            }
-            int st;
-            if (waitpid(c, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) child_bad++;
-        }
-        fs_stop = 1;
-        for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-        close(shared_fd);
-        long long sz;
-        int fd = open(path, O_RDONLY);
-        char *b = malloc(FS_SIZE + 1);
-        sz = 0;
-        ssize_t n;
-        while ((n = read(fd, b + sz, FS_SIZE + 1 - sz)) > 0) sz += n;
-        close(fd);
-        long long content_bad = sz != FS_SIZE;
-        for (long long k = 0; !content_bad && k < sz; k++)
-            if ((unsigned char)b[k] != gen_byte(11, (uint64_t)k)) content_bad = 1;
-        if (child_bad || fs_bad || content_bad) {
-            printf("BAD forks=%lld child_bad=%lld thread_bad=%lld content_bad=%lld\n", iters, child_bad, fs_bad, content_bad);
-            return 1;
-        }
-        printf("OK forks=%lld\n", iters);
-        return 0;
+        return MODES[i].run(argc, argv);
     }
     fprintf(stderr, "conc: unknown mode %s\n", m);
     return 2;

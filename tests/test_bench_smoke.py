@@ -98,3 +98,60 @@ def test_bench_smoke(shim, tmp_path):
         assert not png.exists()
     else:
         assert png.exists() and png.stat().st_size > 10_000
+
+
+AB = REPO / "bench" / "ab.py"
+
+
+def test_bench_ab_smoke(shim, tmp_path):
+    """The A/B mode (`make bench-ab`, bench/ab.py) at smoke size (64 MiB, 2 rounds, 1 s cells)
+    with two library paths (the built library and a copy of it): every read and write row ran
+    with A and with B in each round, the order alternated, the report has its table and states
+    both sides. No verdict is checked: the two sides are the same library."""
+    data_dir = Path(tempfile.mkdtemp(prefix="s3d-bench-ab-smoke-", dir=disk_tmp_root())) / "bench"
+    other = tmp_path / "copy" / "libs3dlio_direct.so"
+    other.parent.mkdir()
+    other.write_bytes(Path(shim).read_bytes())
+    out = tmp_path / "benchmarks-ab.md"
+    raw = tmp_path / "raw-ab.json"
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith(("S3DLIO_DIRECT_", "BENCH_"))}
+    r = subprocess.run(
+        [sys.executable, str(AB), "--smoke", "--dir", str(data_dir), "--out", str(out),
+         "--raw", str(raw), "--a", shim, "--b", str(other)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=str(REPO),
+    )
+    log = f"--- stdout ---\n{r.stdout[-6000:]}\n--- stderr ---\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, f"ab.py --smoke failed ({r.returncode})\n{log}"
+    assert not data_dir.exists(), f"the generated data in {data_dir} was not removed"
+    os.rmdir(data_dir.parent)
+    assert "round 1/2, order A B" in r.stdout and "round 2/2, order B A" in r.stdout, log
+
+    res = json.loads(raw.read_text())
+    if res["missing"]:
+        msg = "bench ab smoke: NOT EXERCISED (tool missing): " + "; ".join(res["missing"].values())
+        sys.stderr.write(f"\n*** {msg} ***\n")
+        warnings.warn(msg)
+    cells = res["cells"]
+    keys = ["c4k", "c64k", "c1m", "c1ma", "rand64k", "pyread", "pyinto", "fread", "t8",
+            "cw1m", "cw4k", "cw1000", "pyw1m", "pyw4k", "pyw1000"]
+    if "numpy" not in res["missing"]:
+        keys.append("npy")
+    for key in keys:
+        for side in ("A", "B"):
+            runs = cells.get(f"{key}/{side}")
+            assert runs and len(runs) == 2, f"cell {key}/{side} did not run twice\n{log}"
+            for run in runs:
+                assert run["ok"] and run["bytes"] > 0, f"cell {key}/{side} failed: {run}"
+                st = run.get("shim_stats") or {}
+                assert st.get("opens_direct", 0) >= 1, f"{key}/{side}: the library opened nothing direct: {st}"
+        row = res["rows"][key]
+        assert len(row["ratios"]) == 2 and all(x > 0 for x in row["ratios"]), row
+        assert row["verdict"] in ("within noise", "faster", "slower"), row
+    assert set(res["sides"]) == {"A", "B"} and shim in res["sides"]["A"]["desc"]
+
+    rep = out.read_text()
+    for head in ("# s3dlio-direct A/B benchmark", "## Machine", "## Throughput, B against A", "## Details per side",
+                 "| A MB/s | B MB/s | B/A median | B/A min–max |", "kernel", "filesystem", "device", "cores",
+                 str(other)):
+        assert head in rep, f"report lacks {head!r}"
+    assert "FAILED" not in rep, rep
