@@ -19,6 +19,7 @@ pub mod probe;
 pub mod read_path;
 pub mod readahead;
 pub mod stats;
+pub mod statsdir;
 pub mod sys;
 pub mod write_path;
 pub mod writing;
