@@ -512,11 +512,25 @@ fn create_live(values: &[u64; SLOTS]) -> Result<*mut u8, (Vec<u8>, Refusal)> {
     let page =
         live_page(PID.load(Ordering::Relaxed), START.load(Ordering::Relaxed), euid(), &c[..n], &ctx.host, values);
     let fail = |e| (live.clone(), e);
-    let mut tmp = live.clone();
-    let _ = write!(Bytes(&mut tmp), ".tmp{}", sys::gettid());
-    let ctmp = CString::new(tmp).map_err(|_| fail(Refusal::Errno(libc::EINVAL)))?;
     let clive = CString::new(live.clone()).map_err(|_| fail(Refusal::Errno(libc::EINVAL)))?;
-    let fd = create_new(&ctmp, libc::O_RDWR).map_err(fail)?;
+    let mut made = None;
+    for attempt in 0..16u32 {
+        let mut tmp = live.clone();
+        let _ = write!(Bytes(&mut tmp), ".tmp{}", sys::gettid());
+        if attempt > 0 {
+            let _ = write!(Bytes(&mut tmp), ".{attempt}");
+        }
+        let ctmp = CString::new(tmp).map_err(|_| fail(Refusal::Errno(libc::EINVAL)))?;
+        match create_new(&ctmp, libc::O_RDWR) {
+            Err(Refusal::Errno(libc::EEXIST)) => continue, // someone else's name: another one
+            Err(e) => return Err(fail(e)),
+            Ok(fd) => {
+                made = Some((ctmp, fd));
+                break;
+            }
+        }
+    }
+    let (ctmp, fd) = made.ok_or_else(|| fail(Refusal::Errno(libc::EEXIST)))?;
     // The whole page is written (not only sized), so the filesystem has its block before
     // the mapping is written to.
     // SAFETY: `page` is LIVE_SIZE readable bytes.
