@@ -18,6 +18,7 @@ pub mod pathmatch;
 pub mod probe;
 pub mod read_path;
 pub mod readahead;
+pub mod safefile;
 pub mod stats;
 pub mod statsdir;
 pub mod sys;

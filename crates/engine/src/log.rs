@@ -1,7 +1,7 @@
 //! Logging: at most one line per distinct cause per process, to stderr or to
 //! `S3DLIO_DIRECT_LOG_FILE` (opened, appended and closed for every line, so a line can never
 //! land in a descriptor the program reused, even after `closefrom(3)`). The log file is
-//! opened as the statistics directory's files are ([`crate::statsdir::open_append`]): never
+//! opened as the statistics directory's files are ([`crate::safefile`]): never
 //! through a symbolic link, only a regular file of this user (or a terminal); otherwise the
 //! line goes to stderr, saying why.
 
@@ -100,7 +100,7 @@ fn emit(level: LogLevel, msg: std::fmt::Arguments<'_>) {
     let _ = line.write_fmt(msg);
     line.push('\n');
     match FILE.get().and_then(|f| f.as_ref()) {
-        Some(path) => match crate::statsdir::open_append(path) {
+        Some(path) => match crate::safefile::open_append(path) {
             Ok(fd) => {
                 let _ = sys::write_all(fd, line.as_bytes());
                 let _ = sys::close(fd);
