@@ -235,7 +235,9 @@ impl Stats {
 
     #[cold]
     fn bump_cold(&self, slot: usize, n: u64) {
-        let hook = self.hook.swap(0, Ordering::AcqRel);
+        // Loaded before it is taken: where no block could be made, every count comes here,
+        // and a load does not contend for the cache line as a swap would.
+        let hook = if self.hook.load(Ordering::Acquire) != 0 { self.hook.swap(0, Ordering::AcqRel) } else { 0 };
         if hook != 0 {
             // SAFETY: only `arm` stores into `hook`, and it stores an `AttachHook`.
             let hook: AttachHook = unsafe { std::mem::transmute::<usize, AttachHook>(hook) };
