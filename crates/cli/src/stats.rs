@@ -916,6 +916,23 @@ mod tests {
     }
 
     #[test]
+    fn mapped_files_are_not_counted_as_direct() {
+        let d = tmpdir("mmap");
+        let s = Stats::new();
+        s.add(Counter::OpensMatched, 2);
+        s.add(Counter::OpensDirect, 2);
+        s.add(Counter::MmapCalls, 3);
+        write(&d, "a.json", &s.to_json(10, 1, "python3"));
+        let summary = summary_text(&all(&d), &[], "x", None);
+        assert!(
+            summary
+                .contains("verdict   partly: 2 of 2 matched opens went direct, but direct files were mapped 3 times"),
+            "{summary}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn summary_without_files_says_why() {
         let s = summary_text(&Collection::default(), &[], "/d/p*", None);
         assert!(s.contains("the library never loaded: no process left statistics (/d/p*)"), "{s}");
