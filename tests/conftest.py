@@ -556,13 +556,36 @@ def pytest_collection_modifyitems(config, items):
 # --------------------------------------------------------------------------- streams and processes (#3)
 
 
+def is_stats_file(name: str) -> bool:
+    """A per-process statistics (JSON) file: not the index (.jsonl, .index) nor a counters
+    file (.live) the library keeps beside them."""
+    return not name.endswith((".jsonl", ".index", ".live"))
+
+
+def stats_files(d) -> list[str]:
+    """The names of the statistics (JSON) files in directory d, sorted."""
+    return sorted(n for n in os.listdir(d) if is_stats_file(n))
+
+
+def load_index(d) -> list[dict]:
+    """Every line of every index in directory d, parsed."""
+    import json
+
+    out = []
+    for name in sorted(os.listdir(d)):
+        if name.endswith((".jsonl", ".index")):
+            with open(os.path.join(d, name)) as f:
+                out.extend(json.loads(line) for line in f if line.strip())
+    return out
+
+
 def load_stats(d) -> dict:
     """Every statistics file in directory d, {file name: parsed JSON}. A leftover temporary
     file (the writer renames into place) or a file that is not JSON fails the test."""
     import json
 
     out = {}
-    for name in sorted(os.listdir(d)):
+    for name in stats_files(d):
         p = os.path.join(d, name)
         try:
             with open(p) as f:

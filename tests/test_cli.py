@@ -330,7 +330,11 @@ def test_programs_variable_in_the_library(run, disk):
 def test_summary_says_when_nothing_matched(run, cli, tmp_path):
     r = cmd(run, cli, "run", "--paths", "/nonexistent-s3dlio", "--stats", tmp_path / "st", "--", "true")
     assert r.returncode == 0
-    assert b"no file the command opened matched --paths" in r.stderr, r.stderr
+    assert b"the library ran in 1 process but no file they opened matched --paths" in r.stderr, r.stderr
+    assert b"1 more process loaded the library and matched nothing: true" in r.stderr, r.stderr
+    assert b"never loaded" not in r.stderr, r.stderr
+    # nothing matched: the index says the process ran, and no file of zeros is left
+    assert [p.name for p in (tmp_path / "st").iterdir() if not p.name.endswith(".jsonl")] == []
 
 
 # --------------------------------------------------------------------------- probe
@@ -470,9 +474,12 @@ def test_stats_merge_multiprocessing_workers(run, cli, disk, tmp_path, start):
     workers, total = map(int, r.stdout.split())
     assert total == sum(sizes)
     procs = per_process(st)
-    assert len(procs) >= 1 + workers, procs
+    # the parent matched nothing: it is in the index only
+    assert len(procs) >= workers, procs
     merged = stats_json(run, cli, st)
     assert merged["processes"] == len(procs)
+    assert merged["loaded"] >= len(procs) + 1, merged
+    assert merged["matched_nothing"].get("python3", 0) + merged["matched_nothing"].get("python", 0) >= 1, merged
     assert sorted(merged["pids"]) == sorted(p["pid"] for p in procs)
     assert merged["read_bytes"] == sum(sizes) == sum(p["read_bytes"] for p in procs)
     assert merged["opens_direct"] == merged["opens_matched"] == len(files)
@@ -483,9 +490,11 @@ def test_stats_merge_multiprocessing_workers(run, cli, disk, tmp_path, start):
     for p in procs:
         assert any(line.split()[:1] == [str(p["pid"])] for line in table.splitlines()), (p["pid"], table)
     total_line = next(line for line in table.splitlines() if line.lstrip().startswith("TOTAL"))
-    assert f"{len(procs)} processes" in total_line, total_line
+    plural = "process" if len(procs) == 1 else "processes"
+    assert f"{len(procs)} {plural}" in total_line, total_line
     # And the summary run printed covers the same processes.
-    assert f"s3dlio-direct: {len(procs)} processes".encode() in r.stderr, r.stderr
+    assert f"s3dlio-direct: {len(procs)} {plural} with statistics".encode() in r.stderr, r.stderr
+    assert b"loaded the library and matched nothing: python" in r.stderr, r.stderr
     assert f"working: {len(files)} of {len(files)} matched opens went direct".encode() in r.stderr
 
 

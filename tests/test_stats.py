@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from conftest import bin_path, fdinfo_of, is_direct, make_file
+from conftest import bin_path, fdinfo_of, is_direct, make_file, stats_files
 
 INT_KEYS = [
     "opens_matched", "opens_direct", "opens_fallback", "read_calls", "read_bytes", "read_bounced_calls",
@@ -22,7 +22,7 @@ INT_KEYS = [
 
 def load_all(d):
     out = {}
-    for p in sorted(os.listdir(d)):
+    for p in stats_files(d):
         with open(os.path.join(d, p)) as f:
             out[p] = json.load(f)
     return out
@@ -55,7 +55,7 @@ def test_keys_pid_suffix_and_counts(run, strict_fs):
             env={"S3DLIO_DIRECT_STATS": str(st / "s.json")})
     assert r.returncode == 0, r.stderr
     pid = int(re.search(rb"PID (\d+)", r.stderr).group(1))
-    files = os.listdir(st)
+    files = stats_files(st)
     assert files == [f"s.json.{pid}"], f"without %p, '.%p' must be appended: {files}"
     obj = load_all(st)[f"s.json.{pid}"]
     check_schema(obj, pid)
@@ -115,15 +115,17 @@ def test_percent_p_and_h(run, strict_fs):
     r = run([bin_path("loader"), "-P", d / "f"], paths=str(d), env={"S3DLIO_DIRECT_STATS": str(st / "x-%h-%p.json")})
     pid = int(re.search(rb"PID (\d+)", r.stderr).group(1))
     host = socket.gethostname()
-    assert os.listdir(st) == [f"x-{host}-{pid}.json"]
+    assert stats_files(st) == [f"x-{host}-{pid}.json"]
+    assert sorted(os.listdir(st)) == sorted([f"x-{host}-index.jsonl", f"x-{host}-{pid}.json"])
 
 
 def test_no_temporary_files_left(run, strict_fs):
     d, st = setup(strict_fs)
     for _ in range(3):
         run([bin_path("loader"), d / "f"], paths=str(d), env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
-    names = os.listdir(st)
+    names = stats_files(st)
     assert len(names) == 3 and all(re.fullmatch(r"s-\d+\.json", n) for n in names), names
+    assert sorted(os.listdir(st)) == sorted(names + ["s-index.jsonl"]), "no counters file after a normal exit"
 
 
 @pytest.mark.parametrize("how", ["exit", "_exit"])

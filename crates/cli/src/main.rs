@@ -6,6 +6,7 @@
 mod probe;
 mod run;
 mod stats;
+mod top;
 
 use clap::{Args, Parser, Subcommand};
 use s3dlio_engine::pathmatch::split_list;
@@ -39,6 +40,8 @@ enum Command {
     Probe(ProbeArgs),
     /// Merge per-process statistics files into a table (or one JSON object)
     Stats(StatsArgs),
+    /// Watch the processes of a job while they run: MB/s direct, fallbacks, page-cache residency
+    Top(top::TopArgs),
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +141,7 @@ fn main() {
         Command::Run(a) => run::main(a),
         Command::Probe(a) => probe::main(a),
         Command::Stats(a) => stats::main(a),
+        Command::Top(a) => top::main(a),
     };
     std::process::exit(code)
 }

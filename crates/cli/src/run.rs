@@ -203,7 +203,9 @@ fn execute(plan: Plan) -> i32 {
     };
     let status = signals.wait_forwarding(child.id() as libc::pid_t);
     if let Some((dir, prefix)) = &plan.stats {
-        eprint!("{}", stats::run_summary(dir, prefix));
+        let name =
+            Path::new(&plan.command[0]).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        eprint!("{}", stats::run_summary(dir, prefix, Some((child.id(), &name))));
     }
     match status {
         Ok(status) => pass_on(status),

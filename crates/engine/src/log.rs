@@ -1,6 +1,9 @@
 //! Logging: at most one line per distinct cause per process, to stderr or to
 //! `S3DLIO_DIRECT_LOG_FILE` (opened, appended and closed for every line, so a line can never
-//! land in a descriptor the program reused, even after `closefrom(3)`).
+//! land in a descriptor the program reused, even after `closefrom(3)`). The log file is
+//! opened as the statistics directory's files are ([`crate::safefile`]): never
+//! through a symbolic link, only a regular file of this user (or a terminal); otherwise the
+//! line goes to stderr, saying why.
 
 use crate::config::LogLevel;
 use crate::sys;
@@ -48,6 +51,10 @@ pub enum Cause {
     Mapped,
     /// A stream on a matched file stays buffered (freopen, a wide-character stream).
     StreamBuffered,
+    /// A file of the statistics directory (index, counters file) could not be used.
+    StatsFiles,
+    /// The log file could not be used.
+    LogFile,
 }
 
 /// Sets the level and destination (called once at start-up).
@@ -93,13 +100,24 @@ fn emit(level: LogLevel, msg: std::fmt::Arguments<'_>) {
     let _ = line.write_fmt(msg);
     line.push('\n');
     match FILE.get().and_then(|f| f.as_ref()) {
-        Some(path) => {
-            let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC;
-            if let Ok(fd) = sys::openat(libc::AT_FDCWD, path, flags, 0o644) {
+        Some(path) => match crate::safefile::open_append(path) {
+            Ok(fd) => {
                 let _ = sys::write_all(fd, line.as_bytes());
                 let _ = sys::close(fd);
             }
-        }
+            Err(e) => {
+                let bit = 1u64 << (Cause::LogFile as u8 % 64);
+                if SEEN.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                    let note = format!(
+                        "s3dlio-direct[{}]: warn: cannot append to the log file {}: {e}; logging to stderr\n",
+                        sys::getpid(),
+                        String::from_utf8_lossy(path.to_bytes())
+                    );
+                    let _ = sys::write_all(2, note.as_bytes());
+                }
+                let _ = sys::write_all(2, line.as_bytes());
+            }
+        },
         None => {
             let _ = sys::write_all(2, line.as_bytes());
         }

@@ -1,12 +1,14 @@
-//! Per-process statistics: counters kept in atomics, written as one JSON object to
-//! `S3DLIO_DIRECT_STATS` at exit, at `_exit` and before exec (temporary file and rename).
+//! Per-process statistics: the counters and fallback reasons (declared once here), the
+//! atomics they are counted in, and the JSON object written to `S3DLIO_DIRECT_STATS` at
+//! exit, at `_exit` and before exec.
 //!
 //! `%p` in the path becomes the pid and `%h` the host name; without `%p`, `.%p` is appended
-//! so processes never overwrite each other. An exec'd image keeps its pid, so it folds in
-//! the file its predecessor wrote (same pid and process start time) instead of replacing it.
+//! so processes never overwrite each other. Where the files go and how they are written
+//! safely (the counters file the atomics live in, the index, the JSON) is
+//! [`crate::statsdir`]'s business.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Declares the counters of the statistics file, each once: its variant, doc line and key.
 macro_rules! counters {
@@ -154,10 +156,43 @@ impl std::fmt::Display for Fallback {
     }
 }
 
-/// The process's counters.
+/// Every slot of a [`Block`]: the counters, then the counted fallback reasons.
+pub const SLOTS: usize = Counter::ALL.len() + Fallback::COUNTED.len();
+
+/// The values of a process's statistics, in slot order ([`Counter::ALL`], then
+/// [`Fallback::COUNTED`]). The engine's block lives in the process's counters file, a shared
+/// mapping (see [`crate::statsdir`]), so the counts outlive the process as they change.
+#[repr(C)]
+pub struct Block {
+    /// One atomic per slot.
+    pub slots: [AtomicU64; SLOTS],
+}
+
+impl Block {
+    /// All zero.
+    pub const fn new() -> Self {
+        Block { slots: [const { AtomicU64::new(0) }; SLOTS] }
+    }
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Called at the first count of a process whose statistics should live in a file: returns
+/// the block to count into from then on (in a shared mapping), or null to keep counting in
+/// memory.
+pub type AttachHook = fn() -> *mut Block;
+
+/// The process's counters: in memory until a [`Block`] elsewhere is attached (the counters
+/// file), then there. Adding costs one atomic load and one atomic add.
 pub struct Stats {
-    counters: [AtomicU64; Counter::ALL.len()],
-    fallbacks: [AtomicU64; Fallback::COUNTED.len()],
+    local: Block,
+    live: AtomicPtr<Block>,
+    /// An [`AttachHook`] to run at the first count (0: none, or already taken).
+    hook: AtomicUsize,
 }
 
 impl Default for Stats {
@@ -167,69 +202,171 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// All zero.
+    /// All zero, counting in memory.
     pub const fn new() -> Self {
-        Stats {
-            counters: [const { AtomicU64::new(0) }; Counter::ALL.len()],
-            fallbacks: [const { AtomicU64::new(0) }; Fallback::COUNTED.len()],
-        }
+        Stats { local: Block::new(), live: AtomicPtr::new(std::ptr::null_mut()), hook: AtomicUsize::new(0) }
     }
 
     /// Adds `n` to a counter.
     #[inline]
     pub fn add(&self, c: Counter, n: u64) {
-        self.counters[c as usize].fetch_add(n, Ordering::Relaxed);
+        self.bump(c as usize, n);
     }
 
     /// Counts one fallback for `r` (a reason the file does not count is ignored).
+    #[inline]
     pub fn fallback(&self, r: Fallback) {
-        if let Some(a) = self.fallbacks.get(r as usize) {
-            a.fetch_add(1, Ordering::Relaxed);
+        if (r as usize) < Fallback::COUNTED.len() {
+            self.bump(Counter::ALL.len() + r as usize, 1);
         }
+    }
+
+    #[inline]
+    fn bump(&self, slot: usize, n: u64) {
+        let p = self.live.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: an attached block stays mapped for the life of the process (see
+            // `attach`); only a fork child detaches, before any of its threads count.
+            unsafe { (*p).slots[slot].fetch_add(n, Ordering::Relaxed) };
+            return;
+        }
+        self.bump_cold(slot, n);
+    }
+
+    #[cold]
+    fn bump_cold(&self, slot: usize, n: u64) {
+        // Loaded before it is taken: where no block could be made, every count comes here,
+        // and a load does not contend for the cache line as a swap would.
+        let hook = if self.hook.load(Ordering::Acquire) != 0 { self.hook.swap(0, Ordering::AcqRel) } else { 0 };
+        if hook != 0 {
+            // SAFETY: only `arm` stores into `hook`, and it stores an `AttachHook`.
+            let hook: AttachHook = unsafe { std::mem::transmute::<usize, AttachHook>(hook) };
+            let b = hook();
+            if !b.is_null() {
+                // SAFETY: the hook's contract: a block that stays valid for the process.
+                unsafe { self.attach(b) };
+            }
+        }
+        self.local.slots[slot].fetch_add(n, Ordering::SeqCst);
+        // A block attached meanwhile: move what this thread just added there (`attach`
+        // moves everything added before it published the block).
+        let p = self.live.load(Ordering::SeqCst);
+        if !p.is_null() {
+            let v = self.local.slots[slot].swap(0, Ordering::SeqCst);
+            // SAFETY: as in `bump`.
+            unsafe { (*p).slots[slot].fetch_add(v, Ordering::Relaxed) };
+        }
+    }
+
+    /// Runs `hook` at the first count from now on (unless a block is attached by then).
+    pub fn arm(&self, hook: AttachHook) {
+        self.hook.store(hook as usize, Ordering::Release);
+    }
+
+    /// Counts into `b` from now on, with everything counted in memory so far moved there.
+    ///
+    /// # Safety
+    /// `b` must stay valid, and be used for nothing else, for as long as this `Stats` counts
+    /// (until [`Stats::detach`]).
+    pub unsafe fn attach(&self, b: *mut Block) {
+        self.live.store(b, Ordering::SeqCst);
+        for (i, a) in self.local.slots.iter().enumerate() {
+            let v = a.swap(0, Ordering::SeqCst);
+            // SAFETY: the caller's contract.
+            unsafe { (*b).slots[i].fetch_add(v, Ordering::Relaxed) };
+        }
+    }
+
+    /// Whether a block is attached.
+    pub fn attached(&self) -> bool {
+        !self.live.load(Ordering::Acquire).is_null()
+    }
+
+    /// Forgets the attached block and zeroes the counts, and returns the block (a fork
+    /// child, which has one thread, switches to counters of its own this way).
+    pub fn detach(&self) -> *mut Block {
+        let b = self.live.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        self.local.slots.iter().for_each(|a| a.store(0, Ordering::Relaxed));
+        b
+    }
+
+    /// Every slot's value (in memory plus the attached block).
+    pub fn snapshot(&self) -> [u64; SLOTS] {
+        let p = self.live.load(Ordering::Acquire);
+        std::array::from_fn(|i| {
+            let mut v = self.local.slots[i].load(Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: as in `bump`.
+                v += unsafe { (*p).slots[i].load(Ordering::Relaxed) };
+            }
+            v
+        })
+    }
+
+    /// True if nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        self.snapshot().iter().all(|&v| v == 0)
     }
 
     /// Current value of a counter.
     pub fn get(&self, c: Counter) -> u64 {
-        self.counters[c as usize].load(Ordering::Relaxed)
+        self.snapshot()[c as usize]
     }
 
-    /// Zeroes everything (a fork child starts from zero).
+    /// Zeroes everything (the attached block too).
     pub fn reset(&self) {
-        self.counters.iter().chain(self.fallbacks.iter()).for_each(|a| a.store(0, Ordering::Relaxed));
+        let p = self.live.load(Ordering::Acquire);
+        for (i, a) in self.local.slots.iter().enumerate() {
+            a.store(0, Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: as in `bump`.
+                unsafe { (*p).slots[i].store(0, Ordering::Relaxed) };
+            }
+        }
     }
 
-    /// Adds the integers of a file this process image's predecessor wrote.
-    fn absorb(&self, text: &str) {
-        for (a, c) in self.counters.iter().zip(Counter::ALL) {
-            a.fetch_add(json_int(text, c.key()).unwrap_or(0), Ordering::Relaxed);
-        }
-        for (a, r) in self.fallbacks.iter().zip(Fallback::COUNTED) {
-            a.fetch_add(json_int(text, r.key()).unwrap_or(0), Ordering::Relaxed);
+    /// Adds the integers of a statistics file (keys this version does not know are ignored).
+    pub fn absorb(&self, text: &str) {
+        let text = after_program(text);
+        for (i, key) in slot_keys().enumerate() {
+            self.bump(i, json_int(text, key).unwrap_or(0));
         }
     }
 
     /// The JSON document.
     pub fn to_json(&self, pid: i32, starttime: u64, program: &str) -> String {
-        let mut s = String::with_capacity(1024);
-        let _ = write!(
-            s,
-            "{{\"schema\":1,\"version\":\"{}\",\"pid\":{pid},\"starttime\":{starttime},\"program\":\"{}\"",
-            env!("CARGO_PKG_VERSION"),
-            json_escape(program)
-        );
-        for (a, c) in self.counters.iter().zip(Counter::ALL) {
-            let _ = write!(s, ",\"{}\":{}", c.key(), a.load(Ordering::Relaxed));
-        }
-        s.push_str(",\"fallbacks\":{");
-        for (i, (a, r)) in self.fallbacks.iter().zip(Fallback::COUNTED).enumerate() {
-            let _ = write!(s, "{}\"{}\":{}", if i > 0 { "," } else { "" }, r.key(), a.load(Ordering::Relaxed));
-        }
-        s.push_str("}}\n");
-        s
+        json_document(&self.snapshot(), pid, starttime, program)
     }
 }
 
-fn json_escape(s: &str) -> String {
+/// The key of every slot, in slot order (counters, then the counted fallback reasons).
+pub fn slot_keys() -> impl Iterator<Item = &'static str> {
+    Counter::ALL.iter().map(|c| c.key()).chain(Fallback::COUNTED.iter().map(|r| r.key()))
+}
+
+/// The statistics file of one process: `schema` (1), `version`, `pid`, `starttime`,
+/// `program`, one integer per counter and `fallbacks`, an object from reason to count.
+pub fn json_document(values: &[u64; SLOTS], pid: i32, starttime: u64, program: &str) -> String {
+    let mut s = String::with_capacity(1024);
+    let _ = write!(
+        s,
+        "{{\"schema\":1,\"version\":\"{}\",\"pid\":{pid},\"starttime\":{starttime},\"program\":\"{}\"",
+        env!("CARGO_PKG_VERSION"),
+        json_escape(program)
+    );
+    for (v, c) in values.iter().zip(Counter::ALL) {
+        let _ = write!(s, ",\"{}\":{v}", c.key());
+    }
+    s.push_str(",\"fallbacks\":{");
+    for (i, (v, r)) in values[Counter::ALL.len()..].iter().zip(Fallback::COUNTED).enumerate() {
+        let _ = write!(s, "{}\"{}\":{v}", if i > 0 { "," } else { "" }, r.key());
+    }
+    s.push_str("}}\n");
+    s
+}
+
+/// `s` as the inside of a JSON string.
+pub fn json_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -245,15 +382,38 @@ fn json_escape(s: &str) -> String {
 }
 
 /// The value of `"key":<integer>` in a flat document this module wrote.
-fn json_int(text: &str, key: &str) -> Option<u64> {
+pub fn json_int(text: &str, key: &str) -> Option<u64> {
     let pat = format!("\"{key}\":");
     let start = text.find(&pat)? + pat.len();
     let digits: String = text[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
 }
 
+/// What follows the `program` string of a document this module wrote (a program name could
+/// otherwise pass for a key).
+fn after_program(text: &str) -> &str {
+    const KEY: &str = "\"program\":\"";
+    let Some(start) = text.find(KEY).map(|i| i + KEY.len()) else { return text };
+    let b = text.as_bytes();
+    let mut i = start;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return &text[i.min(text.len())..],
+            _ => i += 1,
+        }
+    }
+    ""
+}
+
 /// Expands `%p` and `%h` (and `%%`); appends `.<pid>` if there was no `%p`.
 pub fn expand_path(template: &[u8], pid: i32, host: &[u8]) -> Vec<u8> {
+    expand_with(template, pid.to_string().as_bytes(), host)
+}
+
+/// Expands `%p` to `pid` (any text: the index uses `index`) and `%h` to `host`; appends
+/// `.<pid>` if there was no `%p`.
+pub fn expand_with(template: &[u8], pid: &[u8], host: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(template.len() + 16);
     let mut saw_pid = false;
     let mut it = template.iter().copied().peekable();
@@ -262,7 +422,7 @@ pub fn expand_path(template: &[u8], pid: i32, host: &[u8]) -> Vec<u8> {
             match it.peek() {
                 Some(b'p') => {
                     it.next();
-                    out.extend_from_slice(pid.to_string().as_bytes());
+                    out.extend_from_slice(pid);
                     saw_pid = true;
                     continue;
                 }
@@ -281,52 +441,9 @@ pub fn expand_path(template: &[u8], pid: i32, host: &[u8]) -> Vec<u8> {
     }
     if !saw_pid {
         out.push(b'.');
-        out.extend_from_slice(pid.to_string().as_bytes());
+        out.extend_from_slice(pid);
     }
     out
-}
-
-/// What this process image's predecessors (same pid, same start time: exec) wrote, loaded
-/// once at the first write and added to every later write.
-static BASE: Stats = Stats::new();
-static BASE_LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Writes `stats` to the expanded `template` atomically, folding in a predecessor's file
-/// from the same process (exec keeps the pid and the start time).
-pub fn write_file(stats: &Stats, template: &[u8], program: &str) -> Result<(), i32> {
-    use crate::sys;
-    let pid = sys::getpid();
-    let start = process_starttime();
-    let path = expand_path(template, pid, &hostname());
-    let cpath = std::ffi::CString::new(path.clone()).map_err(|_| libc::EINVAL)?;
-    if !BASE_LOADED.swap(true, Ordering::Relaxed) {
-        let mut buf = vec![0u8; 16384];
-        if let Ok(n) = sys::read_small_file(&cpath, &mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]);
-            if json_int(&text, "pid") == Some(pid as u64) && json_int(&text, "starttime") == Some(start) {
-                BASE.absorb(&text);
-            }
-        }
-    }
-    let total = Stats::new();
-    total.absorb(&BASE.to_json(pid, start, program));
-    total.absorb(&stats.to_json(pid, start, program));
-    let doc = total.to_json(pid, start, program);
-    let mut tmp = path.clone();
-    tmp.extend_from_slice(format!(".tmp{}", sys::gettid()).as_bytes());
-    let ctmp = std::ffi::CString::new(tmp).map_err(|_| libc::EINVAL)?;
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
-    let fd = sys::openat(libc::AT_FDCWD, &ctmp, flags, 0o644)?;
-    let w = sys::write_all(fd, doc.as_bytes());
-    let _ = sys::close(fd);
-    w?;
-    sys::rename(&ctmp, &cpath)
-}
-
-/// A fork child is a new process: nothing of its parent's file is its own.
-pub fn reset_after_fork() {
-    BASE.reset();
-    BASE_LOADED.store(true, Ordering::Relaxed);
 }
 
 /// Field 22 of /proc/self/stat: the process start time in clock ticks since boot.
@@ -339,7 +456,8 @@ pub fn process_starttime() -> u64 {
     rest.split_whitespace().nth(19).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn hostname() -> Vec<u8> {
+/// The node name (`uname`), for `%h`.
+pub fn hostname() -> Vec<u8> {
     // SAFETY: utsname is plain old data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is writable.
@@ -359,6 +477,7 @@ mod tests {
         assert_eq!(expand_path(b"/s/st.json", 42, b"h"), b"/s/st.json.42");
         assert_eq!(expand_path(b"/s/%h-%p", 7, b"node1"), b"/s/node1-7");
         assert_eq!(expand_path(b"/s/100%%-%p", 7, b"n"), b"/s/100%-7");
+        assert_eq!(expand_with(b"/s/%h.%p.json", b"index", b"n"), b"/s/n.index.json");
     }
 
     #[test]
@@ -430,6 +549,40 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(j, want);
+    }
+
+    #[test]
+    fn counts_move_into_an_attached_block() {
+        static B: Block = Block::new();
+        fn hook() -> *mut Block {
+            &B as *const Block as *mut Block
+        }
+        let s = Stats::new();
+        s.add(Counter::ReadBytes, 5);
+        s.arm(hook);
+        assert!(!s.attached());
+        s.add(Counter::ReadBytes, 7);
+        assert!(s.attached());
+        s.fallback(Fallback::StaleFd);
+        s.fallback(Fallback::NotRequested);
+        assert_eq!(B.slots[Counter::ReadBytes as usize].load(Ordering::Relaxed), 12);
+        assert_eq!(B.slots[Counter::ALL.len() + Fallback::StaleFd as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(s.get(Counter::ReadBytes), 12);
+        let j = s.to_json(1, 2, "p");
+        assert_eq!(json_int(&j, "read_bytes"), Some(12));
+        assert_eq!(s.detach(), hook());
+        assert!(s.is_zero());
+        assert_eq!(B.slots[Counter::ReadBytes as usize].load(Ordering::Relaxed), 12, "the block is left alone");
+    }
+
+    #[test]
+    fn a_program_name_is_not_a_key() {
+        let s = Stats::new();
+        s.add(Counter::ReadBytes, 3);
+        let j = s.to_json(1, 2, "\"read_bytes\":9");
+        let t = Stats::new();
+        t.absorb(&j);
+        assert_eq!(t.get(Counter::ReadBytes), 3);
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn init() {
         libc::pthread_atfork(None, None, Some(process::after_fork_child));
         libc::atexit(process::atexit_handler);
     }
+    process::stats_at_load();
     if enabled {
         open::adopt_inherited();
         READY.store(true, Ordering::Release);

@@ -1,9 +1,12 @@
-//! Process events: exec, spawn, fork and exit, and the statistics file written at them.
+//! Process events: exec, spawn, fork and exit, and the statistics files written at them
+//! (`crate::statsdir`: the index line of each, the counters file a fork child switches to, the
+//! JSON at exit and exec).
 
 use super::{FDS, STATE, STATS};
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
-use crate::stats::{self, Fallback};
+use crate::stats::Fallback;
+use crate::statsdir;
 use crate::{readahead, sys, writing};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,7 +24,7 @@ fn inherited_by_exec(fd: i32) -> bool {
 /// descriptions the new image inherits (it may be a program the shim cannot enter, and a
 /// shim that loads there never turns O_DIRECT on for an inherited description).
 pub fn before_exec() -> ExecToken {
-    write_stats();
+    write_stats(false);
     let mut cleared = Vec::new();
     FDS.for_each(|fd, d| {
         d.companion.drop_cached();
@@ -58,21 +61,26 @@ pub fn before_spawn() {
     });
 }
 
-/// Writes this process's statistics file, if one was asked for.
-pub fn write_stats() {
+/// When the library loads with statistics on: the index's `load` line, the counters a
+/// previous image of this process left (exec), and the counters file at the first count.
+pub(super) fn stats_at_load() {
     let Some(st) = STATE.get() else { return };
-    // A process the configuration leaves alone (no paths, or not one of
-    // S3DLIO_DIRECT_PROGRAMS) has nothing to report.
-    if !st.cfg.enabled() {
-        return;
-    }
     let Some(tpl) = st.cfg.stats_path.as_ref() else { return };
-    let mut comm = [0u8; 64];
-    let n = sys::read_small_file(c"/proc/self/comm", &mut comm).unwrap_or(0);
-    let prog = String::from_utf8_lossy(&comm[..n]);
-    if let Err(e) = stats::write_file(&STATS, std::os::unix::ffi::OsStrExt::as_bytes(tpl.as_os_str()), prog.trim_end())
-    {
-        log::once(LogLevel::Warn, Cause::StatsWrite, format_args!("cannot write the statistics file (errno {e})"));
+    let inactive = if st.cfg.enabled() {
+        None
+    } else if st.cfg.paths.is_empty() {
+        Some("S3DLIO_DIRECT_PATHS is not set")
+    } else {
+        Some("not one of S3DLIO_DIRECT_PROGRAMS")
+    };
+    statsdir::at_load(&STATS, std::os::unix::ffi::OsStrExt::as_bytes(tpl.as_os_str()), inactive);
+}
+
+/// Writes this process's statistics file (if it counted anything) and its index line, at
+/// exit (`exiting`) or before exec.
+fn write_stats(exiting: bool) {
+    if let Err(e) = statsdir::at_end(&STATS, exiting) {
+        log::once(LogLevel::Warn, Cause::StatsWrite, format_args!("{e}"));
     }
 }
 
@@ -83,7 +91,7 @@ pub fn at_exit() {
         return;
     }
     FDS.for_each(|_, d| d.companion.drop_cached());
-    write_stats();
+    write_stats(true);
 }
 
 pub(super) extern "C" fn atexit_handler() {
@@ -110,8 +118,7 @@ fn reset_after_fork() {
     if let Some(st) = STATE.get() {
         st.pool.reset_after_fork();
     }
-    STATS.reset();
-    stats::reset_after_fork();
     log::reset_after_fork();
+    statsdir::after_fork_child(&STATS, STATE.get().is_some_and(|st| st.cfg.enabled()));
     EXITED.store(false, Ordering::Relaxed);
 }
