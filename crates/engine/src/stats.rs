@@ -339,7 +339,8 @@ pub fn process_starttime() -> u64 {
     rest.split_whitespace().nth(19).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn hostname() -> Vec<u8> {
+/// This node's name, as `%h` expands to.
+pub fn hostname() -> Vec<u8> {
     // SAFETY: utsname is plain old data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is writable.

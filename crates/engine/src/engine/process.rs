@@ -70,9 +70,11 @@ pub fn write_stats() {
     let mut comm = [0u8; 64];
     let n = sys::read_small_file(c"/proc/self/comm", &mut comm).unwrap_or(0);
     let prog = String::from_utf8_lossy(&comm[..n]);
-    if let Err(e) = stats::write_file(&STATS, std::os::unix::ffi::OsStrExt::as_bytes(tpl.as_os_str()), prog.trim_end())
-    {
-        log::once(LogLevel::Warn, Cause::StatsWrite, format_args!("cannot write the statistics file (errno {e})"));
+    let tpl = std::os::unix::ffi::OsStrExt::as_bytes(tpl.as_os_str());
+    if let Err(e) = stats::write_file(&STATS, tpl, prog.trim_end()) {
+        let path = stats::expand_path(tpl, sys::getpid(), &stats::hostname());
+        let (path, e) = (String::from_utf8_lossy(&path), crate::probe::errno_name(e));
+        log::once(LogLevel::Warn, Cause::StatsWrite, format_args!("cannot write the statistics file {path} ({e})"));
     }
 }
 
