@@ -103,12 +103,12 @@ install:
 	@for f in $(LIB_SO) $(CLI_BIN); do \
 	  test -f $$f || { echo "make install: $$f is missing: run 'make build' first" >&2; exit 1; }; \
 	done
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so
-	install -m 0755 $(CLI_BIN) $(DESTDIR)$(PREFIX)/bin/s3dlio-direct
+	install -d "$(DESTDIR)$(PREFIX)/lib" "$(DESTDIR)$(PREFIX)/bin"
+	install -m 0755 $(LIB_SO) "$(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so"
+	install -m 0755 $(CLI_BIN) "$(DESTDIR)$(PREFIX)/bin/s3dlio-direct"
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so $(DESTDIR)$(PREFIX)/bin/s3dlio-direct
+	rm -f "$(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so" "$(DESTDIR)$(PREFIX)/bin/s3dlio-direct"
 
 lint:
 	$(CARGO) fmt --all -- --check

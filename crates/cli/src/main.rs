@@ -3,6 +3,7 @@
 //! `run` starts a program with `libs3dlio_direct.so` preloaded, `probe` says what the kernel
 //! offers O_DIRECT on a path, `stats` merges the per-process statistics files the shim writes.
 
+mod library;
 mod probe;
 mod run;
 mod stats;

@@ -1,7 +1,7 @@
 //! `s3dlio-direct run`: CMD with the shim preloaded, its exit status (or death by signal)
 //! passed on, and with `--stats` a summary over every process it started.
 
-use crate::{absolute_globs, current_dir, error, stats, warning, RunArgs, EXIT_OWN_FAILURE};
+use crate::{absolute_globs, current_dir, error, library, stats, warning, RunArgs, EXIT_OWN_FAILURE};
 use s3dlio_engine::config::{
     Config, Var, VAR_ALIGN, VAR_EXCLUDE, VAR_LOG, VAR_MIN_SIZE, VAR_PATHS, VAR_PROGRAMS, VAR_STATS, VAR_SYNC,
 };
@@ -12,9 +12,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The library's file name, looked for beside this command and in `../lib`.
-pub const LIBRARY: &str = "libs3dlio_direct.so";
 
 /// Signals passed on to CMD. SIGHUP too: a closed terminal or an ssh session that drops
 /// should stop CMD as it would without the wrapper.
@@ -102,7 +99,7 @@ fn prepare(a: &RunArgs) -> Result<Plan, String> {
         warning(&w);
     }
 
-    let lib = find_library()?;
+    let lib = library::for_preload(&library::find()?)?;
     if let Some((dir, _)) = &stats {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the --stats directory {}: {e}", dir.display()))?;
@@ -243,33 +240,6 @@ fn stats_template(dir: &Path, prefix: &str) -> OsString {
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The library beside this executable (a build tree: `target/release/`) or in `../lib`
-/// (an installation: `PREFIX/bin` and `PREFIX/lib`). `current_exe` resolves symlinks, so a
-/// link to the command elsewhere still finds the library of the real installation.
-fn find_library() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot tell where s3dlio-direct is: {e}"))?;
-    let dir = exe.parent().unwrap_or(Path::new("/"));
-    let candidates = [dir.join(LIBRARY), dir.join("../lib").join(LIBRARY)];
-    let Some(found) = candidates.iter().find(|p| p.is_file()) else {
-        return Err(format!(
-            "cannot find {LIBRARY}: looked for {} and {}.\n  In a source tree, build it with `make build`; \
-             an installation needs both files: `make install PREFIX=...` puts the command in PREFIX/bin \
-             and the library in PREFIX/lib",
-            candidates[0].display(),
-            candidates[1].display()
-        ));
-    };
-    let lib = found.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", found.display()))?;
-    if lib.as_os_str().as_bytes().iter().any(|b| b" :\t\n".contains(b)) {
-        return Err(format!(
-            "the library's path {} contains a space or a colon, which separate LD_PRELOAD entries: \
-             install it under a plain path",
-            lib.display()
-        ));
-    }
-    Ok(lib)
 }
 
 /// The library first, then whatever the user already preloads: replacing it would silently
