@@ -22,7 +22,13 @@ except ImportError:  # setuptools < 70.1
 
 class BuildRust(build_rust):
     """The library keeps the name LD_PRELOAD is given, not an extension module's
-    ``.cpython-311-x86_64-linux-gnu.so`` name: Python never imports it."""
+    ``.cpython-311-x86_64-linux-gnu.so`` name: Python never imports it. Cargo says which
+    crate it compiles, not every rustc command line (setuptools' default verbosity would
+    make it ``cargo -v``)."""
+
+    def run_for_extension(self, ext):
+        self.verbose = 0
+        super().run_for_extension(ext)
 
     def get_dylib_ext_path(self, ext, target_fname):
         path = super().get_dylib_ext_path(ext, target_fname)
