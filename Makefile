@@ -9,6 +9,11 @@
 #   make uninstall  removes those two files again (same PREFIX and DESTDIR)
 #   make harness  every c-harness/*.c (and *.cpp) into c-harness/bin/, plus fortified
 #                 (-D_FORTIFY_SOURCE=2, with and without _FILE_OFFSET_BITS=64) and static variants
+#   make wheel    dist/s3dlio_direct-VERSION-py3-none-manylinux_2_17_ARCH.manylinux2014_ARCH.whl: the
+#                 library and the command in the s3dlio_direct Python package, built by setuptools-rust
+#                 with cargo-zigbuild against glibc $(WHEEL_GLIBC) (so they run on RHEL 8, Ubuntu 20.04 and
+#                 older), retagged and checked by auditwheel. Its tools go into .venv-wheel (pip, from
+#                 python/requirements-wheel.txt); Rust and cargo must be on PATH
 #   make venv     .venv with tests/requirements.txt (re-made only when the requirements change)
 #   make test     build + venv, cargo test --workspace --locked, then pytest tests/, then the
 #                 differential, stream, real-program and concurrency tests again with read-ahead
@@ -67,7 +72,14 @@ MECHANISM_TESTS := tests/test_differential.py tests/test_streams.py tests/test_r
 VENV := .venv
 VENV_STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: all build harness venv test lint demo clean bench bench-smoke bench-ab bench-tools install uninstall
+WHEEL_VENV := .venv-wheel
+WHEEL_STAMP := $(WHEEL_VENV)/.requirements.stamp
+WHEEL_GLIBC ?= 2.17
+ARCH := $(shell uname -m)
+WHEEL_PLAT := manylinux_$(subst .,_,$(WHEEL_GLIBC))_$(ARCH)
+VERSION := $(shell sed -n 's/^version = "\([^"]*\)".*/\1/p' pyproject.toml)
+
+.PHONY: all build harness venv wheel test lint demo clean bench bench-smoke bench-ab bench-tools install uninstall
 
 all: build
 
@@ -102,6 +114,21 @@ $(VENV_STAMP): tests/requirements.txt
 
 venv: $(VENV_STAMP)
 
+$(WHEEL_STAMP): python/requirements-wheel.txt
+	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install --quiet --disable-pip-version-check -r python/requirements-wheel.txt
+	touch $@
+
+# setuptools' own build/ is removed first, so nothing of an earlier `pip install .` gets in.
+# The zig build has its own directory, target/$(ARCH)-unknown-linux-gnu/, beside target/release.
+wheel: $(WHEEL_STAMP)
+	rm -rf build dist/s3dlio_direct-$(VERSION)-*.whl
+	PATH="$(abspath $(WHEEL_VENV))/bin:$$PATH" CARGO=cargo-zigbuild \
+	  CARGO_BUILD_TARGET=$(ARCH)-unknown-linux-gnu.$(WHEEL_GLIBC) CARGO_PROFILE_RELEASE_DEBUG=0 \
+	  $(WHEEL_VENV)/bin/python -m build --wheel --no-isolation --outdir build/wheel .
+	PATH="$(abspath $(WHEEL_VENV))/bin:$$PATH" auditwheel repair --plat $(WHEEL_PLAT) --wheel-dir dist build/wheel/s3dlio_direct-$(VERSION)-*.whl
+	$(WHEEL_VENV)/bin/auditwheel show dist/s3dlio_direct-$(VERSION)-*.whl
+
 test: build venv
 	$(CARGO) test --workspace --locked
 	$(VENV)/bin/python -m pytest -ra tests/
@@ -114,12 +141,12 @@ install:
 	@for f in $(LIB_SO) $(CLI_BIN); do \
 	  test -f $$f || { echo "make install: $$f is missing: run 'make build' first" >&2; exit 1; }; \
 	done
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so
-	install -m 0755 $(CLI_BIN) $(DESTDIR)$(PREFIX)/bin/s3dlio-direct
+	install -d "$(DESTDIR)$(PREFIX)/lib" "$(DESTDIR)$(PREFIX)/bin"
+	install -m 0755 $(LIB_SO) "$(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so"
+	install -m 0755 $(CLI_BIN) "$(DESTDIR)$(PREFIX)/bin/s3dlio-direct"
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so $(DESTDIR)$(PREFIX)/bin/s3dlio-direct
+	rm -f "$(DESTDIR)$(PREFIX)/lib/libs3dlio_direct.so" "$(DESTDIR)$(PREFIX)/bin/s3dlio-direct"
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -155,5 +182,5 @@ bench-ab: bench-tools
 	BENCH_STRICT=1 $(BENCH_PYTHON) bench/ab.py $(if $(A),--a '$(A)') $(if $(B),--b '$(B)')
 
 clean:
-	rm -rf $(BIN) $(VENV) bench/bin
+	rm -rf $(BIN) $(VENV) $(WHEEL_VENV) bench/bin build dist python/*.egg-info
 	$(CARGO) clean

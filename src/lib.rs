@@ -4,6 +4,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod api;
 mod fdops;
 mod mapping;
 mod open;

@@ -551,7 +551,7 @@ def test_stats_errors(run, cli, tmp_path):
     r = cmd(run, cli, "stats", tmp_path / "missing.json")
     assert r.returncode == 1 and b"cannot read" in r.stderr, r.stderr
     r = cmd(run, cli, "stats")
-    assert r.returncode == 2 and b"required" in r.stderr, r.stderr
+    assert r.returncode == EXIT_OWN_FAILURE and b"required" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- install

@@ -3,6 +3,7 @@
 //! `run` starts a program with `libs3dlio_direct.so` preloaded, `probe` says what the kernel
 //! offers O_DIRECT on a path, `stats` merges the per-process statistics files the shim writes.
 
+mod library;
 mod probe;
 mod run;
 mod stats;
@@ -14,8 +15,10 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-/// Exit status of `run` when s3dlio-direct itself fails (bad arguments, no library): kept
-/// apart from the statuses CMD can give, as `env`, `nice` and `timeout` do.
+/// Exit status when s3dlio-direct itself fails: every usage error of every subcommand (an
+/// unknown subcommand or option, a missing or malformed value) and `run`'s own failures (no
+/// library). Kept apart from the statuses CMD can give, as `env`, `nice` and `timeout` do,
+/// and used by every subcommand so that a script needs to know only one.
 pub const EXIT_OWN_FAILURE: i32 = 125;
 
 #[derive(Parser, Debug)]
@@ -25,7 +28,7 @@ pub const EXIT_OWN_FAILURE: i32 = 125;
     about = "Make a program's file I/O bypass the page cache (O_DIRECT), without changing the program",
     after_help = "Start with `s3dlio-direct probe /your/data`, then \
                   `s3dlio-direct run --paths /your/data --stats /tmp/st -- python train.py`.\n\
-                  Each subcommand has its own --help."
+                  Each subcommand has its own --help. A usage error (of any subcommand) exits with 125."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,7 +57,7 @@ enum Command {
                   s3dlio-direct run --paths data --only python3 --stats /tmp/st -- bash train.sh\n  \
                   s3dlio-direct run --paths '/scratch/**/*.npy' --exclude /scratch/logs -- ./loader\n\n\
                   Exit status: CMD's; if CMD was killed by a signal, s3dlio-direct kills itself with the same \
-                  signal. 125: s3dlio-direct itself failed (bad option, library not found); 126: CMD could \
+                  signal. 125: s3dlio-direct itself failed (a usage error, a bad value, library not found); 126: CMD could \
                   not be executed; 127: CMD was not found."
 )]
 pub struct RunArgs {
@@ -92,7 +95,8 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 #[command(after_help = "A directory is probed by creating (and deleting) a file in it, or else by opening a file \
                         it holds; a path that does not exist yet is probed at its nearest existing parent.\n\
-                        Exit status: 0, or 1 if some PATH could not be probed.")]
+                        Exit status: 0; 1 if some PATH could not be probed; 125 on a usage error (an unknown \
+                        option, no PATH, a malformed --paths or --exclude).")]
 pub struct ProbeArgs {
     /// Files, directories or block devices
     #[arg(required = true, value_name = "PATH")]
@@ -110,7 +114,8 @@ pub struct ProbeArgs {
 
 #[derive(Args, Debug)]
 #[command(after_help = "The files are those S3DLIO_DIRECT_STATS (or `run --stats DIR`) makes, one per process.\n\
-                        Exit status: 0, or 1 if some FILE could not be read (the others are still merged).")]
+                        Exit status: 0; 1 if some FILE could not be read (the others are still merged); 125 on a \
+                        usage error.")]
 pub struct StatsArgs {
     /// Statistics files, or directories whose *.json files are read
     #[arg(required = true, value_name = "FILE")]
@@ -125,16 +130,8 @@ fn main() {
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
-            // The subcommand is always the first argument: the top level has no options
-            // that take values.
-            let in_run = args.get(1).is_some_and(|a| a == "run");
-            let code = match (e.use_stderr(), in_run) {
-                (false, _) => 0,
-                (true, true) => EXIT_OWN_FAILURE,
-                (true, false) => 2,
-            };
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(usage_exit_code(&e));
         }
     };
     let code = match cli.command {
@@ -144,6 +141,16 @@ fn main() {
         Command::Top(a) => top::main(a),
     };
     std::process::exit(code)
+}
+
+/// The exit status for what clap reports: 0 for `--help` and `--version` (printed on
+/// stdout), [`EXIT_OWN_FAILURE`] for every usage error, where clap's own default is 2.
+fn usage_exit_code(e: &clap::Error) -> i32 {
+    if e.use_stderr() {
+        EXIT_OWN_FAILURE
+    } else {
+        0
+    }
 }
 
 /// Prints an error the way every subcommand does.
@@ -227,6 +234,31 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_usage_error_exits_125() {
+        for args in [
+            &["s3dlio-direct"][..],
+            &["s3dlio-direct", "frobnicate"],
+            &["s3dlio-direct", "--bogus"],
+            &["s3dlio-direct", "probe"],
+            &["s3dlio-direct", "probe", "--json"],
+            &["s3dlio-direct", "probe", "--bogus", "/"],
+            &["s3dlio-direct", "stats"],
+            &["s3dlio-direct", "stats", "--bogus", "f"],
+            &["s3dlio-direct", "run", "--paths", "/d"],
+            &["s3dlio-direct", "run", "--stats"],
+        ] {
+            let e = Cli::try_parse_from(args).expect_err(&format!("{args:?} parsed"));
+            assert_eq!(usage_exit_code(&e), EXIT_OWN_FAILURE, "{args:?}: {e}");
+        }
+        for args in
+            [&["s3dlio-direct", "--help"][..], &["s3dlio-direct", "--version"], &["s3dlio-direct", "stats", "-h"]]
+        {
+            let e = Cli::try_parse_from(args).expect_err("help is an early exit");
+            assert_eq!(usage_exit_code(&e), 0, "{args:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `s3dlio-direct probe`: what the kernel offers O_DIRECT on a path, found the way the
 //! library finds it (F_SETFL, `align::discover`) and then confirmed with real I/O.
 
-use crate::{absolute_globs, current_dir, error, warning, ProbeArgs};
+use crate::{absolute_globs, current_dir, error, warning, ProbeArgs, EXIT_OWN_FAILURE};
 use s3dlio_engine::align::{self, Alignment};
 use s3dlio_engine::config::{Config, VAR_EXCLUDE, VAR_PATHS, VAR_PROGRAMS};
 use s3dlio_engine::pathmatch::normalize_into;
@@ -43,6 +43,9 @@ struct Report {
     effective: Option<Alignment>,
     dontcache: Answer,
     pattern: Pattern,
+    /// The path with its symlinks resolved, when that is another name, and what the library
+    /// would decide for a program that opens it by that name.
+    resolved: Option<(PathBuf, Pattern)>,
 }
 
 struct Pattern {
@@ -59,7 +62,13 @@ pub fn main(args: ProbeArgs) -> i32 {
             return 1;
         }
     };
-    let cfg = config(&args, &cwd);
+    let cfg = match config(&args, &cwd) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            error(&e);
+            return EXIT_OWN_FAILURE;
+        }
+    };
     let mut failed = false;
     let mut reports = Vec::new();
     for target in &args.targets {
@@ -86,21 +95,34 @@ pub fn main(args: ProbeArgs) -> i32 {
 
 /// The configuration `run` would give the library: `--paths`/`--exclude` over the
 /// environment. PROGRAMS is left out: it would be judged against this command's own name.
-fn config(args: &ProbeArgs, cwd: &Path) -> Config {
+/// A malformed `--paths` or `--exclude` is a usage error, as in `run`; a malformed variable
+/// in the environment is what the library would meet, so it is reported as the library
+/// would and the probe goes on.
+fn config(args: &ProbeArgs, cwd: &Path) -> Result<Config, String> {
     let mut vars: Vec<(OsString, OsString)> = Vec::new();
+    let mut options = Vec::new();
     if !args.paths.is_empty() {
         vars.push((VAR_PATHS.into(), absolute_globs(&args.paths, cwd)));
+        options.push((VAR_PATHS, "--paths"));
     }
     if !args.exclude.is_empty() {
         vars.push((VAR_EXCLUDE.into(), absolute_globs(&args.exclude, cwd)));
+        options.push((VAR_EXCLUDE, "--exclude"));
     }
     let inherited =
         std::env::vars_os().filter(|(k, _)| k.as_bytes().starts_with(b"S3DLIO_DIRECT_") && k != VAR_PROGRAMS);
-    let (cfg, warnings) = Config::from_vars(vars.into_iter().chain(inherited));
-    for w in warnings {
-        warning(&w);
+    let (cfg, warnings) = Config::from_vars_by_var(vars.into_iter().chain(inherited));
+    let mut refused = Vec::new();
+    for (var, w) in warnings {
+        match var.and_then(|v| options.iter().find(|(name, _)| *name == v.name)) {
+            Some((_, opt)) => refused.push(format!("{}: fix {opt} and try again", w.trim_end_matches("; skipped"))),
+            None => warning(&w),
+        }
     }
-    cfg
+    match refused.is_empty() {
+        true => Ok(cfg),
+        false => Err(refused.join("\n  ")),
+    }
 }
 
 fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
@@ -116,7 +138,12 @@ fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
     let real = existing.canonicalize().map_err(|e| format!("{}: {e}", existing.display()))?;
     let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
     let mount = mount_of(&real);
-    let pattern = pattern(given, cwd, cfg, meta.is_file().then_some(meta.len()));
+    let size = meta.is_file().then_some(meta.len());
+    let pattern = pattern(given, cwd, cfg, size);
+    let resolved = resolved_name(given, cwd, &existing, &real).map(|r| {
+        let p = pattern_of(r.as_os_str().as_bytes(), cfg, size);
+        (r, p)
+    });
 
     let opened = if meta.is_dir() {
         open_in_dir(&real)
@@ -144,6 +171,7 @@ fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
                 effective: None,
                 dontcache: unknown(),
                 pattern,
+                resolved,
             });
         }
     };
@@ -165,7 +193,26 @@ fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
         effective: (effective != alignment).then_some(effective),
         dontcache,
         pattern,
+        resolved,
     })
+}
+
+/// `given` with its symlinks resolved (the existing part canonical, the rest as written),
+/// when that differs from the name as a program spells it: the library matches that name,
+/// so a program opening the resolved one may be matched differently.
+fn resolved_name(given: &Path, cwd: &Path, existing: &Path, real: &Path) -> Option<PathBuf> {
+    let spelled = normalized(given, cwd)?;
+    let tail = cwd.join(given).strip_prefix(existing).ok()?.to_path_buf();
+    let resolved = normalized(&real.join(tail), Path::new("/"))?;
+    (resolved != spelled).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&resolved)))
+}
+
+/// `path` made absolute against `cwd` and lexically normalised, as the library sees it.
+fn normalized(path: &Path, cwd: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 8192];
+    let n = normalize_into(cwd.as_os_str().as_bytes(), path.as_os_str().as_bytes(), &mut buf)?;
+    buf.truncate(n);
+    Some(buf)
 }
 
 /// A file to test a directory with: a new one, deleted at once (so the write test cannot
@@ -194,13 +241,13 @@ fn open_in_dir(dir: &Path) -> Result<Option<(File, Option<PathBuf>, bool)>, Stri
 /// looks at the file's size, so an empty file answers as well as a full one.
 fn try_dontcache(fd: i32) -> Answer {
     let mut byte = [0u8; 1];
-    let iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // SAFETY: `iov` describes `byte`, which is writable and outlives the call.
-    let r = unsafe { libc::preadv2(fd, &iov, 1, 0, libc::RWF_DONTCACHE) };
-    if r >= 0 {
+    // The raw system call: glibc gained preadv2 only in 2.26, and the wheel's command is
+    // built against 2.17.
+    // SAFETY: `byte` is writable for one byte and outlives the call.
+    let r = unsafe { s3dlio_engine::sys::preadv2(fd, byte.as_mut_ptr(), 1, 0, libc::RWF_DONTCACHE) };
+    let Err(e) = r else {
         return Answer { ok: Some(true), detail: "yes: a read with RWF_DONTCACHE went through".into() };
-    }
-    let e = last_errno();
+    };
     let why = match (e, kernel_at_least(6, 14)) {
         (libc::EOPNOTSUPP, true) => "this filesystem does not support it",
         (libc::EOPNOTSUPP, false) => "this kernel is older than 6.14, which brought it",
@@ -215,10 +262,6 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
     let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     have >= (major, minor)
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// O_DIRECT turned on the way the library does it (F_SETFL after open), then one aligned
@@ -240,10 +283,12 @@ fn try_direct(fd: i32, a: &Alignment, scratch: bool) -> Answer {
 /// What the library would decide for `given` as a program spells it (lexically
 /// normalised, symlinks not followed), with the entry that decided it.
 fn pattern(given: &Path, cwd: &Path, cfg: &Config, size: Option<u64>) -> Pattern {
-    let mut buf = vec![0u8; 8192];
-    let norm = normalize_into(cwd.as_os_str().as_bytes(), given.as_os_str().as_bytes(), &mut buf)
-        .map(|n| buf[..n].to_vec())
-        .unwrap_or_default();
+    pattern_of(&normalized(given, cwd).unwrap_or_default(), cfg, size)
+}
+
+/// [`pattern`] for a name already absolute and normalised.
+fn pattern_of(norm: &[u8], cfg: &Config, size: Option<u64>) -> Pattern {
+    let norm = norm.to_vec();
     if cfg.paths.is_empty() {
         return Pattern {
             direct: false,
@@ -357,6 +402,10 @@ fn report_text(r: &Report) -> String {
     }
     line("RWF_DONTCACHE", &r.dontcache.detail);
     line("pattern", &r.pattern.detail);
+    if let Some((path, p)) = &r.resolved {
+        line("resolves to", &path.display().to_string());
+        line("  pattern", &format!("{} (for a program that opens it by this name)", p.detail));
+    }
     out
 }
 
@@ -382,8 +431,16 @@ fn report_json(r: &Report) -> Value {
         "alignment": r.align.as_ref().map(align),
         "effective_alignment": r.effective.as_ref().or(r.align.as_ref()).map(align),
         "rwf_dontcache": r.dontcache.json(),
-        "pattern": { "direct": r.pattern.direct, "entry": r.pattern.entry, "detail": r.pattern.detail },
+        "pattern": pattern_json(&r.pattern),
+        "resolved": r.resolved.as_ref().map(|(path, p)| json!({
+            "path": path.to_string_lossy(),
+            "pattern": pattern_json(p),
+        })),
     })
+}
+
+fn pattern_json(p: &Pattern) -> Value {
+    json!({ "direct": p.direct, "entry": p.entry, "detail": p.detail })
 }
 
 #[cfg(test)]

@@ -1,19 +1,17 @@
 //! `s3dlio-direct run`: CMD with the shim preloaded, its exit status (or death by signal)
 //! passed on, and with `--stats` a summary over every process it started.
 
-use crate::{absolute_globs, current_dir, error, stats, RunArgs, EXIT_OWN_FAILURE};
+use crate::{absolute_globs, current_dir, error, library, stats, warning, RunArgs, EXIT_OWN_FAILURE};
 use s3dlio_engine::config::{
-    Config, VAR_ALIGN, VAR_EXCLUDE, VAR_LOG, VAR_MIN_SIZE, VAR_PATHS, VAR_PROGRAMS, VAR_STATS, VAR_SYNC,
+    Config, Var, VAR_ALIGN, VAR_EXCLUDE, VAR_LOG, VAR_MIN_SIZE, VAR_PATHS, VAR_PROGRAMS, VAR_STATS, VAR_SYNC,
 };
+use s3dlio_engine::pathmatch::{EntryRoot, PatternSet};
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The library's file name, looked for beside this command and in `../lib`.
-pub const LIBRARY: &str = "libs3dlio_direct.so";
 
 /// Signals passed on to CMD. SIGHUP too: a closed terminal or an ssh session that drops
 /// should stop CMD as it would without the wrapper.
@@ -85,15 +83,9 @@ fn prepare(a: &RunArgs) -> Result<Plan, String> {
     // yet, so refusing is cheap and the run then does what was asked.
     // The same table and parsers as the library's; each warning comes with its variable.
     let (cfg, warnings) = Config::from_vars_by_var(vars.iter().cloned().chain(inherited));
-    if let Some((var, w)) = warnings.first() {
-        let hint = match var.and_then(|v| OPTION_OF.iter().find(|(name, _)| *name == v.name)) {
-            Some((var, opt)) if set.iter().any(|(k, _)| k == var) => format!("fix {opt}"),
-            Some((var, _)) => format!("fix or unset {var} in the environment"),
-            None => "fix or unset the variable in the environment".to_string(),
-        };
-        let more =
-            if warnings.len() > 1 { format!(" (and {} more problems)", warnings.len() - 1) } else { String::new() };
-        return Err(format!("{w}{more}\n  {hint} and try again"));
+    if !warnings.is_empty() {
+        let given: Vec<&str> = set.iter().map(|(k, _)| *k).collect();
+        return Err(refusal(&warnings, &given));
     }
     if cfg.paths.is_empty() {
         return Err("no --paths given: without it the library would change nothing. Say which files \
@@ -102,7 +94,12 @@ fn prepare(a: &RunArgs) -> Result<Plan, String> {
             .to_string());
     }
 
-    let lib = find_library()?;
+    let source = if a.paths.is_empty() { VAR_PATHS } else { "--paths" };
+    for w in unmatched_entries(&cfg.paths, source) {
+        warning(&w);
+    }
+
+    let lib = library::for_preload(&library::find()?)?;
     if let Some((dir, _)) = &stats {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the --stats directory {}: {e}", dir.display()))?;
@@ -110,6 +107,118 @@ fn prepare(a: &RunArgs) -> Result<Plan, String> {
     let mut env = vars;
     env.push(("LD_PRELOAD".into(), preload_value(lib.as_os_str(), std::env::var_os("LD_PRELOAD").as_deref())));
     Ok(Plan { command: a.command.clone(), env, stats })
+}
+
+/// How many directory entries `unmatched_entries` looks at for one glob before it gives up
+/// and assumes the entry matches something (a `**` over a large tree).
+const LOOK_LIMIT: usize = 20_000;
+
+/// A warning for each entry of `paths` that matches nothing that exists, naming the nearest
+/// existing parent: most often a typo, but the files may be created later, so `run` goes on.
+fn unmatched_entries(paths: &PatternSet, source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in paths.roots().iter().enumerate() {
+        if matches_something(paths, i, r) {
+            continue;
+        }
+        let mut parent = PathBuf::from(OsStr::from_bytes(&r.root));
+        while std::fs::symlink_metadata(&parent).is_err() && parent.pop() {}
+        let nearest = if parent.as_os_str().as_bytes() == r.root.as_slice() {
+            format!("{} exists, but nothing in it matches", parent.display())
+        } else {
+            format!("the nearest existing parent is {}", parent.display())
+        };
+        out.push(format!(
+            "{source} entry '{}' matches nothing that exists ({nearest}); running anyway, files created \
+             there later will go direct",
+            r.text
+        ));
+    }
+    out
+}
+
+/// Whether entry `i` matches an existing path: its root, or something at most `depth` levels
+/// below it (looking at no more than [`LOOK_LIMIT`] entries, after which it says yes).
+fn matches_something(paths: &PatternSet, i: usize, r: &EntryRoot) -> bool {
+    let root = PathBuf::from(OsStr::from_bytes(&r.root));
+    if std::fs::symlink_metadata(&root).is_err() {
+        return false;
+    }
+    if paths.entry_matches(i, &r.root) {
+        return true;
+    }
+    let mut queue = std::collections::VecDeque::from([(root, 0usize)]);
+    let mut looked = 0;
+    while let Some((dir, depth)) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.filter_map(Result::ok) {
+            looked += 1;
+            if looked > LOOK_LIMIT {
+                return true;
+            }
+            let path = e.path();
+            if paths.entry_matches(i, path.as_os_str().as_bytes()) {
+                return true;
+            }
+            // Symlinked directories are followed, as a program's open would: the matching
+            // is by the path as spelled.
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir() || (t.is_symlink() && path.is_dir()));
+            if is_dir && r.depth.is_none_or(|d| depth + 1 < d) {
+                queue.push_back((path, depth + 1));
+            }
+        }
+    }
+    false
+}
+
+/// What `run` says when it refuses values the library would only warn about: every problem,
+/// without the library's "; using X" (nothing uses anything: CMD is not started), then what
+/// to fix: the option when one set the variable, else the variable in the environment.
+fn refusal(warnings: &[(Option<&'static Var>, String)], given: &[&str]) -> String {
+    let mut problems = Vec::new();
+    let (mut options, mut variables, mut unknown) = (Vec::new(), Vec::new(), false);
+    for (var, w) in warnings {
+        problems.push(problem_only(w));
+        match var {
+            Some(v) => match OPTION_OF.iter().find(|(name, _)| *name == v.name) {
+                Some((name, opt)) if given.contains(name) => options.push(*opt),
+                _ => variables.push(v.name),
+            },
+            None => unknown = true,
+        }
+    }
+    let and = |mut words: Vec<&str>| {
+        words.dedup();
+        match words.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    };
+    let mut fixes = Vec::new();
+    if !options.is_empty() {
+        fixes.push(format!("fix {}", and(options)));
+    }
+    if !variables.is_empty() {
+        fixes.push(format!("fix or unset {} in the environment", and(variables)));
+    }
+    if unknown {
+        fixes.push("unset the unknown variable in the environment".to_string());
+    }
+    format!("{}\n  {}, then try again (CMD was not started)", problems.join("\n  "), fixes.join("; "))
+}
+
+/// A library warning without the part that says what the library goes on with instead
+/// ("; using 0", "; skipped", "ignored"), which `run`, refusing, does not do.
+fn problem_only(w: &str) -> &str {
+    let tails = ["; using ", "; skipped", "; matching no program"];
+    if let Some(at) = tails.iter().filter_map(|t| w.rfind(t)).max() {
+        return &w[..at];
+    }
+    match w.strip_prefix("unknown variable ").and_then(|rest| rest.find(" ignored")) {
+        Some(end) => &w[..end + "unknown variable ".len()],
+        None => w,
+    }
 }
 
 /// `DIR/<prefix>%h.%p.json`, with any `%` of DIR doubled so the library does not expand it.
@@ -131,33 +240,6 @@ fn stats_template(dir: &Path, prefix: &str) -> OsString {
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The library beside this executable (a build tree: `target/release/`) or in `../lib`
-/// (an installation: `PREFIX/bin` and `PREFIX/lib`). `current_exe` resolves symlinks, so a
-/// link to the command elsewhere still finds the library of the real installation.
-fn find_library() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot tell where s3dlio-direct is: {e}"))?;
-    let dir = exe.parent().unwrap_or(Path::new("/"));
-    let candidates = [dir.join(LIBRARY), dir.join("../lib").join(LIBRARY)];
-    let Some(found) = candidates.iter().find(|p| p.is_file()) else {
-        return Err(format!(
-            "cannot find {LIBRARY}: looked for {} and {}.\n  In a source tree, build it with `make build`; \
-             an installation needs both files: `make install PREFIX=...` puts the command in PREFIX/bin \
-             and the library in PREFIX/lib",
-            candidates[0].display(),
-            candidates[1].display()
-        ));
-    };
-    let lib = found.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", found.display()))?;
-    if lib.as_os_str().as_bytes().iter().any(|b| b" :\t\n".contains(b)) {
-        return Err(format!(
-            "the library's path {} contains a space or a colon, which separate LD_PRELOAD entries: \
-             install it under a plain path",
-            lib.display()
-        ));
-    }
-    Ok(lib)
 }
 
 /// The library first, then whatever the user already preloads: replacing it would silently
@@ -349,11 +431,70 @@ mod tests {
     #[test]
     fn a_refused_value_names_its_option() {
         let Err(e) = prepare(&run_args(Some("12Q"), Some("loud"))) else { panic!("12Q accepted") };
-        assert!(e.starts_with("S3DLIO_DIRECT_MIN_SIZE='12Q' is not a size (use e.g. 4096, 64K, 1MiB); using 0"), "{e}");
-        assert!(e.contains(" more problems)\n  fix --min-size and try again"), "{e}");
+        assert_eq!(
+            e,
+            "S3DLIO_DIRECT_MIN_SIZE='12Q' is not a size (use e.g. 4096, 64K, 1MiB)\n  \
+             S3DLIO_DIRECT_LOG='loud' is not one of error, warn, info, debug\n  \
+             fix --min-size and --log, then try again (CMD was not started)"
+        );
         let Err(e) = prepare(&run_args(None, Some("loud"))) else { panic!("loud accepted") };
-        assert!(e.starts_with("S3DLIO_DIRECT_LOG='loud' is not one of error, warn, info, debug; using warn"), "{e}");
-        assert!(e.ends_with("\n  fix --log and try again"), "{e}");
+        assert_eq!(
+            e,
+            "S3DLIO_DIRECT_LOG='loud' is not one of error, warn, info, debug\n  \
+             fix --log, then try again (CMD was not started)"
+        );
+    }
+
+    /// A refusal never says what the library would have used instead: nothing runs.
+    #[test]
+    fn a_refusal_never_says_what_it_would_use() {
+        let bad = [
+            ("S3DLIO_DIRECT_PATHS", "rel:/a["),
+            ("S3DLIO_DIRECT_EXCLUDE", "x"),
+            ("S3DLIO_DIRECT_SYNC", "perhaps"),
+            ("S3DLIO_DIRECT_ALIGN", "3"),
+            ("S3DLIO_DIRECT_MIN_SIZE", "12Q"),
+            ("S3DLIO_DIRECT_LOG", "loud"),
+            ("S3DLIO_DIRECT_POOL", "huge"),
+            ("S3DLIO_DIRECT_READAHEAD", "7"),
+            ("S3DLIO_DIRECT_WRITE_BEHIND", "lots"),
+            ("S3DLIO_DIRECT_MODE", "fast"),
+            ("S3DLIO_DIRECT_PROGRAMS", "a/b"),
+            ("S3DLIO_DIRECT_PROGRAMS_TYPO", "x"),
+        ];
+        for (k, v) in bad {
+            let (_, w) = Config::from_vars_by_var([(k, v)]);
+            assert!(!w.is_empty(), "{k}={v} accepted");
+            let text = refusal(&w, &[]);
+            for word in ["using", "skipped", "ignored"] {
+                assert!(!text.contains(word), "{k}={v}: {text}");
+            }
+            assert!(text.contains("in the environment, then try again"), "{text}");
+        }
+        let (_, w) = Config::from_vars_by_var([("S3DLIO_DIRECT_PROGRAMS", "bin/cat:python3")]);
+        assert_eq!(
+            refusal(&w, &[VAR_PROGRAMS]),
+            "S3DLIO_DIRECT_PROGRAMS='bin/cat:python3': 'bin/cat' contains '/' (use base names or globs such \
+             as python3:python3.*)\n  fix --only, then try again (CMD was not started)"
+        );
+    }
+
+    #[test]
+    fn entries_that_match_nothing_are_named_with_their_nearest_parent() {
+        let d = std::env::temp_dir().join(format!("s3dlio-run-unmatched-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        std::fs::write(d.join("sub/deeper/x.npy"), b"x").unwrap();
+        let spec =
+            format!("{0}/sub:{0}/missing/data:{0}/sub/*.npy:{0}/sub/*/*.npy:{0}/**/*.npy:{0}/**/*.zarr", d.display());
+        let (set, w) = PatternSet::parse("P", &spec);
+        assert!(w.is_empty(), "{w:?}");
+        let got = unmatched_entries(&set, "--paths");
+        assert_eq!(got.len(), 3, "{got:?}");
+        let dd = d.display();
+        assert!(got[0].starts_with(&format!("--paths entry '{dd}/missing/data' matches nothing that exists (the nearest existing parent is {dd}); running anyway")), "{}", got[0]);
+        assert!(got[1].starts_with(&format!("--paths entry '{dd}/sub/*.npy' matches nothing that exists ({dd}/sub exists, but nothing in it matches)")), "{}", got[1]);
+        assert!(got[2].contains("**/*.zarr"), "{}", got[2]);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

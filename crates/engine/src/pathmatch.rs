@@ -154,6 +154,51 @@ impl PatternSet {
     pub fn first_match(&self, path: &[u8]) -> Option<&str> {
         self.entries.iter().find(|e| match_entry(&e.comps, path)).map(|e| e.text.as_str())
     }
+
+    /// Where each entry's matches can be, in order, for a caller that looks for files an
+    /// entry matches (the command warns about entries that match nothing that exists).
+    pub fn roots(&self) -> Vec<EntryRoot> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let lits = e.comps.iter().take_while(|c| matches!(c, Comp::Lit(_)));
+                let mut root = Vec::new();
+                for c in lits.clone() {
+                    if let Comp::Lit(l) = c {
+                        root.push(b'/');
+                        root.extend_from_slice(l);
+                    }
+                }
+                if root.is_empty() {
+                    root.push(b'/');
+                }
+                // Every entry ends with the implicit `**` (it matches a whole subtree): only
+                // an earlier one makes the depth unbounded.
+                let rest = &e.comps[lits.count()..e.comps.len() - 1];
+                let depth = (!rest.contains(&Comp::Globstar)).then_some(rest.len());
+                EntryRoot { text: e.text.clone(), root, depth }
+            })
+            .collect()
+    }
+
+    /// Whether entry `index` (as [`PatternSet::roots`] numbers them) matches `path`. Same
+    /// contract as [`PatternSet::matches`].
+    pub fn entry_matches(&self, index: usize, path: &[u8]) -> bool {
+        self.entries.get(index).is_some_and(|e| match_entry(&e.comps, path))
+    }
+}
+
+/// Where the matches of one entry can be: `root` (its leading components without wildcards,
+/// normalised) or below it, at most `depth` components down; `None`: any depth (an inner
+/// `**`). A literal entry has depth 0: `root` itself, and so everything under it, matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRoot {
+    /// The entry as written.
+    pub text: String,
+    /// The directory (or file) every match is, or lies under.
+    pub root: Vec<u8>,
+    /// How many components below `root` the wildcards reach.
+    pub depth: Option<usize>,
 }
 
 /// Split a spec at unescaped colons. The backslash stays in the entry (the compiler
@@ -983,5 +1028,21 @@ mod tests {
     fn debug_lists_entry_texts() {
         let s = set("/a:/b/*");
         assert_eq!(format!("{s:?}"), r#"["/a", "/b/*"]"#);
+    }
+
+    #[test]
+    fn entry_roots() {
+        let (s, w) = PatternSet::parse("P", "/data:/a/./b/../c/*.npy:/x/**/y:/*:/lit\\*/z?:/");
+        assert!(w.is_empty(), "{w:?}");
+        let got: Vec<(String, Option<usize>)> =
+            s.roots().into_iter().map(|r| (String::from_utf8(r.root).unwrap(), r.depth)).collect();
+        let want =
+            [("/data", Some(0)), ("/a/c", Some(1)), ("/x", None), ("/", Some(1)), ("/lit*", Some(1)), ("/", Some(0))];
+        let want: Vec<(String, Option<usize>)> = want.iter().map(|(r, d)| (r.to_string(), *d)).collect();
+        assert_eq!(got, want);
+        assert_eq!(s.roots()[1].text, "/a/./b/../c/*.npy");
+        assert!(s.entry_matches(1, b"/a/c/t.npy"));
+        assert!(!s.entry_matches(0, b"/a/c/t.npy"));
+        assert!(!s.entry_matches(9, b"/data"));
     }
 }
