@@ -16,7 +16,7 @@
 #                 python/requirements-wheel.txt); Rust and cargo must be on PATH
 #   make venv     .venv with tests/requirements.txt (re-made only when the requirements change)
 #   make test     build + venv, cargo test --workspace --locked, then pytest tests/, then the
-#                 differential, stream, real-program and concurrency tests again with read-ahead
+#                 differential, stream, real-program, concurrency and fsx tests again with read-ahead
 #                 and write-behind off and with S3DLIO_DIRECT_MODE=dontcache
 #   make lint     cargo fmt --check; cargo clippy --workspace --all-targets --locked -- -D warnings
 #   make demo     build, then demo/demo.sh: a Python loader over generated data, plain and under the shim
@@ -67,7 +67,8 @@ LIB_SO := target/release/libs3dlio_direct.so
 CLI_BIN := target/release/s3dlio-direct
 
 # the tests that must stay green with every speed mechanism on (the default) and off
-MECHANISM_TESTS := tests/test_differential.py tests/test_streams.py tests/test_real_programs.py tests/test_concurrency.py
+MECHANISM_TESTS := tests/test_differential.py tests/test_streams.py tests/test_real_programs.py tests/test_concurrency.py \
+                   tests/test_fsx.py
 
 VENV := .venv
 VENV_STAMP := $(VENV)/.requirements.stamp

@@ -4,12 +4,14 @@
 #ifndef HARNESS_COMMON_H
 #define HARNESS_COMMON_H
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -124,12 +126,54 @@ static inline long fdinfo_flags(int fd)
     if (fdinfo_line(fd, l, sizeof l) < 0) return -1;
     return strtol(l + 6, NULL, 8);
 }
-/* "FDINFO <label> fd=<fd> <verbatim flags line>" on stderr: the kernel's truth for the tests. */
+/* The lowest number the library's private descriptors may have: at or above the soft
+ * RLIMIT_NOFILE, or in the few numbers just below it (libfd.rs). */
+static inline long library_fd_floor(void)
+{
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) < 0) return 1L << 30;
+    long soft = (long)r.rlim_cur, zone = soft / 16;
+    if (zone < 1) zone = 1;
+    if (zone > 64) zone = 64;
+    return soft - zone;
+}
+
+/* The library's private twin of the file fd is open on, with O_DIRECT, or -1: the kernel
+ * shows the library's direct I/O there, never on the program's own description. */
+static inline int direct_twin_of(int fd)
+{
+    struct stat a, b;
+    long floor = library_fd_floor();
+    if (fstat(fd, &a) < 0) return -1;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int found = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int n = atoi(e->d_name);
+        if (e->d_name[0] < '0' || e->d_name[0] > '9' || n == fd || n < floor) continue;
+        if (fstat(n, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino
+            && (fdinfo_flags(n) & O_DIRECT)) {
+            found = n;
+            break;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* "FDINFO <label> fd=<fd> <verbatim flags line>[ twin:\t<octal>]" on stderr: the kernel's
+ * truth for the tests, for the program's descriptor and for the twin that carries its direct
+ * I/O if there is one. */
 static inline void print_fdinfo(const char *label, int fd)
 {
     char l[256];
     fdinfo_line(fd, l, sizeof l);
-    fprintf(stderr, "FDINFO %s fd=%d %s\n", label, fd, l);
+    int t = direct_twin_of(fd);
+    if (t >= 0)
+        fprintf(stderr, "FDINFO %s fd=%d %s twin:\t%lo\n", label, fd, l, (unsigned long)fdinfo_flags(t));
+    else
+        fprintf(stderr, "FDINFO %s fd=%d %s\n", label, fd, l);
     fflush(stderr);
 }
 

@@ -17,6 +17,12 @@
  *   -F         print the kernel's flags line on stderr ("FDINFO <path> fd=<n> flags:\t<octal>")
  *   -G         print F_GETFL on stdout ("getfl=0<octal>")
  *   -w         after the first chunk print "READY <pid>" on stderr and wait for a byte on stdin
+ *   -y N       fsync after every chunk that reaches a multiple of N bytes written, then print
+ *              "SYNCED <bytes>" on stdout (flushed): everything below <bytes> is durable
+ *   -Y N       the same with fdatasync
+ *   -O sync|dsync  open with O_SYNC or O_DSYNC: "SYNCED <bytes>" after every chunk
+ *   -p N       after the chunk that reaches N bytes written print "PAUSED <bytes>" on stdout
+ *              (flushed) and wait for a byte on stdin (end of input: go on)
  * Exit status 1 and "error <call> <errno> at=<bytes>" on the first failing call; a short
  * write is reported as "short <call> <got>/<want> at=<bytes>" and continued.
  */
@@ -30,9 +36,11 @@ int main(int argc, char **argv)
     const char *mode = "write";
     uint64_t seed = 1;
     int flags = O_WRONLY | O_CREAT | O_TRUNC, fsync_end = 0, fdatasync_end = 0, inherit = -1, show = 0, getfl = 0, waitin = 0;
+    long long sync_every = 0, pause_at = -1;
+    int sync_data = 0, sync_open = 0;
     mode_t cmode = 0644;
     int c;
-    while ((c = getopt(argc, argv, "s:c:m:o:S:axnrDM:fti:FGw")) != -1) {
+    while ((c = getopt(argc, argv, "s:c:m:o:S:axnrDM:fti:FGwy:Y:O:p:")) != -1) {
         switch (c) {
         case 's': total = strtoll(optarg, NULL, 0); break;
         case 'c': chunks = optarg; break;
@@ -51,7 +59,16 @@ int main(int argc, char **argv)
         case 'F': show = 1; break;
         case 'G': getfl = 1; break;
         case 'w': waitin = 1; break;
-        default: fprintf(stderr, "usage: writer [-s SIZE] [-c LIST] [-m write|pwrite|writev] [-o OFF] [-S SEED] [-a] [-x] [-n] [-r] [-D] [-M MODE] [-f] [-t] [-i FD] [-F] [-G] [-w] PATH\n"); return 2;
+        case 'y': sync_every = strtoll(optarg, NULL, 0); sync_data = 0; break;
+        case 'Y': sync_every = strtoll(optarg, NULL, 0); sync_data = 1; break;
+        case 'p': pause_at = strtoll(optarg, NULL, 0); break;
+        case 'O':
+            if (!strcmp(optarg, "sync")) flags |= O_SYNC;
+            else if (!strcmp(optarg, "dsync")) flags |= O_DSYNC;
+            else { fprintf(stderr, "writer: -O sync|dsync\n"); return 2; }
+            sync_open = 1;
+            break;
+        default: fprintf(stderr, "usage: writer [-s SIZE] [-c LIST] [-m write|pwrite|writev] [-o OFF] [-S SEED] [-a] [-x] [-n] [-r] [-D] [-M MODE] [-f] [-t] [-i FD] [-F] [-G] [-w] [-y N|-Y N] [-O sync|dsync] [-p N] PATH\n"); return 2;
         }
     }
     if (optind >= argc) { fprintf(stderr, "writer: no PATH\n"); return 2; }
@@ -98,7 +115,26 @@ int main(int argc, char **argv)
             if (w == 0) { rc = 1; break; }
             put += w;
         }
+        long long before = done;
         done += put;
+        if (sync_every > 0 && done / sync_every != before / sync_every) {
+            if ((sync_data ? fdatasync(fd) : fsync(fd)) < 0) {
+                printf("error %s %s at=%lld\n", sync_data ? "fdatasync" : "fsync", errname(errno), done);
+                fflush(stdout);
+                return 1;
+            }
+            printf("SYNCED %lld\n", done);
+            fflush(stdout);
+        } else if (sync_open) {
+            printf("SYNCED %lld\n", done);
+            fflush(stdout);
+        }
+        if (pause_at >= 0 && done >= pause_at && before < pause_at) {
+            printf("PAUSED %lld\n", done);
+            fflush(stdout);
+            char ch;
+            if (read(0, &ch, 1) < 0) { /* go on */ }
+        }
         if (waitin && done == put) {
             fprintf(stderr, "READY %d\n", (int)getpid());
             fflush(stderr);

@@ -2,7 +2,7 @@
 //! the kernel copy calls, and the calls that create descriptors (which may take a number
 //! the engine missed the close of).
 
-use crate::{errno, in_engine, quietly, real, served, set_errno};
+use crate::{errno, in_engine, quietly, real, set_errno};
 use libc::{c_int, c_uint, c_ulong, loff_t, off_t, size_t, ssize_t};
 use s3dlio_engine::engine;
 
@@ -28,6 +28,11 @@ lseek_hooks!(lseek, lseek64);
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if engine::is_library_fd(fd) {
+        // A number the program never got: without the library it would not be open.
+        set_errno(libc::EBADF);
+        return -1;
+    }
     if engine::is_managed(fd) {
         // Before the real close: after it another thread may already own the number.
         quietly(|| engine::fdops::forget(fd));
@@ -36,20 +41,36 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     unsafe { real!(close: unsafe extern "C" fn(c_int) -> c_int)(fd) }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+/// The program's close_range/closefrom over `[first, last]`: managed numbers are forgotten,
+/// and the library's own are left open (the engine closes the parts around them).
+fn close_range_with(first: c_uint, last: c_uint, flags: c_int, real: impl FnOnce() -> c_int) -> c_int {
     if flags as c_uint & libc::CLOSE_RANGE_CLOEXEC == 0 {
         quietly(|| engine::fdops::forget_range(first, last));
     }
-    // SAFETY: forwarding the program's arguments.
-    unsafe { real!(close_range: unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int)(first, last, flags) }
+    let saved = errno();
+    match in_engine(|_| engine::fdops::close_range(first, last, flags as c_uint)) {
+        Some(r) => crate::finish(r.map(|_| 0), saved) as c_int,
+        None => real(),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    close_range_with(first, last, flags, || {
+        // SAFETY: forwarding the program's arguments.
+        unsafe { real!(close_range: unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int)(first, last, flags) }
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn closefrom(lowfd: c_int) {
-    quietly(|| engine::fdops::forget_range(lowfd.max(0) as u32, u32::MAX));
-    // SAFETY: forwarding the program's argument.
-    unsafe { real!(closefrom: unsafe extern "C" fn(c_int))(lowfd) }
+    let saved = errno();
+    close_range_with(lowfd.max(0) as c_uint, c_uint::MAX, 0, || {
+        // SAFETY: forwarding the program's argument.
+        unsafe { real!(closefrom: unsafe extern "C" fn(c_int))(lowfd) };
+        0
+    });
+    set_errno(saved);
 }
 
 /// Shares the engine's state of `old` with the new number `new` (or forgets `new`).
@@ -63,17 +84,27 @@ fn after_dup(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: forwarding the program's argument.
-    after_dup(fd, unsafe { real!(dup: unsafe extern "C" fn(c_int) -> c_int)(fd) })
+    let new = created(|| unsafe { real!(dup: unsafe extern "C" fn(c_int) -> c_int)(fd) });
+    after_dup(fd, new)
+}
+
+/// Before `dup2`/`dup3` onto `new`: a library number there is the program's from now on.
+fn dup_onto(new: c_int) {
+    if engine::is_library_fd(new) {
+        quietly(|| engine::fdops::library_fd_taken(new));
+    }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    dup_onto(new);
     // SAFETY: forwarding the program's arguments.
     after_dup(old, unsafe { real!(dup2: unsafe extern "C" fn(c_int, c_int) -> c_int)(old, new) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    dup_onto(new);
     // SAFETY: forwarding the program's arguments.
     after_dup(old, unsafe { real!(dup3: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int)(old, new, flags) })
 }
@@ -90,22 +121,21 @@ macro_rules! fcntl_hooks {
             match cmd {
                 libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
                     // SAFETY: forwarding the program's arguments.
-                    after_dup(fd, unsafe { real(fd, cmd, arg) })
-                }
-                libc::F_GETFL if engine::is_managed(fd) => {
-                    // SAFETY: forwarding the program's arguments.
-                    let r = unsafe { real(fd, cmd, arg) };
-                    if r < 0 {
-                        return r;
-                    }
-                    in_engine(|_| Some(engine::fdops::getfl(fd, r))).unwrap_or(r)
+                    let new = created_from(arg as c_int, || unsafe { real(fd, cmd, arg) });
+                    after_dup(fd, new)
                 }
                 libc::F_SETFL if engine::is_managed(fd) => {
-                    let saved = errno();
-                    let arg2 = in_engine(|_| Some(engine::fdops::setfl(fd, arg as c_int))).unwrap_or(arg as c_int);
-                    set_errno(saved);
-                    // SAFETY: forwarding the program's call with the shim's O_DIRECT kept.
-                    unsafe { real(fd, cmd, arg2 as c_ulong) }
+                    // SAFETY: forwarding the program's arguments.
+                    let r = unsafe { real(fd, cmd, arg) };
+                    if r == 0 {
+                        quietly(|| engine::fdops::setfl(fd, arg as c_int));
+                    }
+                    r
+                }
+                libc::F_SETLK | libc::F_SETLKW => {
+                    engine::lock_taken();
+                    // SAFETY: forwarding the program's arguments.
+                    unsafe { real(fd, cmd, arg) }
                 }
                 // SAFETY: forwarding the program's arguments.
                 _ => unsafe { real(fd, cmd, arg) },
@@ -150,8 +180,26 @@ macro_rules! sync_hooks {
 }
 sync_hooks!(fsync, fdatasync);
 
-fn either_managed(a: c_int, b: c_int) -> bool {
-    engine::is_managed(a) || engine::is_managed(b)
+/// Runs a kernel copy (copy_file_range, sendfile, splice) as the program asked, on its own
+/// buffered descriptions (the kernel's checks and errors are the program's), and has the
+/// engine drop what it left in the page cache of a managed end.
+fn copied(
+    fd_in: c_int,
+    off_in: *const loff_t,
+    fd_out: c_int,
+    off_out: *const loff_t,
+    call: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !engine::is_managed(fd_in) && !engine::is_managed(fd_out) {
+        return call();
+    }
+    // SAFETY: the program's offset pointers, read before the call as the kernel reads them.
+    let token = in_engine(|_| unsafe { engine::fdops::before_copy(fd_in, off_in, fd_out, off_out) });
+    let r = call();
+    if let Some(t) = token {
+        quietly(|| engine::fdops::after_copy(t, r));
+    }
+    r
 }
 
 #[no_mangle]
@@ -163,15 +211,11 @@ pub unsafe extern "C" fn copy_file_range(
     len: size_t,
     flags: c_uint,
 ) -> ssize_t {
-    if flags == 0 && either_managed(fd_in, fd_out) {
-        // SAFETY: the program's offset pointers.
-        if let Some(r) = served(|_| unsafe { engine::fdops::copy(fd_in, off_in, fd_out, off_out, len) }) {
-            return r;
-        }
-    }
     type F = unsafe extern "C" fn(c_int, *mut loff_t, c_int, *mut loff_t, size_t, c_uint) -> ssize_t;
     // SAFETY: forwarding the program's arguments.
-    unsafe { real!(copy_file_range: F)(fd_in, off_in, fd_out, off_out, len, flags) }
+    copied(fd_in, off_in, fd_out, off_out, || unsafe {
+        real!(copy_file_range: F)(fd_in, off_in, fd_out, off_out, len, flags)
+    })
 }
 
 /// Hooks for `sendfile`: the copy from a managed file is emulated with the engine.
@@ -179,14 +223,9 @@ macro_rules! sendfile_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t {
-            if either_managed(in_fd, out_fd) {
-                // SAFETY: the program's offset pointer.
-                if let Some(r) = served(|_| unsafe { engine::fdops::copy(in_fd, offset, out_fd, std::ptr::null_mut(), count) }) {
-                    return r;
-                }
-            }
+            type F = unsafe extern "C" fn(c_int, c_int, *mut off_t, size_t) -> ssize_t;
             // SAFETY: forwarding the program's arguments.
-            unsafe { real!($name: unsafe extern "C" fn(c_int, c_int, *mut off_t, size_t) -> ssize_t)(out_fd, in_fd, offset, count) }
+            copied(in_fd, offset, out_fd, std::ptr::null_mut(), || unsafe { real!($name: F)(out_fd, in_fd, offset, count) })
         }
     )*};
 }
@@ -201,15 +240,9 @@ pub unsafe extern "C" fn splice(
     len: size_t,
     flags: c_uint,
 ) -> ssize_t {
-    if either_managed(fd_in, fd_out) {
-        // SAFETY: the program's offset pointers.
-        if let Some(r) = served(|_| unsafe { engine::fdops::copy(fd_in, off_in, fd_out, off_out, len) }) {
-            return r;
-        }
-    }
     type F = unsafe extern "C" fn(c_int, *mut loff_t, c_int, *mut loff_t, size_t, c_uint) -> ssize_t;
     // SAFETY: forwarding the program's arguments.
-    unsafe { real!(splice: F)(fd_in, off_in, fd_out, off_out, len, flags) }
+    copied(fd_in, off_in, fd_out, off_out, || unsafe { real!(splice: F)(fd_in, off_in, fd_out, off_out, len, flags) })
 }
 
 /// Forgets a number a descriptor-creating call just handed out.
@@ -218,6 +251,30 @@ fn fresh(fd: c_int) -> c_int {
         quietly(|| engine::fdops::forget(fd));
     }
     fd
+}
+
+/// Runs a call that creates one descriptor: a number the engine missed the close of is
+/// forgotten, and where the program's descriptors reach the library's numbers the library
+/// gives its own up, so the program gets the number (or the descriptor) it would have had.
+pub(crate) fn created(call: impl Fn() -> c_int) -> c_int {
+    created_from(0, call)
+}
+
+/// [`created`] for a call that takes the lowest free number at or above `min` (F_DUPFD).
+fn created_from(min: c_int, call: impl Fn() -> c_int) -> c_int {
+    let fd = fresh(call());
+    if !engine::library_in_the_way(fd, min) {
+        return fd;
+    }
+    let err = errno();
+    match in_engine(|_| Some(engine::fdops::created(fd, err, min))) {
+        Some(engine::fdops::Created::Moved(n)) => fresh(n),
+        Some(engine::fdops::Created::Retry) => fresh(call()),
+        _ => {
+            set_errno(err);
+            fd
+        }
+    }
 }
 
 /// Forgets both numbers of a pipe or socket pair.
@@ -235,7 +292,7 @@ fn fresh_pair(r: c_int, fds: *const c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
     // SAFETY: forwarding the program's arguments.
-    fresh(unsafe { real!(socket: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int)(domain, ty, proto) })
+    created(|| unsafe { real!(socket: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int)(domain, ty, proto) })
 }
 
 #[no_mangle]
@@ -251,7 +308,7 @@ pub unsafe extern "C" fn socketpair(domain: c_int, ty: c_int, proto: c_int, sv: 
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int {
     type F = unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> c_int;
     // SAFETY: forwarding the program's arguments.
-    fresh(unsafe { real!(accept: F)(fd, addr, len) })
+    created(|| unsafe { real!(accept: F)(fd, addr, len) })
 }
 
 #[no_mangle]
@@ -263,7 +320,7 @@ pub unsafe extern "C" fn accept4(
 ) -> c_int {
     type F = unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t, c_int) -> c_int;
     // SAFETY: forwarding the program's arguments.
-    fresh(unsafe { real!(accept4: F)(fd, addr, len, flags) })
+    created(|| unsafe { real!(accept4: F)(fd, addr, len, flags) })
 }
 
 #[no_mangle]
@@ -283,25 +340,93 @@ pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn memfd_create(name: *const libc::c_char, flags: c_uint) -> c_int {
     // SAFETY: forwarding the program's arguments.
-    fresh(unsafe { real!(memfd_create: unsafe extern "C" fn(*const libc::c_char, c_uint) -> c_int)(name, flags) })
+    created(|| unsafe { real!(memfd_create: unsafe extern "C" fn(*const libc::c_char, c_uint) -> c_int)(name, flags) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn eventfd(init: c_uint, flags: c_int) -> c_int {
     // SAFETY: forwarding the program's arguments.
-    fresh(unsafe { real!(eventfd: unsafe extern "C" fn(c_uint, c_int) -> c_int)(init, flags) })
+    created(|| unsafe { real!(eventfd: unsafe extern "C" fn(c_uint, c_int) -> c_int)(init, flags) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
     // SAFETY: forwarding the program's argument.
-    fresh(unsafe { real!(epoll_create: unsafe extern "C" fn(c_int) -> c_int)(size) })
+    created(|| unsafe { real!(epoll_create: unsafe extern "C" fn(c_int) -> c_int)(size) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
     // SAFETY: forwarding the program's argument.
-    fresh(unsafe { real!(epoll_create1: unsafe extern "C" fn(c_int) -> c_int)(flags) })
+    created(|| unsafe { real!(epoll_create1: unsafe extern "C" fn(c_int) -> c_int)(flags) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *const libc::sigset_t, c_int) -> c_int;
+    // SAFETY: forwarding the program's arguments.
+    created(|| unsafe { real!(signalfd: F)(fd, mask, flags) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn timerfd_create(clock: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarding the program's arguments.
+    created(|| unsafe { real!(timerfd_create: unsafe extern "C" fn(c_int, c_int) -> c_int)(clock, flags) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn inotify_init() -> c_int {
+    // SAFETY: no arguments.
+    created(|| unsafe { real!(inotify_init: unsafe extern "C" fn() -> c_int)() })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn inotify_init1(flags: c_int) -> c_int {
+    // SAFETY: forwarding the program's argument.
+    created(|| unsafe { real!(inotify_init1: unsafe extern "C" fn(c_int) -> c_int)(flags) })
+}
+
+/// Hooks for `lockf`: glibc takes the POSIX record lock with an internal fcntl no hook sees.
+macro_rules! lockf_hooks {
+    ($($name:ident),*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, cmd: c_int, len: off_t) -> c_int {
+            if cmd != libc::F_TEST {
+                engine::lock_taken();
+            }
+            // SAFETY: forwarding the program's arguments.
+            unsafe { real!($name: unsafe extern "C" fn(c_int, c_int, off_t) -> c_int)(fd, cmd, len) }
+        }
+    )*};
+}
+lockf_hooks!(lockf, lockf64);
+
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: forwarding the program's arguments.
+    let r =
+        unsafe { real!(sendmsg: unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> ssize_t)(fd, msg, flags) };
+    if r >= 0 && !msg.is_null() && engine::active() {
+        // SAFETY: the kernel just read this message and its control buffer; the CMSG_* walk
+        // stays inside them.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const c_int;
+                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+                    for i in 0..n {
+                        let sent = data.add(i).read_unaligned();
+                        if engine::is_managed(sent) {
+                            quietly(|| engine::fdops::handed_over(sent));
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(msg, c);
+            }
+        }
+    }
+    r
 }
 
 #[no_mangle]

@@ -1,6 +1,6 @@
 //! mmap, readahead advice and posix_fallocate on direct descriptors: a mapping is served by
-//! the page cache (counted), readahead requests are swallowed, and posix_fallocate runs on
-//! the buffered companion, where glibc's single-byte emulation works.
+//! the page cache (counted), readahead requests are swallowed, and what posix_fallocate's
+//! emulation cached is dropped.
 
 use crate::{in_engine, quietly, real};
 use libc::{c_int, c_void, off_t, size_t, ssize_t};
@@ -52,25 +52,16 @@ pub unsafe extern "C" fn readahead(fd: c_int, off: off_t, count: size_t) -> ssiz
 }
 
 /// Hooks for `posix_fallocate`-shaped functions (they return the error number). Where the
-/// filesystem lacks fallocate, glibc writes one byte per block, which O_DIRECT refuses; on
-/// the companion (same file, same access mode and O_APPEND) the call behaves as without
-/// the shim.
+/// filesystem lacks fallocate, glibc writes one byte per block through the program's own
+/// (buffered) description; the engine then drops what that left in the page cache.
 macro_rules! fallocate_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, off: off_t, len: off_t) -> c_int {
-            let mut target = fd;
+            // SAFETY: forwarding the program's arguments.
+            let r = unsafe { real!($name: unsafe extern "C" fn(c_int, off_t, off_t) -> c_int)(fd, off, len) };
             if engine::is_managed(fd) {
-                match in_engine(|_| engine::mapping::companion_of(fd)) {
-                    Some(Ok(c)) => target = c,
-                    Some(Err(e)) => return e,
-                    None => {}
-                }
-            }
-            // SAFETY: forwarding the program's arguments, on the same file.
-            let r = unsafe { real!($name: unsafe extern "C" fn(c_int, off_t, off_t) -> c_int)(target, off, len) };
-            if target != fd {
-                quietly(|| engine::mapping::companion_wrote(fd, off, len));
+                quietly(|| engine::mapping::fallocated(fd, off, len));
             }
             r
         }

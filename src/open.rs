@@ -8,14 +8,14 @@ use crate::{in_engine, quietly, real};
 use libc::{c_char, c_int, mode_t};
 use s3dlio_engine::engine;
 
-/// Common body: plan, call the real open with the plan's extra flags, then register.
-unsafe fn open_with(dirfd: c_int, path: *const c_char, flags: c_int, call: impl FnOnce(c_int) -> c_int) -> c_int {
+/// Common body: plan, call the real open unchanged, then register.
+unsafe fn open_with(dirfd: c_int, path: *const c_char, flags: c_int, call: impl Fn(c_int) -> c_int) -> c_int {
     if !engine::active() {
         return call(flags);
     }
     // SAFETY: `path` comes from the program as a C string.
     let plan = in_engine(|_| unsafe { engine::open::plan_open(dirfd, path, flags) });
-    let fd = call(flags | plan.map_or(0, |p| p.extra_flags));
+    let fd = crate::fdops::created(|| call(flags));
     if fd >= 0 {
         quietly(|| match plan {
             Some(p) => engine::open::opened(fd, p),

@@ -49,7 +49,7 @@ unsafe fn fopen_with(
         return real_fopen();
     };
     // SAFETY: the program's path, with the flags and creation mode glibc's fopen uses.
-    let fd = unsafe { open(path, m.flags | plan.extra_flags, 0o666) };
+    let fd = unsafe { open(path, m.flags, 0o666) };
     if fd < 0 {
         return std::ptr::null_mut();
     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import resource
 import shutil
 import stat
 import subprocess
@@ -98,18 +99,24 @@ def clean_env() -> dict:
     return env
 
 
-FDINFO_RE = re.compile(r"^FDINFO (.*) fd=(\d+) flags:\s+([0-7]+)\s*$")
+FDINFO_RE = re.compile(r"^FDINFO (.*) fd=(\d+) flags:\s+([0-7]+)(?:\s+twin:\s+([0-7]+))?\s*$")
 
 
-def fdinfo_lines(stderr) -> list[tuple[str, int, int]]:
-    """Parse the c-harness "FDINFO <label> fd=<n> flags:\\t<octal>" lines: [(label, fd, flags)]."""
+def fdinfo_lines(stderr, own: bool = False) -> list[tuple[str, int, int]]:
+    """Parse the c-harness "FDINFO <label> fd=<n> flags:\\t<octal>[ twin:\\t<octal>]" lines:
+    [(label, fd, flags)]. The flags are the program's descriptor's, with O_DIRECT added when
+    the library's private twin of the file has it (where the kernel shows its direct I/O);
+    with `own`, the program's descriptor's alone."""
     if isinstance(stderr, bytes):
         stderr = stderr.decode(errors="replace")
     out = []
     for line in stderr.splitlines():
         m = FDINFO_RE.match(line)
         if m:
-            out.append((m.group(1), int(m.group(2)), int(m.group(3), 8)))
+            flags = int(m.group(3), 8)
+            if m.group(4) and not own:
+                flags |= int(m.group(4), 8) & O_DIRECT
+            out.append((m.group(1), int(m.group(2)), flags))
     return out
 
 
@@ -125,13 +132,100 @@ def is_direct(flags: int) -> bool:
     return bool(flags & O_DIRECT)
 
 
-def fdinfo_flags(pid: int, fd: int) -> int:
+# For Python programs the tests run: read_whole(path) reads a file in 1 MiB pieces and gives
+# (the kernel's flags for its descriptor, bytes read); and the kernel's view of a descriptor as
+# the c-harness prints it ("flags:\t<octal>", plus " twin:\t<octal>" for the library's
+# private O_DIRECT twin of the file, where the kernel shows the library's direct I/O).
+FDINFO_PY = r"""
+import os
+def _own_flags(fd):
+    with open(f"/proc/self/fdinfo/{fd}") as fi:
+        for line in fi:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+def _twin_of(fd):
+    import os, resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    floor = soft - min(max(soft // 16, 1), 64)
+    st = os.fstat(fd)
+    for n in sorted(int(x) for x in os.listdir("/proc/self/fd")):
+        if n == fd or n < floor:
+            continue
+        try:
+            o = os.fstat(n)
+            if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino) and _own_flags(n) & 0o40000:
+                return n
+        except OSError:
+            pass
+def fdinfo_text(fd):
+    t = _twin_of(fd)
+    own = f"flags:\t{_own_flags(fd):07o}"
+    return own if t is None else f"{own} twin:\t{_own_flags(t):o}"
+def kernel_direct(fd):
+    return bool(_own_flags(fd) & 0o40000) or _twin_of(fd) is not None
+def kernel_flags(fd):
+    return _own_flags(fd) | (0o40000 if kernel_direct(fd) else 0)
+def read_whole(path):
+    fd = os.open(path, os.O_RDONLY)
+    flags = kernel_flags(fd)
+    n = 0
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            break
+        n += len(b)
+    os.close(fd)
+    return flags, n
+"""
+
+
+def own_fdinfo_flags(pid: int, fd: int) -> int:
     """The kernel's flags of /proc/<pid>/fdinfo/<fd> (octal line 'flags:')."""
     with open(f"/proc/{pid}/fdinfo/{fd}") as f:
         for line in f:
             if line.startswith("flags:"):
                 return int(line.split()[1], 8)
     raise AssertionError(f"no flags line in /proc/{pid}/fdinfo/{fd}")
+
+
+def library_fd_floor(pid: int) -> int:
+    """The lowest number the library's private descriptors may have in process pid: at or
+    above its soft RLIMIT_NOFILE, or in the few numbers just below it (libfd.rs)."""
+    soft = resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return soft - min(max(soft // 16, 1), 64)
+
+
+def direct_twin(pid: int, fd: int):
+    """The library's private twin of the file fd is open on in process pid (with O_DIRECT:
+    it carries the library's direct I/O), or None."""
+    try:
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        names = os.listdir(f"/proc/{pid}/fd")
+        floor = library_fd_floor(pid)
+    except (OSError, PermissionError):
+        return None
+    for n in names:
+        if int(n) == fd or int(n) < floor:
+            continue
+        try:
+            o = os.stat(f"/proc/{pid}/fd/{n}")
+            if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino) and own_fdinfo_flags(pid, int(n)) & O_DIRECT:
+                return int(n)
+        except (OSError, AssertionError, ValueError):
+            continue
+    return None
+
+
+def fdinfo_flags(pid: int, fd: int) -> int:
+    """The kernel's flags of the program's descriptor fd of process pid, with O_DIRECT added
+    when the library's private twin of the file has it: the kernel shows the library's direct
+    I/O on the twin, never on the program's own description."""
+    flags = own_fdinfo_flags(pid, fd)
+    if not flags & O_DIRECT and direct_twin(pid, fd) is not None:
+        flags |= O_DIRECT
+    return flags
 
 
 def fds_of(pid: int, path) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import O_DIRECT, REPO, make_file
+from conftest import FDINFO_PY, O_DIRECT, REPO, make_file
 
 CLI = REPO / "target" / "release" / "s3dlio-direct"
 PY = sys.executable
@@ -31,20 +31,11 @@ EXIT_OWN_FAILURE = 125
 
 # Prints, as JSON on stdout, the kernel's flags of each file it opens (fdinfo) and the bytes
 # it read, reading with os.read in 1 MiB pieces so that read_bytes is exactly the file size.
-READER = r"""
+READER = FDINFO_PY + r"""
 import json, os, sys
 out = []
 for path in sys.argv[1:]:
-    fd = os.open(path, os.O_RDONLY)
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
-    n = 0
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
-            break
-        n += len(b)
-    os.close(fd)
+    flags, n = read_whole(path)
     out.append({"path": path, "flags": flags, "bytes": n})
 print(json.dumps({"files": out, "preload": os.environ.get("LD_PRELOAD", ""),
                   "maps": open("/proc/self/maps").read()}))

@@ -4,6 +4,7 @@ line naming the variable, nothing else changes (same stdout, same exit status, t
 the configuration still applies). Whether a file went direct is read from the kernel."""
 
 import os
+import re
 from collections import Counter
 
 import pytest
@@ -260,9 +261,14 @@ def test_sync_values(run, strict_fs, value, on):
     make_file(d / "f", 10_000)
     p, pfl = probe(run, d / "f", how="rw", shim=False)
     s, fl = probe(run, d / "f", paths=str(d), env={"S3DLIO_DIRECT_SYNC": value}, how="rw")
-    assert_same_run(p, s, f"SYNC={value}")  # F_GETFL hides the added O_SYNC
+    assert_same_run(p, s, f"SYNC={value}")  # F_GETFL is the program's own
     assert is_direct(fl)
-    assert (fl & 0o4010000 == 0o4010000) == on, f"SYNC={value}: kernel flags {fl:o}"
+    # O_SYNC goes on the private twin that carries the direct I/O, never on the program's
+    # own description
+    twin = re.search(r" twin:\s+([0-7]+)", s.stderr.decode())
+    assert twin, s.stderr
+    assert (int(twin.group(1), 8) & 0o4010000 == 0o4010000) == on, f"SYNC={value}: twin flags {twin.group(1)}"
+    assert fdinfo_lines(s.stderr, own=True)[0][2] == fdinfo_lines(p.stderr, own=True)[0][2]
     assert shim_warnings(s.stderr) == []
 
 

@@ -5,6 +5,8 @@ fdinfo (HARNESS_FDINFO) proves the shimmed run really had O_DIRECT on its descri
 
 import os
 
+import re
+
 import pytest
 
 from conftest import (
@@ -68,6 +70,11 @@ def run_diff(run, fs, seed, prog="diffseq", env=None, user=None, n=N_CALLS, dire
             assert is_direct(flags), f"no O_DIRECT from the kernel on {label} (flags {flags:o}) through the shim"
         elif direct_expected is False:
             assert not is_direct(flags), f"O_DIRECT on {label} where it must stay buffered"
+    # the program's own descriptions are exactly those of the plain run: same numbers, same
+    # flags (the library's O_DIRECT lives on its private twin)
+    for (label, fd, own), (_l, pfd, pown) in zip(fdinfo_lines(shimmed.stderr, own=True), fdinfo_lines(plain.stderr, own=True)):
+        assert fd == pfd, f"{label}: descriptor {fd} through the shim, {pfd} without"
+        assert own == pown, f"{label}: the program's own description has flags {own:o} through the shim, {pown:o} without"
     return plain, shimmed
 
 
@@ -100,12 +107,16 @@ def test_strict_fortified(run, strict_fs, prog, seed):
 
 @pytest.mark.parametrize("seed", [501, 502])
 def test_strict_sync(run, strict_fs, seed):
-    # S3DLIO_DIRECT_SYNC adds O_SYNC at open, F_GETFL must not show it
+    # S3DLIO_DIRECT_SYNC gives the twin that carries the direct I/O O_SYNC; the program's own
+    # description stays as it opened it (F_GETFL and fdinfo identical to the plain run, which
+    # run_diff compares)
     _p, s = run_diff(run, strict_fs, seed, env={"S3DLIO_DIRECT_SYNC": "1"})
-    writable = [(lab, fl) for lab, _fd, fl in fdinfo_lines(s.stderr) if ("WRONLY" in lab or "RDWR" in lab or lab.startswith("creat"))]
-    assert writable, "no writable open in this sequence"
-    for lab, fl in writable:
-        assert fl & 0o4010000 == 0o4010000, f"S3DLIO_DIRECT_SYNC=1 but no O_SYNC from the kernel on {lab} ({fl:o})"
+    twins = re.findall(r"^FDINFO (.*) fd=\d+ flags:\s+([0-7]+)\s+twin:\s+([0-7]+)\s*$", s.stderr.decode(), re.M)
+    writable = [(lab, int(own, 8), int(twin, 8)) for lab, own, twin in twins
+                if "WRONLY" in lab or "RDWR" in lab or lab.startswith("creat")]
+    assert writable, "no writable open with a twin in this sequence"
+    for lab, own, twin in writable:
+        assert twin & 0o4010000 == 0o4010000, f"S3DLIO_DIRECT_SYNC=1 but no O_SYNC from the kernel on {lab}'s twin ({twin:o})"
 
 
 @pytest.mark.parametrize("align", ["8192", "65536"])

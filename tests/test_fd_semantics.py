@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from conftest import (
+    FDINFO_PY,
     NOBODY,
     O_DIRECT,
     assert_same_file,
@@ -65,13 +66,19 @@ def test_getfl_transparent(run, strict_fs):
 
 
 def test_getfl_hides_sync(run, strict_fs):
+    """S3DLIO_DIRECT_SYNC puts O_SYNC on the private twin that carries the direct I/O; the
+    program's own description, and so F_GETFL, stay exactly as without the library."""
     dp, ds, p, s = both(run, strict_fs, lambda d: [FDSEM(), "getfl", d / "f"], size=50_000,
                         env={"S3DLIO_DIRECT_SYNC": "yes"})
     assert_same_run(p, s, "F_GETFL with S3DLIO_DIRECT_SYNC")
-    for label, _fd, fl in fdinfo_lines(s.stderr):
+    own = {lab: fl for lab, _fd, fl in fdinfo_lines(p.stderr, own=True)}
+    twins = re.findall(r"^FDINFO (.*) fd=\d+ flags:\s+([0-7]+)\s+twin:\s+([0-7]+)\s*$", s.stderr.decode(), re.M)
+    assert any("WRONLY" in lab or "RDWR" in lab for lab, _o, _t in twins), s.stderr
+    for label, fl, twin in twins:
         # (a program's own O_DIRECT descriptor is left alone)
         if ("WRONLY" in label or "RDWR" in label) and "DIRECT" not in label:
-            assert fl & 0o4010000 == 0o4010000, f"{label}: no O_SYNC from the kernel with SYNC=yes ({fl:o})"
+            assert int(twin, 8) & 0o4010000 == 0o4010000, f"{label}: no O_SYNC on the twin with SYNC=yes ({twin})"
+            assert int(fl, 8) == own[label], f"{label}: the program's own flags changed ({fl} against {own[label]:o})"
 
 
 @pytest.mark.parametrize("fsname", ["strict_fs", "disk", "ramfs"])
@@ -324,12 +331,11 @@ def test_secure_execution_mode_does_nothing(run, strict_fs, tmp_path):
         os.unlink(lib)
 
 
-DPRINTF_PROG = r"""
+DPRINTF_PROG = FDINFO_PY + r"""
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-flags = [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("flags")][0].split()[1]
-print("direct", bool(int(flags, 8) & 0o40000), file=sys.stderr)
+print("direct", kernel_direct(fd), file=sys.stderr)
 total = 0
 for i in range(3000):
     n = libc.dprintf(fd, b"%s-%d|", b"line" * (i % 7), i)
@@ -345,18 +351,17 @@ def test_dprintf_on_a_direct_fd(run, strict_fs):
     dp, ds, p, s = both(run, strict_fs, lambda d: [sys.executable, "-c", DPRINTF_PROG, str(d / "out")])
     assert_same_run(p, s, "dprintf")
     assert_same_file(dp / "out", ds / "out", "dprintf")
-    assert b"direct True" in s.stderr, s.stderr  # the kernel had O_DIRECT on that fd
+    assert b"direct True" in s.stderr, s.stderr  # the kernel had O_DIRECT on that fd's twin
 
 
-READONLY_MODE_PROG = r"""
+READONLY_MODE_PROG = FDINFO_PY + r"""
 import os, sys
 d = sys.argv[1]
 fd = os.open(d + "/ro", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-flags = [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("flags")][0].split()[1]
-print("direct at open", bool(int(flags, 8) & 0o40000), file=sys.stderr)
 print(os.write(fd, b"a" * 5000), os.write(fd, b"b" * 10003), os.lseek(fd, 0, os.SEEK_CUR))
 os.close(fd)
 fd = os.open(d + "/wo", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o200)
+print("wo direct", kernel_direct(fd), file=sys.stderr)
 print(os.write(fd, b"c" * 7001), os.pwrite(fd, b"d" * 3, 4095))
 os.close(fd)
 """
@@ -364,8 +369,8 @@ os.close(fd)
 
 def test_unprivileged_files_whose_mode_forbids_reopening(run, strict_fs):
     """As nobody, a file created O_WRONLY with mode 0444 cannot be reopened through /proc for
-    the buffered companion: it must go buffered with one warning, bytes intact; mode 0200
-    (write-only) must work too."""
+    the private O_DIRECT twin: it must stay buffered, bytes intact; mode 0200 (write-only)
+    must go direct."""
     py = "/usr/bin/python3"
     if not os.path.exists(py):
         pytest.fail("needs /usr/bin/python3 (a python nobody can run); .ci/run installs it")
@@ -377,6 +382,5 @@ def test_unprivileged_files_whose_mode_forbids_reopening(run, strict_fs):
     assert_same_run(p, s, "mode 0444/0200 files as nobody")
     for name in ("ro", "wo"):
         assert_same_file(dp / name, ds / name, name)
-    assert b"direct at open True" in s.stderr, s.stderr
-    warnings = [w for w in shim_warnings(s.stderr) if "reopen" in w]
-    assert len(warnings) == 1, s.stderr
+    # the 0444 file cannot be reopened for the twin: it stays buffered, the 0200 one goes direct
+    assert b"wo direct True" in s.stderr, s.stderr

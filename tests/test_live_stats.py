@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, bin_path, load_index, make_file, stats_files
+from conftest import FDINFO_PY, NOBODY, bin_path, load_index, make_file, stats_files
 
 CLI = Path(__file__).resolve().parent.parent / "target" / "release" / "s3dlio-direct"
 PY = sys.executable
@@ -110,20 +110,12 @@ def test_killed_process_keeps_its_counts(run, cli, disk, tmp_path, sig):
 
 
 # A pool of workers ended with terminate() (SIGTERM), as PyTorch ends DataLoader workers.
-POOL = textwrap.dedent(
+POOL = FDINFO_PY + textwrap.dedent(
     r"""
     import multiprocessing as mp, os, sys, time
 
     def read_all(path):
-        fd = os.open(path, os.O_RDONLY)
-        n = 0
-        while True:
-            b = os.read(fd, 1 << 20)
-            if not b:
-                break
-            n += len(b)
-        os.close(fd)
-        return os.getpid(), n
+        return os.getpid(), read_whole(path)[1]
 
     def wait_forever(ready):
         open(f"{ready}.{os.getpid()}", "w").close()

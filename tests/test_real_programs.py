@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (
+    FDINFO_PY,
     assert_same_file,
     assert_same_run,
     bin_path,
@@ -321,16 +322,13 @@ def test_sqlite3_100k_rows(run, strict_fs):
 
 # ------------------------------------------------------------------------- python
 
-PY_SCRIPT = textwrap.dedent(
+PY_SCRIPT = FDINFO_PY + textwrap.dedent(
     r"""
     import hashlib, os, sys
     D = sys.argv[1]
     def fdinfo(label, f):
         fd = f if isinstance(f, int) else f.fileno()
-        with open(f"/proc/self/fdinfo/{fd}") as fi:
-            for line in fi:
-                if line.startswith("flags:"):
-                    sys.stderr.write(f"FDINFO {label} fd={fd} {line.strip()}\n")
+        sys.stderr.write(f"FDINFO {label} fd={fd} {fdinfo_text(fd)}\n")
     h = lambda b: hashlib.sha256(b).hexdigest()[:16]
     # write() in odd chunks, buffered and unbuffered
     data = bytes((i * 7 + 3) % 251 for i in range(3_000_017))
@@ -410,7 +408,7 @@ def test_python_open_read_readinto_write(run, strict_fs, tmp_path):
         assert is_direct(got[lab]), f"python's {lab} descriptor has no O_DIRECT from the kernel ({got[lab]:o})"
 
 
-NUMPY_SCRIPT = textwrap.dedent(
+NUMPY_SCRIPT = FDINFO_PY + textwrap.dedent(
     r"""
     import hashlib, sys
     import numpy as np
@@ -423,10 +421,7 @@ NUMPY_SCRIPT = textwrap.dedent(
     c = np.fromfile(f"{D}/raw.bin", dtype=np.int32)
     print("fromfile", c.shape, int(c.sum()))
     def fdinfo(label, fd):
-        with open(f"/proc/self/fdinfo/{fd}") as fi:
-            for line in fi:
-                if line.startswith("flags:"):
-                    sys.stderr.write(f"FDINFO {label} fd={fd} {line.strip()}\n")
+        sys.stderr.write(f"FDINFO {label} fd={fd} {fdinfo_text(fd)}\n")
     with open(f"{D}/raw.bin", "rb") as f:
         f.seek(4 * 1001)
         d = np.fromfile(f, dtype=np.int32, count=5000)   # fdopen(dup(fd)), fread, fclose

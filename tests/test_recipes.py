@@ -14,47 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from conftest import O_DIRECT, make_file, unavailable
+from conftest import FDINFO_PY, O_DIRECT, make_file, unavailable
 from test_cli import PY, cli, cmd, stats_json  # noqa: F401  (cli is a fixture)
 
 RANKS = 4
 
 # One rank: reads the shard of its rank (Open MPI's OMPI_COMM_WORLD_RANK; no MPI_Init, so
 # no mpi4py is needed) and prints what the kernel says of the descriptor.
-RANK = r"""
+RANK = FDINFO_PY + r"""
 import json, os, sys
 rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
 path = sys.argv[1 + rank]
-fd = os.open(path, os.O_RDONLY)
-with open(f"/proc/self/fdinfo/{fd}") as f:
-    flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
-n = 0
-while True:
-    b = os.read(fd, 1 << 20)
-    if not b:
-        break
-    n += len(b)
-os.close(fd)
+flags, n = read_whole(path)
 print(json.dumps({"rank": rank, "pid": os.getpid(), "flags": flags, "bytes": n}), flush=True)
 """
 
 # A pool of the given start method reads every shard; each worker reports its pid, the
 # kernel's flags for its descriptor and the bytes. Ended with close() and join(), so every
 # worker exits normally.
-POOL = r"""
+POOL = FDINFO_PY + r"""
 import json, multiprocessing as mp, os, sys
 
 def read_all(path):
-    fd = os.open(path, os.O_RDONLY)
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
-    n = 0
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
-            break
-        n += len(b)
-    os.close(fd)
+    flags, n = read_whole(path)
     return {"pid": os.getpid(), "flags": flags, "bytes": n}
 
 if __name__ == "__main__":
@@ -170,7 +152,8 @@ def test_a_pool_of_each_start_method_under_run(run, cli, disk, tmp_path, start):
     assert sum(p["read_bytes"] for p in procs.values()) == sum(sizes)
     n = len(files)
     assert f"verdict   working: {n} of {n} matched opens went direct".encode() in r.stderr, r.stderr
-    assert f"s3dlio-direct: {len(procs)} processes".encode() in r.stderr, r.stderr
+    noun = "process" if len(procs) == 1 else "processes"
+    assert f"s3dlio-direct: {len(procs)} {noun} with statistics".encode() in r.stderr, r.stderr
     merged = stats_json(run, cli, st)
     assert merged["opens_direct"] == merged["opens_matched"] == n
     assert merged["read_bytes"] == sum(sizes)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import O_DIRECT, REPO, make_file
+from conftest import FDINFO_PY, O_DIRECT, REPO, make_file
 
 PY = sys.executable
 ARCH = os.uname().machine
@@ -27,21 +27,12 @@ MANYLINUX = f"manylinux_2_17_{ARCH}"
 
 # Reads each file with os.read, then prints the kernel's flags for it, what it read, and
 # what the package says about the library from inside the process.
-READER = r"""
+READER = FDINFO_PY + r"""
 import json, os, sys
 import s3dlio_direct
 files = []
 for path in sys.argv[1:]:
-    fd = os.open(path, os.O_RDONLY)
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
-    n = 0
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
-            break
-        n += len(b)
-    os.close(fd)
+    flags, n = read_whole(path)
     files.append({"flags": flags, "bytes": n})
 print(json.dumps({"files": files, "active": s3dlio_direct.active(), "stats": s3dlio_direct.stats(),
                   "preload": os.environ.get("LD_PRELOAD", ""), "library": str(s3dlio_direct.library_path())}))
@@ -262,10 +253,10 @@ def test_make_install_under_a_prefix_with_a_space(run, disk, tmp_path):
     installed = prefix / "bin" / "s3dlio-direct"
     assert (prefix / "lib" / "libs3dlio_direct.so").is_file()
     data = make_file(disk / "f", 2 * 1048576 + 1)
-    code = r"""
+    code = FDINFO_PY + r"""
 import json, os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
-flags = int(open(f"/proc/self/fdinfo/{fd}").read().split("flags:")[1].split()[0], 8)
+flags = kernel_flags(fd)
 print(json.dumps({"flags": flags, "bytes": len(os.read(fd, 1 << 22)), "preload": os.environ["LD_PRELOAD"]}))
 """
     r = run([installed, "run", "--paths", disk.path, "--", PY, "-c", code, disk / "f"], shim=False)

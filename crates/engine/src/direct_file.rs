@@ -2,11 +2,11 @@
 //! (the object store) on the same read and write paths the preload library uses.
 
 use crate::align::{self, Alignment};
+use crate::behind::Behind;
 use crate::bufpool::BufPool;
-use crate::companion::Companion;
 use crate::io::{FileIo, Outcome};
 use crate::writing::FileWrites;
-use crate::{read_path, sys, write_path};
+use crate::{read_path, sys, twin, write_path};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -60,7 +60,11 @@ pub struct DirectFile {
     align: Alignment,
     accmode: i32,
     fallback: std::sync::Mutex<Option<Fallback>>,
-    companion: Companion,
+    ident: (u64, u64),
+    /// A buffered descriptor of the same file for the unaligned pieces, opened when the
+    /// first one comes (`None`: it could not be, and the file went buffered).
+    plain: OnceLock<Option<OwnedFd>>,
+    behind: Behind,
     writes: FileWrites,
     counters: Counters,
 }
@@ -84,6 +88,7 @@ impl DirectFile {
         let raw = fd.as_raw_fd();
         let st = sys::fstat(raw).map_err(io::Error::from_raw_os_error)?;
         let align = align::discover(raw);
+        let ident = (st.st_dev, st.st_ino);
         let fallback = if !direct {
             Some(Fallback::NotRequested)
         } else if align.supported == Some(false) {
@@ -99,9 +104,11 @@ impl DirectFile {
             fd,
             align,
             accmode,
+            ident,
             fallback: std::sync::Mutex::new(fallback),
-            companion: Companion::new((st.st_dev, st.st_ino)),
-            writes: FileWrites::of((st.st_dev, st.st_ino)),
+            plain: OnceLock::new(),
+            behind: Behind::new(),
+            writes: FileWrites::of(ident),
             counters: Counters::default(),
         })
     }
@@ -133,16 +140,42 @@ impl DirectFile {
         self.fd.as_raw_fd()
     }
 
-    fn io(&self) -> FileIo<'_> {
+    /// The buffered descriptor for unaligned pieces, opened on first use; if it cannot be,
+    /// the file goes buffered for good and its own descriptor serves.
+    fn plain_fd(&self) -> i32 {
+        let p = self.plain.get_or_init(|| {
+            // SAFETY: just opened and owned by nobody else.
+            twin::reopen(self.fd(), self.accmode, false, 0, self.ident).ok().map(|p| unsafe { OwnedFd::from_raw_fd(p) })
+        });
+        match p {
+            Some(p) => p.as_raw_fd(),
+            None => {
+                let _ = sys::set_o_direct(self.fd(), false);
+                self.set_fallback(Fallback::NoTwin);
+                self.fd()
+            }
+        }
+    }
+
+    /// The read and write paths' view of the file; `pieces`: the call may need the buffered
+    /// descriptor (unaligned pieces, a refused direct call redone buffered).
+    fn io(&self, pieces: bool) -> FileIo<'_> {
+        let prog = if pieces {
+            self.plain_fd()
+        } else {
+            self.plain.get().and_then(|p| p.as_ref()).map_or(self.fd(), |p| p.as_raw_fd())
+        };
         FileIo {
             fd: self.fd(),
+            prog,
             align: self.align,
-            companion: &self.companion,
+            behind: &self.behind,
             accmode: self.accmode,
             append: false,
             writes: self.writes,
             pool: shared_pool(),
             nowait: false,
+            sync: false,
             tuning: Default::default(),
         }
     }
@@ -162,15 +195,12 @@ impl DirectFile {
             c.einval_retries.fetch_add(1, Ordering::Relaxed);
             self.set_fallback(Fallback::EinvalRetry);
         }
-        if o.demoted.is_some() {
-            self.set_fallback(Fallback::NoCompanion);
-        }
     }
 
     fn buffered_mode(&self) -> bool {
         matches!(
             self.fallback(),
-            Some(Fallback::NotRequested | Fallback::FsNoDirect | Fallback::FileNoDirect | Fallback::NoCompanion)
+            Some(Fallback::NotRequested | Fallback::FsNoDirect | Fallback::FileNoDirect | Fallback::NoTwin)
         )
     }
 
@@ -184,7 +214,12 @@ impl DirectFile {
         }
         let mut o = Outcome::default();
         // SAFETY: `buf` is a valid mutable slice.
-        let r = unsafe { read_path::pread(&self.io(), buf.as_mut_ptr(), buf.len(), off, &mut o) };
+        let mut r = unsafe { read_path::pread(&self.io(false), buf.as_mut_ptr(), buf.len(), off, &mut o) };
+        if r == Err(libc::EINVAL) {
+            // Refused direct, and the buffered retry had no buffered descriptor yet.
+            // SAFETY: as above.
+            r = unsafe { read_path::pread(&self.io(true), buf.as_mut_ptr(), buf.len(), off, &mut o) };
+        }
         self.record(&o);
         r.map_err(io::Error::from_raw_os_error)
     }
@@ -199,8 +234,15 @@ impl DirectFile {
                 .map_err(io::Error::from_raw_os_error);
         }
         let mut o = Outcome::default();
+        let tuning = Default::default();
+        let pieces = write_path::plan_write(&self.align, &tuning, buf.as_ptr() as usize, off, buf.len())
+            != Some(write_path::WritePlan::Direct);
         // SAFETY: `buf` is a valid slice.
-        let r = unsafe { write_path::pwrite(&self.io(), buf.as_ptr(), buf.len(), off, &mut o) };
+        let mut r = unsafe { write_path::pwrite(&self.io(pieces), buf.as_ptr(), buf.len(), off, &mut o) };
+        if r == Err(libc::EINVAL) && !pieces {
+            // SAFETY: as above.
+            r = unsafe { write_path::pwrite(&self.io(true), buf.as_ptr(), buf.len(), off, &mut o) };
+        }
         self.record(&o);
         r.map_err(io::Error::from_raw_os_error)
     }
@@ -241,7 +283,7 @@ impl DirectFile {
     /// Flushes data and metadata to the device, and drops what the buffered pieces cached.
     pub fn sync_all(&self) -> io::Result<()> {
         sys::fsync(self.fd()).map_err(io::Error::from_raw_os_error)?;
-        self.companion.drop_cached();
+        self.behind.drop_cached(self.fd());
         Ok(())
     }
 

@@ -1,19 +1,21 @@
 //! What the read and write paths need to know about one open file, and what they report back.
 
 use crate::align::Alignment;
+use crate::behind::Behind;
 use crate::bufpool::BufPool;
-use crate::companion::Companion;
 use crate::readahead::{Params, Readahead};
 use crate::writing::FileWrites;
 
 /// One open file description as the read and write paths see it.
 pub struct FileIo<'a> {
-    /// The descriptor with O_DIRECT set.
+    /// The descriptor with O_DIRECT set (the twin).
     pub fd: i32,
-    /// Its O_DIRECT requirements.
+    /// The program's own descriptor of the file, buffered: the buffered pieces go through it.
+    pub prog: i32,
+    /// The O_DIRECT requirements of the file.
     pub align: Alignment,
-    /// Its buffered twin.
-    pub companion: &'a Companion,
+    /// What the buffered pieces left in the page cache.
+    pub behind: &'a Behind,
     /// O_RDONLY, O_WRONLY or O_RDWR.
     pub accmode: i32,
     /// The description has O_APPEND.
@@ -25,6 +27,9 @@ pub struct FileIo<'a> {
     pub pool: &'a BufPool,
     /// Running inside a signal handler that interrupted the engine: never block.
     pub nowait: bool,
+    /// S3DLIO_DIRECT_SYNC: the twin has O_SYNC, and buffered pieces are made as durable
+    /// (fsync) before the call returns.
+    pub sync: bool,
     /// Which speed mechanisms the call may use.
     pub tuning: Tuning<'a>,
 }
@@ -34,10 +39,10 @@ pub struct FileIo<'a> {
 pub struct Tuning<'a> {
     /// The description's read-ahead state and parameters.
     pub readahead: Option<(&'a Readahead, Params)>,
-    /// Writes shorter than this many bytes go through the companion's page cache, written
-    /// back and dropped behind (0: off).
+    /// Writes shorter than this many bytes go through the page cache on the program's own
+    /// description, written back and dropped behind (0: off).
     pub write_behind: usize,
-    /// Every call goes through the companion with RWF_DONTCACHE.
+    /// Every call goes through the program's own description with RWF_DONTCACHE.
     pub dontcache: bool,
 }
 
@@ -48,13 +53,10 @@ pub struct Outcome {
     pub direct_bytes: u64,
     /// Bytes the program asked for that went through a bounce buffer (still direct).
     pub bounced_bytes: u64,
-    /// Bytes that went through the page cache (companion), dropped afterwards.
+    /// Bytes that went through the page cache (the program's description), dropped afterwards.
     pub buffered_bytes: u64,
     /// Bytes read from the device into read-ahead windows.
     pub readahead_bytes: u64,
     /// A direct call failed with EINVAL and was redone on the buffered path.
     pub einval_retry: bool,
-    /// The companion could not be opened, so the description was switched to buffered
-    /// I/O for good (the errno of the failed open).
-    pub demoted: Option<i32>,
 }

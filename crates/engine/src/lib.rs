@@ -4,15 +4,17 @@
 //! mirror its hook families; the store API (crate `s3dlio`) builds on [`direct_file`].
 
 pub mod align;
+pub mod behind;
 pub mod buffer;
 pub mod bufpool;
-pub mod companion;
 pub mod config;
 pub mod direct_file;
 pub mod engine;
 pub mod fdtable;
 pub mod io;
+pub mod libfd;
 pub mod lock;
+pub mod locks;
 pub mod log;
 pub mod pathmatch;
 pub mod probe;
@@ -22,5 +24,6 @@ pub mod safefile;
 pub mod stats;
 pub mod statsdir;
 pub mod sys;
+pub mod twin;
 pub mod write_path;
 pub mod writing;

@@ -27,12 +27,11 @@ pub enum Cause {
     FileNoDirect,
     /// A direct call was refused with EINVAL and redone buffered.
     EinvalRetry,
-    /// The companion descriptor could not be opened.
-    NoCompanion,
+    /// The private O_DIRECT twin could not be opened.
+    NoTwin,
     /// A stream was opened on a managed fd (`fdopen`).
     FdopenStream,
     /// Managed descriptors were handed to a child process.
-    InheritedByChild,
     /// Writing the statistics file failed.
     StatsWrite,
     /// A bounce buffer could not be allocated.

@@ -3,8 +3,8 @@
 //! Aligned requests go to the kernel as they are, with no copy. Anything else reads the
 //! aligned superset into page-aligned bounce buffers and copies the asked-for bytes out,
 //! clamped at end of file. A direct read that the kernel still refuses with EINVAL is redone
-//! unchanged on the buffered companion, so the program gets exactly what a buffered read
-//! returns (genuine errors keep their errno).
+//! unchanged on the program's own buffered description, so the program gets exactly what a
+//! buffered read returns (genuine errors keep their errno).
 
 use crate::align::Alignment;
 use crate::io::{FileIo, Outcome};
@@ -22,7 +22,7 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
     }
     if io.tuning.dontcache {
         // SAFETY: forwarded from the caller.
-        return unsafe { companion_read(io, buf, len, off, out) };
+        return unsafe { cached_read(io, buf, len, off, out) };
     }
     let st = sys::fstat(io.fd)?;
     if let Some((ra, params)) = io.tuning.readahead {
@@ -80,6 +80,19 @@ unsafe fn unwindowed(
         Err(libc::EINVAL) => unsafe { buffered(io, buf, len, off, out) },
         Err(e) => Err(e),
     }
+}
+
+/// `read(2)` at the program's file position on its own description (the kernel moves the
+/// offset atomically, also for other processes sharing it), asking the kernel not to keep
+/// new pages.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn read_here(io: &FileIo<'_>, buf: *mut u8, len: usize, out: &mut Outcome) -> SysResult<usize> {
+    // SAFETY: forwarded from the caller.
+    let n = unsafe { io.behind.read(io.prog, buf, len, -1) }?;
+    out.buffered_bytes += n as u64;
+    Ok(n)
 }
 
 /// `read(2)` on `fd` (the program's descriptor) served from the read-ahead window without
@@ -194,18 +207,19 @@ unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64) -> SysRes
     Ok(done)
 }
 
-/// The program's call, unchanged, on the buffered companion (a direct call was refused).
+/// The program's call, unchanged, on its own buffered description (a direct call was
+/// refused).
 unsafe fn buffered(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
     out.einval_retry = true;
     // SAFETY: forwarded from the caller.
-    unsafe { companion_read(io, buf, len, off, out) }
+    unsafe { cached_read(io, buf, len, off, out) }
 }
 
-/// The program's call, unchanged, on the buffered companion with RWF_DONTCACHE.
-unsafe fn companion_read(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
-    let c = io.companion.get(io.fd, io.accmode, io.append)?;
+/// The program's call, unchanged, on its own buffered description, asking the kernel not to
+/// keep new pages.
+unsafe fn cached_read(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
     // SAFETY: forwarded from the caller.
-    let n = unsafe { io.companion.read(c, buf, len, off as i64) }?;
+    let n = unsafe { io.behind.read(io.prog, buf, len, off as i64) }?;
     out.buffered_bytes += n as u64;
     Ok(n)
 }

@@ -74,6 +74,8 @@ counters! {
     AdviceSwallowed => "advice_swallowed";
     /// Bytes read from the device into read-ahead windows.
     ReadaheadBytes => "read_ahead_bytes";
+    /// Bytes of matched files found in the page cache at their last close beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made, mappings), then dropped.
+    CachedUnseenBytes => "cached_unseen_bytes";
 }
 
 /// Declares the fallback reasons, each once: its variant, doc line, key and human text.
@@ -135,16 +137,18 @@ fallbacks! {
     FileNoDirect => "file_no_odirect", "file does not support O_DIRECT (statx DIOALIGN is 0)";
     /// A read-only open of a file smaller than `S3DLIO_DIRECT_MIN_SIZE` (the store: `min_io_size`).
     BelowMinSize => "below_min_size", "file smaller than the minimum size for direct I/O";
-    /// The buffered companion descriptor could not be opened, so the file went buffered.
-    NoCompanion => "no_companion", "could not open a buffered companion descriptor";
-    /// A stdio stream the engine does not serve was opened on the file; it went buffered.
+    /// The private O_DIRECT twin of the file could not be opened (a mode that forbids reopening it, no /proc), so the file stayed buffered.
+    NoTwin => "no_twin", "could not open a second descriptor of the file";
+    /// A stdio stream the engine does not serve was opened on the file: that stream's own reads and writes go through the page cache.
     FdopenStream => "fdopen_stream", "a stdio stream the engine does not serve was opened on the file";
-    /// The descriptor was handed to a child process (`posix_spawn`, `system`, `popen`); it went buffered.
-    InheritedByChild => "inherited_by_child", "the descriptor was handed to a child process";
     /// A direct call was refused with EINVAL and redone buffered.
     EinvalRetry => "einval_retry", "direct call refused with EINVAL, redone buffered";
     /// A tracked fd number turned out to be reused by another file; it was released.
     StaleFd => "stale_fd", "a tracked descriptor number was reused by another file";
+    /// No descriptor number was left for the twin, or taking one would have left the program fewer than it would have had; the file stayed buffered.
+    NoDescriptor => "no_descriptor", "no descriptor number left for the library";
+    /// The process held POSIX record locks on the file when it opened it again: opening the twin closes a descriptor of the file on the way, which would have dropped them.
+    Locked => "locked", "the process held record locks on the file";
     store_only:
     /// The caller did not ask for direct I/O.
     NotRequested => "not_requested", "direct I/O not requested";
@@ -543,9 +547,9 @@ mod tests {
              \"opens_matched\":3,\"opens_direct\":0,\"opens_fallback\":0,\"read_calls\":0,\"read_bytes\":0,\
              \"read_bounced_calls\":0,\"read_bounced_bytes\":0,\"write_calls\":0,\"write_bytes\":0,\
              \"write_bounced_calls\":0,\"write_bounced_bytes\":0,\"einval_retries\":0,\"streams_direct\":0,\
-             \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"fallbacks\":{{\
-             \"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_companion\":0,\
-             \"fdopen_stream\":0,\"inherited_by_child\":0,\"einval_retry\":0,\"stale_fd\":1}}}}\n",
+             \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"cached_unseen_bytes\":0,\
+             \"fallbacks\":{{\"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_twin\":0,\
+             \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"locked\":0}}}}\n",
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(j, want);

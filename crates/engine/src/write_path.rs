@@ -2,13 +2,14 @@
 //! length, leaving the file's bytes and size exactly as a buffered write would.
 //!
 //! A write is split at page-or-sector boundaries (whichever is larger): the unaligned head
-//! and tail go through the page cache on the companion, so the kernel does the
-//! read-modify-write of a block shared with another writer under its own locks; the aligned
-//! interior goes direct, straight from the program's buffer when its address allows, else
-//! through bounce buffers. The pieces are written in file order, so a failure part-way
-//! leaves a short write of a prefix, as the kernel's own would. Nothing acknowledged is ever
-//! held only in the engine's memory. If the companion cannot be opened (a file whose mode
-//! forbids reopening it, no /proc), the description is switched to buffered I/O instead.
+//! and tail go through the page cache on the program's own description, so the kernel does
+//! the read-modify-write of a block shared with another writer under its own locks; the
+//! aligned interior goes direct on the twin, straight from the program's buffer when its
+//! address allows, else through bounce buffers. The pieces are written in file order, so a
+//! failure part-way leaves a short write of a prefix, as the kernel's own would. Nothing
+//! acknowledged is ever held only in the engine's memory, and a direct write that extends the
+//! file first waits for the buffered pieces below it to reach the device, so that a crash
+//! never leaves a size covering bytes that were only cached (they would read as zeros).
 
 use crate::align::Alignment;
 use crate::io::{FileIo, Outcome, Tuning};
@@ -71,12 +72,18 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
     let (ia, ib) = match plan_write(&io.align, &io.tuning, buf as usize, off, len).ok_or(libc::EFBIG)? {
         // SAFETY: forwarded from the caller.
         WritePlan::Cache => return unsafe { buffered(io, buf, len, off as i64, out) },
-        // SAFETY: forwarded from the caller.
-        WritePlan::Direct => return unsafe { direct_all(io, buf, len, off, out) },
+        WritePlan::Direct => {
+            if extends(io, off + len as u64) {
+                io.behind.settle_below(io.fd, off);
+            }
+            // SAFETY: forwarded from the caller.
+            return unsafe { direct_all(io, buf, len, off, out) };
+        }
         WritePlan::Split { ia, ib } => (ia, ib),
     };
     let end = off + len as u64;
     let mut done = 0usize;
+    let extends = ib > ia && extends(io, ib);
     // Head, interior, tail, in file order.
     for (lo, hi, direct) in [(off, ia, false), (ia, ib, true), (ib, end, false)] {
         if hi <= lo {
@@ -86,6 +93,9 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
         // SAFETY: `[lo-off, hi-off)` lies inside the caller's buffer.
         let p = unsafe { buf.add((lo - off) as usize) };
         let r = if direct {
+            if extends {
+                io.behind.settle_below(io.fd, lo);
+            }
             // SAFETY: as above.
             unsafe { interior(io, p, piece_len, lo, out) }
         } else {
@@ -106,6 +116,18 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
     Ok(done)
 }
 
+/// Writes `len` bytes at the program's file position with one write on its own description
+/// (the kernel moves the offset atomically, also for other processes sharing it), dropped
+/// behind.
+///
+/// # Safety
+/// `buf` must be valid for reads of `len` bytes.
+pub unsafe fn write_here(io: &FileIo<'_>, buf: *const u8, len: usize, out: &mut Outcome) -> SysResult<usize> {
+    let _writing = writing(io);
+    // SAFETY: forwarded from the caller.
+    unsafe { buffered(io, buf, len, -1, out) }
+}
+
 /// Appends `len` bytes at the end of file. With `moves_offset` (write(2)) returns the file
 /// position after the write, which the description's offset must become; without it
 /// (pwrite(2) on an O_APPEND description, which Linux turns into an append) the
@@ -122,6 +144,9 @@ pub unsafe fn append(
 ) -> SysResult<(usize, u64)> {
     let _writing = writing(io);
     if !through_cache(&io.tuning, len) && len > 0 && io.align.write_ok(buf as usize, 0, len) {
+        if let Ok(st) = sys::fstat(io.fd) {
+            io.behind.settle_below(io.fd, st.st_size.max(0) as u64);
+        }
         // The kernel appends atomically if the current end of file is aligned; if it is
         // not, it refuses with EINVAL and nothing was written. pwrite on an O_APPEND
         // description appends without moving the offset, as the program's pwrite would.
@@ -142,16 +167,19 @@ pub unsafe fn append(
             Err(e) => return Err(e),
         }
     }
+    // On the program's O_APPEND description a write at its position appends and moves it; a
+    // positional write appends and leaves it.
     // SAFETY: forwarded from the caller.
-    let n = unsafe { buffered(io, buf, len, -1, out) }?;
+    let n = unsafe { buffered(io, buf, len, if moves_offset { -1 } else { 0 }, out) }?;
     if !moves_offset {
         return Ok((n, 0));
     }
-    let pos = match io.companion.current() {
-        Some(c) => sys::lseek(c, 0, libc::SEEK_CUR)?,
-        None => sys::lseek(io.fd, 0, libc::SEEK_END)?, // demoted: the fd itself appended
-    };
-    Ok((n, pos))
+    Ok((n, sys::lseek(io.prog, 0, libc::SEEK_CUR)?))
+}
+
+/// True if a direct write ending at `end` makes the file longer.
+fn extends(io: &FileIo<'_>, end: u64) -> bool {
+    sys::fstat(io.fd).is_ok_and(|st| end > st.st_size.max(0) as u64)
 }
 
 /// Marks a write to the file in progress until the result is dropped: read-ahead windows of
@@ -160,7 +188,7 @@ fn writing(io: &FileIo<'_>) -> Writing {
     io.writes.begin()
 }
 
-/// True if a write of `len` bytes goes through the companion's page cache as a whole:
+/// True if a write of `len` bytes goes through the page cache as a whole:
 /// `S3DLIO_DIRECT_MODE=dontcache`, or a write small enough for write-behind, where a direct
 /// write would cost a device round trip each.
 pub fn through_cache(tuning: &Tuning<'_>, len: usize) -> bool {
@@ -231,28 +259,16 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
     Ok(done)
 }
 
-/// Writes through the page cache on the companion (`off == -1`: append). If the companion
-/// cannot be opened, clears O_DIRECT on the description and writes on the fd itself.
+/// Writes through the page cache on the program's own description (`off == -1`: at its
+/// file position), dropped behind; with S3DLIO_DIRECT_SYNC made durable before returning,
+/// as the O_SYNC it would have had.
 unsafe fn buffered(io: &FileIo<'_>, buf: *const u8, len: usize, off: i64, out: &mut Outcome) -> SysResult<usize> {
     let behind = !io.tuning.dontcache && len < io.tuning.write_behind;
-    let n = match io.companion.get(io.fd, io.accmode, io.append) {
-        // SAFETY: forwarded from the caller.
-        Ok(c) => unsafe { io.companion.write(c, buf, len, off, behind) }?,
-        Err(libc::ESTALE) => return Err(libc::ESTALE),
-        Err(e) => {
-            sys::set_o_direct(io.fd, false)?;
-            out.demoted = Some(e);
-            if off < 0 {
-                // An append: on the O_APPEND description pwrite appends without moving the
-                // offset; `append` sets the offset itself when the program's call moves it.
-                // SAFETY: forwarded from the caller.
-                unsafe { sys::pwrite(io.fd, buf, len, 0) }?
-            } else {
-                // SAFETY: forwarded from the caller.
-                unsafe { sys::pwrite(io.fd, buf, len, off as u64) }?
-            }
-        }
-    };
+    // SAFETY: forwarded from the caller.
+    let n = unsafe { io.behind.write(io.prog, io.fd, buf, len, off, io.append, behind) }?;
+    if io.sync && n > 0 {
+        sys::fsync(io.prog)?;
+    }
     out.buffered_bytes += n as u64;
     Ok(n)
 }

@@ -1,12 +1,12 @@
 //! Descriptor events of managed fds: close, dup, lseek, fcntl flags, fsync, truncate, and
-//! copy_file_range/sendfile/splice emulated with the engine's own reads and writes.
+//! copy_file_range/sendfile/splice, which the kernel runs on the program's own buffered
+//! descriptions (with its own checks and errors) and whose page cache the engine drops.
 
 use super::desc::locked;
-use super::rw::{pread, pwrite, read, write};
-use super::{managed_direct, state, Served, FDS};
-use crate::companion;
-use crate::stats::Fallback;
-use crate::sys::{self, Errno, SysResult};
+use super::{managed_direct, FDS, STATS};
+use crate::stats::{Counter, Fallback};
+use crate::sys::{self, Errno};
+use crate::{libfd, locks, twin};
 use std::sync::atomic::Ordering;
 
 /// Forgets `fd` (it is being closed, or a new object now has that number).
@@ -36,17 +36,113 @@ pub fn duped(oldfd: i32, newfd: i32) {
     }
     forget(newfd);
     if let Some(d) = FDS.get(oldfd, false) {
-        if (0..=2).contains(&newfd) && d.direct.load(Ordering::Relaxed) && !d.use_twin(oldfd) {
-            // A standard stream now writes to the file through glibc's internal calls.
-            d.demote(oldfd, Fallback::NoCompanion);
-        }
         FDS.insert(newfd, d);
+    }
+}
+
+/// The program's `close_range(first, last, flags)` (or `closefrom(first)` with `last` at
+/// the top) where the library holds descriptors in the range: the kernel's call on the
+/// parts around them, which the program never had. `None`: none of the library's are in
+/// the range (the hook calls the real function).
+pub fn close_range(first: u32, last: u32, flags: u32) -> Option<Result<(), Errno>> {
+    let mut ours = Vec::new();
+    libfd::held_in(first, last, &mut ours);
+    if ours.is_empty() {
+        return None;
+    }
+    let mut lo = first;
+    let mut r = Ok(());
+    for &o in &ours {
+        let o = o as u32;
+        if o > lo {
+            r = r.and(sys::close_range(lo, o - 1, flags));
+        }
+        lo = o.saturating_add(1);
+    }
+    if lo <= last && lo > 0 {
+        r = r.and(sys::close_range(lo, last, flags));
+    }
+    Some(r)
+}
+
+/// What a descriptor-creating call's result means once the library's numbers are in the way
+/// (see [`libfd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The result stands.
+    Keep,
+    /// The program gets this number instead (the one it would have got without the library).
+    Moved(i32),
+    /// The call failed with EMFILE only because of the library: call it again.
+    Retry,
+}
+
+/// After a descriptor-creating call of the program returned `fd`, the lowest free number at
+/// or above `min` (or failed with `err`):
+/// where the program's own descriptors have reached the library's zone below the soft
+/// limit, the lowest twin there is given up (its file falls back, counted) so the program
+/// gets the number or the descriptor it would have had. Not where the process holds record
+/// locks on the twin's file: closing the twin would drop them.
+pub fn created(fd: i32, err: Errno, min: i32) -> Created {
+    let Some(z) = libfd::in_the_way(fd, err, min) else { return Created::Keep };
+    let mut owner = None;
+    FDS.for_each(|_, d| {
+        if d.twin() == Some(z) {
+            owner = Some(std::sync::Arc::clone(d));
+        }
+    });
+    let ident = owner.as_ref().map(|d| d.ident).or_else(|| sys::ident(z).ok());
+    if locks::may_hold_any() && ident.is_none_or(locks::holds_posix_locks) {
+        return Created::Keep;
+    }
+    if let Some(d) = &owner {
+        d.behind.drop_cached(z);
+        d.twin.store(-1, Ordering::Release);
+        STATS.fallback(Fallback::NoDescriptor);
+    }
+    libfd::forget(z);
+    if fd < 0 {
+        let _ = sys::close(z);
+        return Created::Retry;
+    }
+    let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).is_ok_and(|f| f & libc::FD_CLOEXEC != 0);
+    match sys::dup3(fd, z, if cloexec { libc::O_CLOEXEC } else { 0 }) {
+        Ok(_) => {
+            let _ = sys::close(fd);
+            Created::Moved(z)
+        }
+        Err(_) => {
+            let _ = sys::close(z);
+            Created::Keep
+        }
+    }
+}
+
+/// Before the program's `dup2`/`dup3` onto `newfd`, one of the library's numbers (only
+/// possible below the soft limit): the kernel will close the twin there, so its file falls
+/// back (counted) and the number is the program's.
+pub fn library_fd_taken(newfd: i32) {
+    FDS.for_each(|_, d| {
+        if d.twin() == Some(newfd) {
+            d.behind.drop_cached(newfd);
+            d.twin.store(-1, Ordering::Release);
+            STATS.fallback(Fallback::NoDescriptor);
+        }
+    });
+    libfd::forget(newfd);
+}
+
+/// The program hands `fd` to another process (SCM_RIGHTS): calls at the description's file
+/// position go to the kernel's own calls from now on, which keep the offset atomic for both.
+pub fn handed_over(fd: i32) {
+    if let Some(d) = FDS.get(fd, false) {
+        d.shared.store(true, Ordering::Relaxed);
     }
 }
 
 /// `lseek` on a managed fd, serialised with the engine's emulated read and write.
 pub fn lseek(fd: i32, off: i64, whence: i32, nowait: bool) -> Option<Result<u64, Errno>> {
-    let d = managed_direct(fd, nowait)?;
+    let (d, _) = managed_direct(fd, nowait)?;
     locked(&d, nowait, || sys::lseek(fd, off, whence))
 }
 
@@ -59,182 +155,84 @@ pub fn with_offset_lock<R>(fd: i32, nowait: bool, f: impl FnOnce() -> R) -> Opti
     locked(&d, nowait, f)
 }
 
-/// `fcntl(F_GETFL)` result as the program must see it.
-pub fn getfl(fd: i32, kernel: i32) -> i32 {
-    match FDS.get(fd, true) {
-        Some(d) => kernel & !d.added.load(Ordering::Relaxed),
-        None => kernel,
-    }
-}
-
-/// The argument to pass to the real `fcntl(F_SETFL)`: the program keeps the shim's
-/// O_DIRECT unless it asks for O_DIRECT itself, in which case the fd is its own.
-pub fn setfl(fd: i32, arg: i32) -> i32 {
-    let Some(d) = FDS.get(fd, true) else { return arg };
+/// After the program's `fcntl(F_SETFL, arg)` succeeded on a managed `fd`: O_APPEND follows
+/// on the twin; O_DIRECT asked for by the program makes the descriptor its own (the twin is
+/// kept open: closing it would drop the program's record locks on the file).
+pub fn setfl(fd: i32, arg: i32) {
+    let Some(d) = FDS.get(fd, true) else { return };
     if arg & libc::O_DIRECT != 0 {
-        d.added.fetch_and(!libc::O_DIRECT, Ordering::Relaxed);
+        d.keep_twin.store(true, Ordering::Relaxed);
         forget(fd);
-        return arg;
+        return;
     }
     let append = arg & libc::O_APPEND != 0;
     if d.append.swap(append, Ordering::Relaxed) != append {
-        d.companion.set_append(append);
-        if d.has_twin() {
-            companion::set_append(d.twin.load(Ordering::Acquire), append);
+        if let Some(t) = d.twin() {
+            twin::set_append(t, append);
         }
-    }
-    if d.direct.load(Ordering::Relaxed) && !d.has_twin() {
-        arg | libc::O_DIRECT
-    } else {
-        arg
     }
 }
 
 /// After `fsync`/`fdatasync`: drop what the buffered pieces left in the page cache.
 pub fn synced(fd: i32) {
     if let Some(d) = FDS.get(fd, true) {
-        d.companion.drop_cached();
+        if let Some(t) = d.twin() {
+            d.behind.drop_cached(t);
+        }
     }
 }
 
-/// Reads up to `len` bytes of `fd` for an emulated copy (managed or not): at `off`, or at
-/// the file position when `off` is `None` (which is advanced).
+/// Where a kernel copy (copy_file_range, sendfile, splice) on a managed file starts, taken
+/// before the call so that what it left in the page cache can be dropped after it.
+pub struct Copy {
+    ends: [Option<CopyEnd>; 2],
+}
+
+struct CopyEnd {
+    twin: i32,
+    start: u64,
+    write: bool,
+    _writing: Option<crate::writing::Writing>,
+}
+
+/// Before the kernel copies from `fd_in` to `fd_out` (at `*off_in`/`*off_out`, or at the
+/// file positions when the pointers are null). `None`: neither end is managed.
 ///
 /// # Safety
-/// `buf` must be valid for writes of `len` bytes.
-unsafe fn copy_read(fd: i32, buf: *mut u8, len: usize, off: Option<u64>) -> SysResult<usize> {
+/// The offset pointers, when non-null, must be valid for reads.
+pub unsafe fn before_copy(fd_in: i32, off_in: *const i64, fd_out: i32, off_out: *const i64) -> Option<Copy> {
+    let end = |fd: i32, off: *const i64, write: bool| -> Option<CopyEnd> {
+        let d = FDS.get(fd, false)?;
+        let twin = d.twin()?;
+        // SAFETY: the caller vouches for a non-null pointer.
+        let start = match unsafe { off.as_ref() } {
+            Some(&o) => u64::try_from(o).ok()?,
+            None => sys::lseek(fd, 0, libc::SEEK_CUR).ok()?,
+        };
+        Some(CopyEnd { twin, start, write, _writing: write.then(|| d.writes.begin()) })
+    };
     // SAFETY: forwarded from the caller.
-    let served = unsafe {
-        match off {
-            Some(o) => pread(fd, buf, len, o as i64, false),
-            None => read(fd, buf, len, false),
-        }
-    };
-    match served {
-        Some(r) => r,
-        // SAFETY: forwarded from the caller.
-        None => unsafe {
-            match off {
-                Some(o) => sys::pread(fd, buf, len, o),
-                None => sys::read(fd, buf, len),
-            }
-        },
-    }
+    let ends = [end(fd_in, off_in, false), end(fd_out, off_out, true)];
+    ends.iter().any(Option::is_some).then_some(Copy { ends })
 }
 
-/// Writes all of `buf` to `fd` (managed or not) for an emulated copy.
-///
-/// # Safety
-/// `buf` must be valid for reads of `len` bytes.
-unsafe fn copy_write(fd: i32, buf: *const u8, len: usize, off: Option<u64>) -> SysResult<usize> {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: inside the caller's buffer.
-        let p = unsafe { buf.add(done) };
-        let o = off.map(|o| (o + done as u64) as i64);
-        // SAFETY: as above.
-        let served = unsafe {
-            match o {
-                Some(o) => pwrite(fd, p, len - done, o, false),
-                None => write(fd, p, len - done, false),
-            }
+/// After the kernel copied `n` bytes (or failed): what it read or wrote of the managed ends
+/// is dropped from the page cache (written back first), and counted as a read and a write
+/// that went through the page cache.
+pub fn after_copy(c: Copy, n: isize) {
+    let Ok(n) = u64::try_from(n) else { return };
+    for e in c.ends.into_iter().flatten() {
+        if n > 0 {
+            crate::behind::drop_range(e.twin, e.start, e.start + n);
+        }
+        let (calls, bytes, bcalls, bbytes) = if e.write {
+            (Counter::WriteCalls, Counter::WriteBytes, Counter::WriteBouncedCalls, Counter::WriteBouncedBytes)
+        } else {
+            (Counter::ReadCalls, Counter::ReadBytes, Counter::ReadBouncedCalls, Counter::ReadBouncedBytes)
         };
-        // SAFETY: as above.
-        let r = served.unwrap_or_else(|| unsafe {
-            match o {
-                Some(o) => sys::pwrite(fd, p, len - done, o as u64),
-                None => sys::write(fd, p, len - done),
-            }
-        });
-        match r {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if done == 0 => return Err(e),
-            Err(_) => break,
-        }
+        STATS.add(calls, 1);
+        STATS.add(bytes, n);
+        STATS.add(bcalls, 1);
+        STATS.add(bbytes, n);
     }
-    Ok(done)
-}
-
-/// `copy_file_range`, `sendfile` and `splice` with a managed end, emulated with the
-/// engine's read and write: on O_DIRECT descriptors the kernel's versions return short
-/// aligned counts or refuse. `off_in`/`off_out`: explicit offsets to use and advance
-/// (`None` = the file position). Returns `None` if neither end is managed.
-///
-/// # Safety
-/// The offset pointers, when non-null, must be valid.
-pub unsafe fn copy(fd_in: i32, off_in: *mut i64, fd_out: i32, off_out: *mut i64, len: usize) -> Served {
-    if managed_direct(fd_in, false).is_none() && managed_direct(fd_out, false).is_none() {
-        return None;
-    }
-    // SAFETY: the caller vouches for non-null pointers.
-    let (mut oi, mut oo) = unsafe { (off_in.as_ref().copied(), off_out.as_ref().copied()) };
-    if oi.is_some_and(|o| o < 0) || oo.is_some_and(|o| o < 0) {
-        return Some(Err(libc::EINVAL));
-    }
-    // splice into a pipe moves at most what the pipe has room for; writing more would block
-    // a program that drains the pipe only after the call returns.
-    let len = len.min(pipe_room(fd_out).unwrap_or(usize::MAX));
-    let mut buf = match state().pool.get(false) {
-        Ok(b) => b,
-        Err(_) => return Some(Err(libc::ENOMEM)),
-    };
-    let mut done = 0usize;
-    let r = loop {
-        if done >= len {
-            break Ok(done);
-        }
-        let want = buf.len().min(len - done);
-        // SAFETY: the bounce buffer holds `want` bytes.
-        let n = match unsafe { copy_read(fd_in, buf.as_mut_ptr(), want, oi.map(|o| o as u64)) } {
-            Ok(0) => break Ok(done),
-            Ok(n) => n,
-            Err(e) if done == 0 => break Err(e),
-            Err(_) => break Ok(done),
-        };
-        // SAFETY: `n` bytes were just read into the buffer.
-        let w = match unsafe { copy_write(fd_out, buf.as_mut_ptr(), n, oo.map(|o| o as u64)) } {
-            Ok(w) => w,
-            Err(e) if done == 0 => break Err(e),
-            Err(_) => 0,
-        };
-        if let Some(o) = oi.as_mut() {
-            *o += w as i64;
-        } else if w < n {
-            // Give back what was read but not written.
-            let _ = sys::lseek(fd_in, -((n - w) as i64), libc::SEEK_CUR);
-        }
-        if let Some(o) = oo.as_mut() {
-            *o += w as i64;
-        }
-        done += w;
-        if w < n {
-            break Ok(done);
-        }
-    };
-    // SAFETY: as above.
-    unsafe {
-        if let (Some(p), Some(v)) = (off_in.as_mut(), oi) {
-            *p = v;
-        }
-        if let (Some(p), Some(v)) = (off_out.as_mut(), oo) {
-            *p = v;
-        }
-    }
-    Some(r)
-}
-
-/// Free space in `fd` if it is a pipe (its whole capacity when full, so a blocking write
-/// waits for the reader as splice would).
-fn pipe_room(fd: i32) -> Option<usize> {
-    let st = sys::fstat(fd).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
-        return None;
-    }
-    let cap = sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).ok()? as usize;
-    let queued = sys::ioctl_int(fd, libc::FIONREAD).unwrap_or(0) as usize;
-    Some(match cap.saturating_sub(queued) {
-        0 => cap,
-        room => room,
-    })
 }

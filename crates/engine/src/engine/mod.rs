@@ -71,7 +71,7 @@ pub fn init() {
     }
     // SAFETY: registering plain extern "C" functions without arguments.
     unsafe {
-        libc::pthread_atfork(None, None, Some(process::after_fork_child));
+        libc::pthread_atfork(None, Some(process::after_fork_parent), Some(process::after_fork_child));
         libc::atexit(process::atexit_handler);
     }
     process::stats_at_load();
@@ -100,19 +100,56 @@ pub fn is_managed(fd: i32) -> bool {
 
 /// True if `fd` is managed and its reads and writes are served direct.
 pub fn is_direct(fd: i32) -> bool {
-    FDS.get(fd, false).is_some_and(|d| d.direct.load(Ordering::Relaxed))
+    FDS.get(fd, false).is_some_and(|d| d.twin().is_some())
+}
+
+/// True if `fd` is one of the library's own descriptors, which the program never got from
+/// the kernel: its close, dup2 onto it and close_range over it must leave it alone.
+#[inline]
+pub fn is_library_fd(fd: i32) -> bool {
+    crate::libfd::is_ours(fd)
+}
+
+/// The program is taking a POSIX record lock (fcntl F_SETLK/F_SETLKW, lockf): from now on
+/// the library checks for locks before it closes a descriptor of a file early.
+#[inline]
+pub fn lock_taken() {
+    crate::locks::note_lock_taken();
+}
+
+/// True if the result of a descriptor-creating call that takes the lowest free number at or
+/// above `min` (`fd`, or -1 on failure) may have met the library's numbers (see `fdops::created`): one atomic load while it has none below
+/// the soft limit.
+#[inline]
+pub fn library_in_the_way(fd: i32, min: i32) -> bool {
+    crate::libfd::may_be_in_the_way(fd, min)
 }
 
 /// Result for the shim: `None` = call the real function.
 pub type Served = Option<Result<usize, Errno>>;
 
-pub(super) fn managed_direct(fd: i32, nowait: bool) -> Option<Arc<Desc>> {
-    let d = FDS.get(fd, nowait).filter(|d| d.direct.load(Ordering::Relaxed))?;
-    if d.check_twin(fd) {
-        return Some(d);
+/// The description of a managed `fd` that still has its twin, and the twin; `None` when the
+/// engine does not serve it (then the program's call goes to the kernel as it is).
+pub(super) fn managed_direct(fd: i32, nowait: bool) -> Option<(Arc<Desc>, i32)> {
+    let (d, t) = managed_unchecked(fd, nowait)?;
+    verified(fd, &d).then_some((d, t))
+}
+
+/// [`managed_direct`] without checking that `fd` is still the file: for calls that only use
+/// the program's own descriptor, where whatever file it now is is the program's business.
+pub(super) fn managed_unchecked(fd: i32, nowait: bool) -> Option<(Arc<Desc>, i32)> {
+    let d = FDS.get(fd, nowait)?;
+    let t = d.twin()?;
+    Some((d, t))
+}
+
+/// True if the program's `fd` is still the file `d` describes; if not, it is released.
+pub(super) fn verified(fd: i32, d: &Desc) -> bool {
+    if desc::still_the_file(fd, d) {
+        return true;
     }
     stale(fd);
-    None
+    false
 }
 
 /// `fd` no longer refers to what the engine tracked: let it go (the program's call then

@@ -2,20 +2,21 @@
 
 use super::desc::insert;
 use super::{active, state, FDS, NO_DIRECT_DEVS, STATS};
-use crate::align::{self, Alignment};
-use crate::companion;
+use crate::align;
 use crate::config::{Config, LogLevel};
 use crate::log::{self, Cause};
 use crate::pathmatch;
 use crate::stats::{Counter, Fallback};
 use crate::sys;
+use crate::{libfd, locks, twin};
 use std::sync::atomic::Ordering;
 
-/// What the shim must change in a matched open before calling the real one.
+/// A matched open: the program's own open runs unchanged, then [`opened`] takes over.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenPlan {
-    /// Flags to add at open (O_SYNC with S3DLIO_DIRECT_SYNC).
-    pub extra_flags: i32,
+    /// Flags the twin gets beyond the program's own (O_SYNC with S3DLIO_DIRECT_SYNC); the
+    /// program's description never gets them.
+    pub(super) twin_flags: i32,
     pub(super) program_flags: i32,
 }
 
@@ -52,8 +53,8 @@ pub fn decide_open(cfg: &Config, path: &[u8], flags: i32) -> Result<OpenPlan, No
     if !cfg.wants(path) {
         return Err(NotOurs::Unmatched);
     }
-    let extra_flags = if cfg.sync { libc::O_SYNC } else { 0 };
-    Ok(OpenPlan { extra_flags, program_flags: flags })
+    let twin_flags = if cfg.sync { libc::O_SYNC } else { 0 };
+    Ok(OpenPlan { twin_flags, program_flags: flags })
 }
 
 /// What becomes of a matched path once it is open.
@@ -124,27 +125,22 @@ pub fn opened(fd: i32, plan: OpenPlan) {
     FDS.remove(fd); // a number we missed the close of is not ours any more
     let Ok(st) = sys::fstat(fd) else { return };
     let accmode = plan.program_flags & libc::O_ACCMODE;
-    let added_sync = plan.extra_flags & !plan.program_flags;
     match place(&state().cfg, st.st_mode & libc::S_IFMT, st.st_size, accmode, dev_refuses_direct(st.st_dev)) {
         Placement::NotAFile => {}
         Placement::Fallback(why) => {
             STATS.add(Counter::OpensMatched, 1);
-            fallback(fd, why, added_sync, &st);
+            fallback(why);
         }
         Placement::Direct => {
             STATS.add(Counter::OpensMatched, 1);
-            enable_direct(fd, &st, accmode, plan.program_flags & libc::O_APPEND != 0, added_sync);
+            enable_direct(fd, &st, accmode, plan.program_flags & libc::O_APPEND != 0, plan.twin_flags);
         }
     }
 }
 
-fn fallback(fd: i32, why: Fallback, added_sync: i32, st: &libc::stat) {
+fn fallback(why: Fallback) {
     STATS.add(Counter::OpensFallback, 1);
     STATS.fallback(why);
-    if added_sync != 0 {
-        // Tracked only so that F_GETFL hides the O_SYNC the shim added.
-        insert(fd, st, Alignment::page(), libc::O_RDWR, false, false, added_sync, -1);
-    }
 }
 
 fn dev_refuses_direct(dev: u64) -> bool {
@@ -160,9 +156,8 @@ fn remember_no_direct(dev: u64) {
     }
 }
 
-/// Adds O_DIRECT to `fd` with F_SETFL (never at open: with O_CREAT|O_EXCL on a filesystem
-/// without O_DIRECT the open would create the file and then fail) and tracks it.
-fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_sync: i32) {
+/// Opens the twin that serves the program's `fd` (see [`twin::open`]) and tracks it.
+fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, twin_flags: i32) {
     let (align, warn) = align::discover(fd).with_minimum(state().cfg.align);
     if let Some(w) = warn {
         log::once(LogLevel::Warn, Cause::AlignTooSmall, format_args!("{w}"));
@@ -173,78 +168,62 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, added_syn
             Cause::FileNoDirect,
             format_args!("a matched file cannot do O_DIRECT (statx); it stays buffered"),
         );
-        fallback(fd, Fallback::FileNoDirect, added_sync, st);
+        fallback(Fallback::FileNoDirect);
         return;
     }
     let ident = (st.st_dev, st.st_ino);
-    // On fd 0-2 the program's description stays buffered and a twin does the direct I/O.
-    let direct = if fd <= 2 {
-        companion::reopen(fd, accmode, append, libc::O_DIRECT, ident)
-    } else {
-        sys::set_o_direct(fd, true).map(|_| -1)
-    };
-    let twin = match direct {
-        Ok(t) => t,
-        Err(e) if fd <= 2 && e != libc::EINVAL => {
+    // Opening the twin closes a descriptor of the file on the way (the reopen's first
+    // number): with a POSIX record lock of the process on the file that would drop it.
+    if locks::may_hold_any() && locks::holds_posix_locks(ident) {
+        fallback(Fallback::Locked);
+        return;
+    }
+    match twin::open(fd, accmode, append, twin_flags, ident) {
+        Ok(t) => {
+            insert(fd, st, align, accmode, append, t);
+            STATS.add(Counter::OpensDirect, 1);
             log::once(
-                LogLevel::Warn,
-                Cause::NoCompanion,
-                format_args!("cannot reopen a matched file on fd {fd} through /proc (errno {e}); it stays buffered"),
+                LogLevel::Debug,
+                Cause::OpenedDirect,
+                format_args!("fd {fd} is direct (align mem {} offset {})", align.mem, align.offset),
             );
-            fallback(fd, Fallback::NoCompanion, added_sync, st);
-            return;
         }
-        Err(e) => {
-            if e == libc::EINVAL {
-                remember_no_direct(st.st_dev);
-            }
+        Err(libc::EINVAL) => {
+            remember_no_direct(st.st_dev);
             log::once(
-                LogLevel::Warn,
+                LogLevel::Info,
                 Cause::FsNoDirect,
-                format_args!("the filesystem of a matched file refuses O_DIRECT (errno {e}); such files stay buffered"),
+                format_args!("the filesystem of a matched file refuses O_DIRECT; such files stay buffered"),
             );
-            fallback(fd, Fallback::FsNoDirect, added_sync, st);
-            return;
+            fallback(Fallback::FsNoDirect);
         }
-    };
-    let added = if twin >= 0 { added_sync } else { libc::O_DIRECT | added_sync };
-    insert(fd, st, align, accmode, append, true, added, twin);
-    STATS.add(Counter::OpensDirect, 1);
-    log::once(
-        LogLevel::Debug,
-        Cause::OpenedDirect,
-        format_args!("fd {fd} is direct (align mem {} offset {})", align.mem, align.offset),
-    );
+        Err(libc::EMFILE) | Err(libc::ENFILE) => fallback(Fallback::NoDescriptor),
+        Err(e) => {
+            log::once(
+                LogLevel::Info,
+                Cause::NoTwin,
+                format_args!("cannot reopen a matched file through /proc (errno {e}); it stays buffered"),
+            );
+            fallback(Fallback::NoTwin);
+        }
+    }
 }
 
-/// Takes over matched regular files inherited at start that already have O_DIRECT (fd 3
-/// and up), so the program's misaligned calls on them work. O_DIRECT is never turned on
-/// for an inherited description: other live processes may share it without managing it
-/// (a shell pipeline's other members), and their misaligned I/O would start to fail.
+/// Keeps the twins a predecessor image left open across exec (it held record locks on their
+/// files, which closing them would have dropped) as the library's own: the program never
+/// got those numbers, so it must not be able to close them.
 pub(super) fn adopt_inherited() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
-    let mut adopted = 0;
+    let Ok(lim) = sys::nofile_limit() else { return };
+    let floor = lim.rlim_cur.saturating_sub(libfd::zone(lim.rlim_cur));
+    let fds: Vec<i32> =
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd: &i32| fd as u64 >= floor).collect();
     for fd in fds {
         let Ok(fl) = sys::fcntl(fd, libc::F_GETFL, 0) else { continue };
-        if fl & libc::O_DIRECT == 0 {
-            continue;
-        }
         let mut p = [0u8; 4096];
-        let Ok(n) = sys::fd_path(fd, &mut p) else { continue };
-        if !state().cfg.wants(&p[..n]) {
-            continue;
+        if fl & libc::O_DIRECT != 0 && sys::fd_path(fd, &mut p).is_ok_and(|n| state().cfg.wants(&p[..n])) {
+            libfd::adopt(fd);
         }
-        let Ok(st) = sys::fstat(fd) else { continue };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            continue;
-        }
-        let (align, _) = align::discover(fd).with_minimum(state().cfg.align);
-        insert(fd, &st, align, fl & libc::O_ACCMODE, fl & libc::O_APPEND != 0, true, 0, -1);
-        adopted += 1;
-    }
-    if adopted > 0 {
-        log::once(LogLevel::Info, Cause::Adopted, format_args!("managing {adopted} inherited direct descriptor(s)"));
     }
 }
 
@@ -281,13 +260,13 @@ mod tests {
     }
 
     #[test]
-    fn sync_adds_o_sync_to_matched_opens_only() {
+    fn sync_gives_the_twin_o_sync_and_leaves_the_program_flags_alone() {
         let c = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_SYNC", "1")]);
         let p = decide_open(&c, b"/data/f", libc::O_WRONLY).unwrap();
-        assert_eq!(p.extra_flags, libc::O_SYNC);
+        assert_eq!(p.twin_flags, libc::O_SYNC);
         assert_eq!(p.program_flags, libc::O_WRONLY);
         let plain = cfg(&[("S3DLIO_DIRECT_PATHS", "/data")]);
-        assert_eq!(decide_open(&plain, b"/data/f", libc::O_WRONLY).unwrap().extra_flags, 0);
+        assert_eq!(decide_open(&plain, b"/data/f", libc::O_WRONLY).unwrap().twin_flags, 0);
     }
 
     #[test]

@@ -5,14 +5,13 @@
 use super::{FDS, STATE, STATS};
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
-use crate::stats::Fallback;
 use crate::statsdir;
-use crate::{readahead, sys, writing};
+use crate::{locks, readahead, sys, writing};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static EXITED: AtomicBool = AtomicBool::new(false);
 
-/// Descriptors whose O_DIRECT was cleared for an exec, to restore if the exec fails.
+/// Twins kept open across an exec, to close on exec again if the exec fails.
 pub struct ExecToken(Vec<i32>);
 
 /// True if `fd` survives an exec (no FD_CLOEXEC).
@@ -20,43 +19,42 @@ fn inherited_by_exec(fd: i32) -> bool {
     sys::fcntl(fd, libc::F_GETFD, 0).is_ok_and(|f| f & libc::FD_CLOEXEC == 0)
 }
 
-/// Before exec replaces the process: write the statistics, and clear O_DIRECT on managed
-/// descriptions the new image inherits (it may be a program the shim cannot enter, and a
-/// shim that loads there never turns O_DIRECT on for an inherited description).
+/// Before exec replaces the process: write the statistics and drop what buffered pieces
+/// cached. The program's descriptions go to the new image exactly as it opened them. Twins
+/// close at exec, except those of files the process holds POSIX record locks on: closing
+/// them would drop the locks, which survive exec without the library (the new image's
+/// library keeps them as its own).
 pub fn before_exec() -> ExecToken {
     write_stats(false);
-    let mut cleared = Vec::new();
-    FDS.for_each(|fd, d| {
-        d.companion.drop_cached();
-        if d.direct.load(Ordering::Relaxed)
-            && !d.has_twin()
-            && inherited_by_exec(fd)
-            && sys::set_o_direct(fd, false).is_ok()
+    let mut kept = Vec::new();
+    FDS.for_each(|_, d| {
+        let Some(t) = d.twin() else { return };
+        d.behind.drop_cached(t);
+        if locks::may_hold_any()
+            && !kept.contains(&t)
+            && locks::holds_posix_locks(d.ident)
+            && sys::fcntl(t, libc::F_SETFD, 0).is_ok()
         {
-            cleared.push(fd);
+            kept.push(t);
         }
     });
-    ExecToken(cleared)
+    ExecToken(kept)
 }
 
-/// The exec failed: the process goes on, direct as before.
+/// The exec failed: the process goes on as before.
 pub fn exec_failed(t: ExecToken) {
     for fd in t.0 {
-        let _ = sys::set_o_direct(fd, true);
+        let _ = sys::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC as libc::c_long);
     }
 }
 
 /// Before posix_spawn, system or popen: a child will share the inheritable managed
-/// descriptions while this process goes on, so they go buffered for good.
+/// descriptions while this process goes on, so calls at their file position go to the
+/// kernel's own calls from now on (which keep the offset atomic for both).
 pub fn before_spawn() {
     FDS.for_each(|fd, d| {
-        if d.direct.load(Ordering::Relaxed) && inherited_by_exec(fd) {
-            log::once(
-                LogLevel::Info,
-                Cause::InheritedByChild,
-                format_args!("direct fds inherited by a child go buffered"),
-            );
-            d.demote(fd, Fallback::InheritedByChild);
+        if inherited_by_exec(fd) {
+            d.shared.store(true, Ordering::Relaxed);
         }
     });
 }
@@ -90,7 +88,11 @@ pub fn at_exit() {
     if EXITED.swap(true, Ordering::AcqRel) || STATE.get().is_none() {
         return;
     }
-    FDS.for_each(|_, d| d.companion.drop_cached());
+    FDS.for_each(|_, d| {
+        if let Some(t) = d.twin() {
+            d.behind.drop_cached(t);
+        }
+    });
     write_stats(true);
 }
 
@@ -99,8 +101,16 @@ pub(super) extern "C" fn atexit_handler() {
     let _ = std::panic::catch_unwind(at_exit);
 }
 
-/// In a fork child: every lock another thread held is free again, and the statistics
-/// start from zero (the child is a new process with its own file).
+/// In the parent after fork: the child shares every description, so calls at their file
+/// position go to the kernel's own calls from now on.
+pub(super) extern "C" fn after_fork_parent() {
+    // A panic must not unwind into libc's fork.
+    let _ = std::panic::catch_unwind(|| FDS.for_each(|_, d| d.shared.store(true, Ordering::Relaxed)));
+}
+
+/// In a fork child: every lock another thread held is free again, the descriptions are
+/// shared with the parent, and the statistics start from zero (the child is a new process
+/// with its own file).
 pub(super) extern "C" fn after_fork_child() {
     // A panic must not unwind into libc's fork.
     let _ = std::panic::catch_unwind(reset_after_fork);
@@ -110,9 +120,12 @@ fn reset_after_fork() {
     FDS.reset_after_fork();
     FDS.for_each(|_, d| {
         d.lock.reset_after_fork();
-        d.companion.reset_after_fork();
+        d.behind.reset_after_fork();
         d.ra.reset_after_fork();
+        d.shared.store(true, Ordering::Relaxed);
     });
+    locks::reset_after_fork();
+    super::desc::reset_after_fork();
     readahead::reset_after_fork();
     writing::reset_after_fork();
     if let Some(st) = STATE.get() {

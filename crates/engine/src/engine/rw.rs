@@ -1,28 +1,21 @@
 //! The read and write families on managed fds (plain, positional, vector): dispatch to the
 //! read and write paths, the file position kept as the kernel keeps it, and statistics.
 
-use super::desc::{locked, Desc};
-use super::{managed_direct, stale, state, Served, STATS};
+use super::desc::locked;
+use super::{managed_direct, managed_unchecked, stale, state, verified, Served, STATS};
 use crate::config::LogLevel;
 use crate::io::Outcome;
 use crate::log::{self, Cause};
 use crate::stats::{Counter, Fallback};
 use crate::sys::{self, SysResult};
 use crate::{read_path, write_path};
+use std::sync::atomic::Ordering;
 
-/// Applies what a path call reported: reused fd, demotion, statistics.
-fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
+/// Applies what a path call reported: reused fd, statistics.
+fn settle(fd: i32, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
     if *r == Err(libc::ESTALE) {
         stale(fd);
         return false;
-    }
-    if let Some(e) = o.demoted {
-        d.demote(fd, Fallback::NoCompanion);
-        log::once(
-            LogLevel::Warn,
-            Cause::NoCompanion,
-            format_args!("cannot reopen a direct file through /proc (errno {e}); it goes buffered"),
-        );
     }
     if o.einval_retry {
         STATS.add(Counter::EinvalRetries, 1);
@@ -90,11 +83,17 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
     if len == 0 {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
-    let d = managed_direct(fd, nowait)?;
+    let (d, t) = managed_direct(fd, nowait)?;
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
         let mut o = Outcome::default();
-        let io = d.io(fd, pool, nowait);
+        let io = d.io(fd, t, pool, nowait);
+        if d.shared.load(Ordering::Relaxed) {
+            // Another process may move the offset: the kernel's own read keeps it atomic.
+            // SAFETY: forwarded from the caller.
+            let r = unsafe { read_path::read_here(&io, buf, len, &mut o) };
+            return (o, r);
+        }
         // SAFETY: forwarded from the caller.
         if let Some(r) = unsafe { read_path::read_next(&io, fd, buf, len, &mut o) } {
             return (o, r);
@@ -103,7 +102,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
         let r = at_offset(fd, len, |pos| unsafe { read_path::pread(&io, buf, len, pos, &mut o) });
         (o, r)
     })?;
-    settle(fd, &d, &o, false, &r).then_some(r)
+    settle(fd, &o, false, &r).then_some(r)
 }
 
 /// `pread(2)` on a managed fd.
@@ -114,11 +113,11 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -
     if off < 0 || len == 0 {
         return None;
     }
-    let d = managed_direct(fd, nowait)?;
+    let (d, t) = managed_direct(fd, nowait)?;
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
-    let r = unsafe { read_path::pread(&d.io(fd, &state().pool, nowait), buf, len, off as u64, &mut o) };
-    settle(fd, &d, &o, false, &r).then_some(r)
+    let r = unsafe { read_path::pread(&d.io(fd, t, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    settle(fd, &o, false, &r).then_some(r)
 }
 
 /// `write(2)` on a managed fd.
@@ -129,35 +128,34 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
     if len == 0 {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
-    let d = managed_direct(fd, nowait)?;
+    let (d, t) = managed_unchecked(fd, nowait)?;
+    let here = d.shared.load(Ordering::Relaxed) || write_path::through_cache(&state().tuning(&d.ra), len);
+    if !here && !verified(fd, &d) {
+        return None;
+    }
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
         let mut o = Outcome::default();
-        let io = d.io(fd, pool, nowait);
-        if io.append {
+        let io = d.io(fd, t, pool, nowait);
+        if io.append && !here {
             // SAFETY: forwarded from the caller.
             let r = unsafe { write_path::append(&io, buf, len, true, &mut o) }
                 .and_then(|(n, pos)| sys::lseek(fd, pos as i64, libc::SEEK_SET).map(|_| n));
             return (o, r);
         }
-        // An aligned write that goes direct needs no offset bookkeeping: the kernel's own
-        // write moves the offset.
-        if !d.has_twin() && !write_path::through_cache(&io.tuning, len) && d.align.write_ok(buf as usize, 0, len) {
-            let _writing = d.writes.begin();
+        // A small write, or one another process may race at the offset: one write on the
+        // program's own description, which moves the offset atomically (and appends on an
+        // O_APPEND one).
+        if here {
             // SAFETY: forwarded from the caller.
-            match unsafe { sys::write(fd, buf, len) } {
-                Err(libc::EINVAL) => {}
-                r => {
-                    o.direct_bytes = *r.as_ref().unwrap_or(&0) as u64;
-                    return (o, r);
-                }
-            }
+            let r = unsafe { write_path::write_here(&io, buf, len, &mut o) };
+            return (o, r);
         }
         // SAFETY: forwarded from the caller.
         let r = at_offset(fd, len, |pos| unsafe { write_path::pwrite(&io, buf, len, pos, &mut o) });
         (o, r)
     })?;
-    settle(fd, &d, &o, true, &r).then_some(r)
+    settle(fd, &o, true, &r).then_some(r)
 }
 
 /// `pwrite(2)` on a managed fd.
@@ -168,11 +166,11 @@ pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool
     if off < 0 || len == 0 {
         return None;
     }
-    let d = managed_direct(fd, nowait)?;
+    let (d, t) = managed_direct(fd, nowait)?;
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
-    let r = unsafe { write_path::pwrite(&d.io(fd, &state().pool, nowait), buf, len, off as u64, &mut o) };
-    settle(fd, &d, &o, true, &r).then_some(r)
+    let r = unsafe { write_path::pwrite(&d.io(fd, t, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    settle(fd, &o, true, &r).then_some(r)
 }
 
 fn iov_total(iov: *const libc::iovec, cnt: i32) -> Option<usize> {
@@ -194,7 +192,10 @@ pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait
     if off < -1 || total == 0 {
         return None;
     }
-    let d = managed_direct(fd, nowait)?;
+    let (d, t) = managed_direct(fd, nowait)?;
+    if off < 0 && d.shared.load(Ordering::Relaxed) {
+        return None; // another process may move the offset: the kernel's own call
+    }
     // SAFETY: checked by iov_total.
     let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
     let pool = &state().pool;
@@ -203,7 +204,7 @@ pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait
         for e in v {
             // SAFETY: each iovec describes caller memory.
             let r = unsafe {
-                read_path::pread(&d.io(fd, pool, nowait), e.iov_base as *mut u8, e.iov_len, start + done as u64, o)
+                read_path::pread(&d.io(fd, t, pool, nowait), e.iov_base as *mut u8, e.iov_len, start + done as u64, o)
             };
             match r {
                 Ok(n) => {
@@ -224,7 +225,7 @@ pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait
     } else {
         locked(&d, nowait, || at_offset(fd, total, |pos| run(pos, &mut o)))?
     };
-    settle(fd, &d, &o, false, &r).then_some(r)
+    settle(fd, &o, false, &r).then_some(r)
 }
 
 /// `writev`/`pwritev`/`pwritev2` on a managed fd; `off == -1` means at the file position.
@@ -236,7 +237,10 @@ pub unsafe fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowai
     if off < -1 || total == 0 {
         return None;
     }
-    let d = managed_direct(fd, nowait)?;
+    let (d, _) = managed_direct(fd, nowait)?;
+    if off < 0 && d.shared.load(Ordering::Relaxed) {
+        return None; // another process may move the offset: the kernel's own call
+    }
     // SAFETY: checked by iov_total.
     let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
     // Gather into one buffer so the write reaches the file as one piece, as writev does.

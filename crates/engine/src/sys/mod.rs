@@ -181,6 +181,12 @@ pub fn dup3(old: c_int, new: c_int, flags: c_int) -> SysResult<c_int> {
     retry(|| unsafe { libc::syscall(libc::SYS_dup3, old, new, flags) }).map(|r| r as c_int)
 }
 
+/// `close_range(2)`.
+pub fn close_range(first: u32, last: u32, flags: u32) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(|_| ())
+}
+
 /// `close(2)`; EINTR is not retried (Linux releases the fd anyway).
 pub fn close(fd: c_int) -> SysResult<()> {
     // SAFETY: closing a descriptor the engine owns.
@@ -241,6 +247,55 @@ pub fn futex_wake_one(word: &std::sync::atomic::AtomicU32) {
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
     }
+}
+
+/// The soft and hard `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> SysResult<libc::rlimit> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is writable; a null new limit only reads.
+    check(unsafe {
+        libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_NOFILE, std::ptr::null::<libc::rlimit>(), &mut r)
+    })?;
+    Ok(r)
+}
+
+/// Sets `RLIMIT_NOFILE`.
+pub fn set_nofile_limit(r: &libc::rlimit) -> SysResult<()> {
+    // SAFETY: `r` is a valid limit; a null old limit is not written.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            r as *const libc::rlimit,
+            std::ptr::null_mut::<libc::rlimit>(),
+        )
+    })
+    .map(|_| ())
+}
+
+/// `cachestat(2)` (Linux 6.5+) of the whole file behind `fd`: pages cached and, of those,
+/// dirty or under writeback.
+pub fn cachestat(fd: c_int) -> SysResult<(u64, u64)> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let range = Range { off: 0, len: 0 };
+    let mut st = Stat::default();
+    // SAFETY: both structures match the kernel's and outlive the call.
+    check(unsafe { libc::syscall(451, fd, &range as *const Range, &mut st as *mut Stat, 0) })?;
+    Ok((st.cache, st.dirty + st.writeback))
 }
 
 /// `posix_fadvise(2)`.

@@ -228,10 +228,11 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
         return Some(Err(libc::EINVAL));
     }
     if m.append && kernel & libc::O_APPEND == 0 {
-        let arg = fdops::setfl(fd, fdops::getfl(fd, kernel) | libc::O_APPEND);
+        let arg = kernel | libc::O_APPEND;
         if let Err(e) = sys::fcntl(fd, libc::F_SETFL, arg as libc::c_long) {
             return Some(Err(e));
         }
+        fdops::setfl(fd, arg);
         // glibc moves to the end only when it added O_APPEND itself, for a write-only stream.
         if !m.plus {
             if let Some(Err(e)) = fdops::lseek(fd, 0, libc::SEEK_END, false) {

@@ -16,20 +16,17 @@ use crate::stats::Fallback;
 use crate::sys::{self, Errno, SysResult};
 use libc::{c_char, FILE};
 use std::ffi::CStr;
-use std::sync::atomic::Ordering;
 
 /// A stdio stream is being made on `fd` (`fdopen`): its I/O bypasses the hooks, so the
 /// description goes buffered (counted as a fallback).
 pub fn stream_opened(fd: i32) {
-    if let Some(d) = FDS.get(fd, false) {
-        if d.direct.load(Ordering::Relaxed) {
-            log::once(
-                LogLevel::Info,
-                Cause::FdopenStream,
-                format_args!("a stream was opened on a direct fd; it goes buffered"),
-            );
-            d.demote(fd, Fallback::FdopenStream);
-        }
+    if FDS.get(fd, false).is_some_and(|d| d.twin().is_some()) {
+        log::once(
+            LogLevel::Info,
+            Cause::FdopenStream,
+            format_args!("a stream was opened on a direct fd; its own reads and writes go through the page cache"),
+        );
+        STATS.fallback(Fallback::FdopenStream);
     }
 }
 
@@ -109,7 +106,7 @@ pub unsafe fn freopen(path: *const c_char, mode: *const c_char, f: *mut FILE) ->
 /// Opens `path` as the program's `open` would (the engine's plan decides whether it goes
 /// direct).
 fn open_as_program(path: &CStr, flags: i32, plan: Option<OpenPlan>) -> SysResult<i32> {
-    let fd = sys::openat(libc::AT_FDCWD, path, flags | plan.map_or(0, |p| p.extra_flags), 0o666)?;
+    let fd = sys::openat(libc::AT_FDCWD, path, flags, 0o666)?;
     match plan {
         Some(p) => open::opened(fd, p),
         None => forget(fd),
