@@ -233,6 +233,16 @@ pub fn run_summary(dir: &Path, prefix: &str) -> String {
     summary_text(&procs, &unreadable, &format!("{}/{prefix}*.json", dir.display()))
 }
 
+/// What the reads asked of the device, against what the program got: the amplification.
+fn device_line(read: u64, device: u64, ahead: u64) -> String {
+    let amp = if read > 0 { format!("{:.2}x", device as f64 / read as f64) } else { "-".to_string() };
+    format!(
+        "{} asked for reads, {amp} the bytes read (amplification), {} of it for read-ahead windows",
+        human(device),
+        human(ahead)
+    )
+}
+
 fn summary_text(procs: &[ProcStats], unreadable: &[String], pattern: &str) -> String {
     let mut out = String::from("\n");
     if procs.is_empty() {
@@ -267,12 +277,14 @@ fn summary_text(procs: &[ProcStats], unreadable: &[String], pattern: &str) -> St
     let (r, rb) = (t.get(Counter::ReadBytes), t.get(Counter::ReadBouncedBytes));
     let (w, wb) = (t.get(Counter::WriteBytes), t.get(Counter::WriteBouncedBytes));
     let read = format!(
-        "{} in {} calls; {} of it bounced (copied from the library's aligned buffers: misaligned, or read ahead)",
+        "{} in {} calls; {} of it bounced (misaligned buffer, offset or length), {} copied from read-ahead windows",
         human(r),
         t.get(Counter::ReadCalls),
-        human(rb)
+        human(rb),
+        human(t.get(Counter::ReadaheadCopiedBytes)),
     );
     line("read", &read);
+    line("device", &device_line(r, t.get(Counter::ReadDeviceBytes), t.get(Counter::ReadaheadBytes)));
     let written = format!(
         "{} in {} calls; {} of it bounced (small writes and unaligned pieces through the page cache, dropped after)",
         human(w),
@@ -282,6 +294,9 @@ fn summary_text(procs: &[ProcStats], unreadable: &[String], pattern: &str) -> St
     line("written", &written);
     line("fallbacks", &fallback_line(&t.fallbacks));
     let shown = [
+        Counter::ReadDeviceBytes,
+        Counter::ReadaheadBytes,
+        Counter::ReadaheadCopiedBytes,
         Counter::OpensMatched,
         Counter::OpensDirect,
         Counter::OpensFallback,
@@ -368,6 +383,7 @@ mod tests {
         let a = Stats::new();
         a.add(Counter::ReadBytes, 1000);
         a.add(Counter::ReadBouncedBytes, 100);
+        a.add(Counter::ReadDeviceBytes, 1536);
         a.add(Counter::OpensMatched, 2);
         a.add(Counter::OpensDirect, 1);
         a.fallback(Fallback::FsNoDirect);
@@ -400,6 +416,10 @@ mod tests {
         assert!(summary.contains("2 processes: python3 x2"), "{summary}");
         assert!(summary.contains("working: 1 of 2 matched opens went direct"), "{summary}");
         assert!(summary.contains("read      1.0 KiB in 0 calls; 100 B of it bounced"), "{summary}");
+        assert!(
+            summary.contains("device    1.5 KiB asked for reads, 1.50x the bytes read (amplification)"),
+            "{summary}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
