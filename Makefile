@@ -15,9 +15,12 @@
 #                 and write-behind off and with S3DLIO_DIRECT_MODE=dontcache
 #   make lint     cargo fmt --check; cargo clippy --workspace --all-targets --locked -- -D warnings
 #   make demo     build, then demo/demo.sh: a Python loader over generated data, plain and under the shim
-#   make bench    build, install what the benchmark needs (bench/deps.sh), run bench/bench.py:
-#                 every pattern in every mode, report to docs/benchmarks.md + .png (BENCH_SIZE=2GiB,
-#                 BENCH_ROUNDS=3, BENCH_DIR=/var/tmp/s3dlio-bench, BENCH_MODES=...; see bench/bench.py)
+#   make bench    build, install what the benchmark needs (bench/deps.sh: Debian packages, and
+#                 bench/.venv with h5py and lmdb from PyPI), run bench/bench.py with it: every
+#                 pattern in every mode, report to docs/benchmarks.md + .png (BENCH_SIZE=2GiB,
+#                 BENCH_ROUNDS=3, BENCH_DIR=/var/tmp/s3dlio-bench, BENCH_MODES=..., BENCH_PATTERNS=...;
+#                 see bench/bench.py). As root it reserves huge pages for the device ceiling's fio
+#                 (vm.nr_hugepages) during the run and puts the old value back
 #   make bench-smoke  the same at 64 MiB, 1 round, report to a temp file (never part of `make test`)
 #   make clean
 
@@ -131,13 +134,13 @@ bench-tools: $(BENCH_BINS)
 
 bench: build bench-tools
 	bash bench/deps.sh $(BENCH_PYTHON)
-	BENCH_STRICT=1 $(BENCH_PYTHON) bench/bench.py
+	BENCH_STRICT=1 bench/.venv/bin/python bench/bench.py
 
 bench-smoke: build bench-tools
 	bash bench/deps.sh $(BENCH_PYTHON)
-	d=$$(mktemp -d) && BENCH_DIR=$$d/data $(BENCH_PYTHON) bench/bench.py --smoke --out $$d/benchmarks.md \
+	d=$$(mktemp -d) && BENCH_DIR=$$d/data bench/.venv/bin/python bench/bench.py --smoke --out $$d/benchmarks.md \
 	  && echo "bench-smoke: report in $$d/benchmarks.md"
 
 clean:
-	rm -rf $(BIN) $(VENV) bench/bin
+	rm -rf $(BIN) $(VENV) bench/bin bench/.venv
 	$(CARGO) clean
