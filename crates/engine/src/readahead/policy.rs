@@ -8,20 +8,21 @@
 //!   flight, but nothing past its end.)
 //! - A run shows itself with a read that starts where the previous one ended. Its first
 //!   window holds that read and a little more, sized from the request like the kernel's first
-//!   readahead (four times a small request, twice a medium one, one window beyond a large
-//!   one), and never more than the run has already read in a row (four times that in a run
-//!   that started at the beginning of the file, where the kernel reads ahead from the first
-//!   read on).
+//!   readahead (`get_init_ra_size`: four times a small request, twice a medium one, a window
+//!   beyond a large one).
 //! - A read that passes the marker, half way into the last window, asks for the next one,
-//!   larger (four times while small, then twice, up to a window): the windows grow as the
-//!   run goes on, always within the same multiple of what the run has read, until they are
-//!   full windows up to three ahead of the reader.
-//! - A jump ends the sequence. Windows dropped with bytes never used make the next run's
-//!   first window smaller (half, then a quarter), until a window is used to its end again.
+//!   larger (`get_next_ra_size`: four times while small, then twice), up to half a window per
+//!   request and one window beyond the reader.
+//! - What lies ahead of the reader never exceeds half of what the run has read in a row. A
+//!   run from the start of the file may have four times that, and asks for its second window
+//!   with its first: there the kernel reads ahead from the first read on.
+//! - A jump ends the sequence. A sequence that ended with windows beyond where the reader left
+//!   them halves what the next runs may have ahead (then quarters it), until a run gets to
+//!   full-size windows.
 //!
-//! So a run that stops reads at most its own length again (four times in a run from the
-//! start of the file), a sequential run reads at most its windows ahead (three windows), and
-//! random reads read what they ask for.
+//! So a run that stops has cost at most half its length again (four times from the start of
+//! a file, where the kernel would have read as much), a sequential run at most one window,
+//! and reads that are not in a run what they ask for, rounded out to the alignment.
 
 /// Where the windows of a read come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +161,7 @@ impl Policy {
         }
         if self.size > 0 {
             // In sequence: past the marker, the next window, larger, within what the run
-            // has read in a row and the depth.
+            // has read in a row and one window.
             let cap = end.saturating_add(self.room(self.run.saturating_add(len)).min(g.window));
             if self.size >= g.piece {
                 // Full size: pieces up to a window ahead of the reader. A run this long
