@@ -20,9 +20,12 @@
 #                 and write-behind off and with S3DLIO_DIRECT_MODE=dontcache
 #   make lint     cargo fmt --check; cargo clippy --workspace --all-targets --locked -- -D warnings
 #   make demo     build, then demo/demo.sh: a Python loader over generated data, plain and under the shim
-#   make bench    build, install what the benchmark needs (bench/deps.sh), run bench/bench.py:
-#                 every pattern in every mode, report to docs/benchmarks.md + .png (BENCH_SIZE=2GiB,
-#                 BENCH_ROUNDS=3, BENCH_DIR=/var/tmp/s3dlio-bench, BENCH_MODES=...; see bench/bench.py)
+#   make bench    build, install what the benchmark needs (bench/deps.sh: Debian packages, and
+#                 bench/.venv with h5py and lmdb from PyPI), run bench/bench.py with it: every
+#                 pattern in every mode, report to docs/benchmarks.md + .png (BENCH_SIZE=2GiB,
+#                 BENCH_ROUNDS=3, BENCH_DIR=/var/tmp/s3dlio-bench, BENCH_MODES=..., BENCH_PATTERNS=...;
+#                 see bench/bench.py). As root it reserves huge pages for the device ceiling's fio
+#                 (vm.nr_hugepages) during the run and puts the old value back
 #   make bench-smoke  the same at 64 MiB, 1 round, report to a temp file (never part of `make test`)
 #   make bench-ab A=<rev|.so> B=<rev|worktree|.so>
 #                 A/B of two builds of the preload library (bench/ab.py): every read and write
@@ -170,11 +173,11 @@ bench-tools: $(BENCH_BINS)
 
 bench: build bench-tools
 	bash bench/deps.sh $(BENCH_PYTHON)
-	BENCH_STRICT=1 $(BENCH_PYTHON) bench/bench.py
+	BENCH_STRICT=1 bench/.venv/bin/python bench/bench.py
 
 bench-smoke: build bench-tools
 	bash bench/deps.sh $(BENCH_PYTHON)
-	d=$$(mktemp -d) && BENCH_DIR=$$d/data $(BENCH_PYTHON) bench/bench.py --smoke --out $$d/benchmarks.md \
+	d=$$(mktemp -d) && BENCH_DIR=$$d/data bench/.venv/bin/python bench/bench.py --smoke --out $$d/benchmarks.md \
 	  && echo "bench-smoke: report in $$d/benchmarks.md"
 
 # A and B (or BENCH_AB_A, BENCH_AB_B): what bench/ab.py compares; it builds them itself
@@ -183,5 +186,5 @@ bench-ab: bench-tools
 	BENCH_STRICT=1 $(BENCH_PYTHON) bench/ab.py $(if $(A),--a '$(A)') $(if $(B),--b '$(B)')
 
 clean:
-	rm -rf $(BIN) $(VENV) $(WHEEL_VENV) bench/bin build dist python/*.egg-info
+	rm -rf $(BIN) $(VENV) $(WHEEL_VENV) bench/bin bench/.venv build dist python/*.egg-info
 	$(CARGO) clean

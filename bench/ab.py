@@ -290,7 +290,7 @@ def main():
     load1 = os.getloadavg()
     facts.append(("load average (1 min) at start / end", f"{load0[0]:.2f} / {load1[0]:.2f} "
                   "(shared machine: other jobs ran during the benchmark)"))
-    S = bench.summarise(ctx, results, {"fio": [], "micro": []})
+    S = bench.summarise(ctx, results, {"fio": [], "fio1m": [], "micro": []})
     out = os.path.abspath(a.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:

@@ -3,7 +3,9 @@
 # Needs: a C compiler, fio, nocache (Debian package), fincore (util-linux), and PYTHON with
 # numpy and matplotlib. As root with apt-get, installs what is missing (fio nocache
 # python3-numpy python3-matplotlib gcc util-linux); otherwise prints exactly what is missing
-# and exits 1.
+# and exits 1. Then makes bench/.venv, a virtual environment of PYTHON that sees its packages
+# (--system-site-packages), with h5py and lmdb from PyPI (Debian's interpreter refuses pip
+# installs): the benchmark runs with bench/.venv/bin/python.
 set -euo pipefail
 PY="${1:-python3}"
 missing_pkgs=""
@@ -33,4 +35,16 @@ if [ -n "$still" ]; then
     echo "bench: on Debian as root: apt-get install fio nocache python3-numpy python3-matplotlib util-linux gcc" >&2
     echo "bench: (numpy/matplotlib must be importable by $PY; pass PYTHON=/usr/bin/python3 to use Debian's)" >&2
     exit 1
+fi
+VENV="$(cd "$(dirname "$0")" && pwd)/.venv"
+if ! "$VENV/bin/python" -c 'import h5py, lmdb, numpy, matplotlib' >/dev/null 2>&1; then
+    test -x "$VENV/bin/python" || "$PY" -m venv --system-site-packages "$VENV" || {
+        echo "bench: cannot make a virtual environment with $PY (Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
+    echo "bench: installing h5py and lmdb from PyPI into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check h5py lmdb || {
+        echo "bench: pip could not install h5py and lmdb into $VENV" >&2
+        exit 1
+    }
 fi

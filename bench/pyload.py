@@ -4,6 +4,12 @@
     pyload.py readinto N  FILE...   f.readinto(bytearray(N)) until EOF
     pyload.py npy         FILE...   numpy.load(FILE) of each .npy file
     pyload.py write N     FILE      f.write() of N-byte pieces, then flush() and os.fsync()
+    pyload.py h5 ORDER    FILE      h5py: dataset "x" read chunk by chunk (ds[i:i+rows]), ORDER
+                                    "inorder" or "shuffled" (chunks in a seeded random order)
+    pyload.py lmdb N      DIR       lmdb: open the environment read-only, N gets of random keys
+    pyload.py mkh5 BYTES  FILE      (data generation, not timed) a chunked uint8 dataset "x" of
+                                    256 KiB chunks (4 rows of 64 KiB), about BYTES big
+    pyload.py mklmdb BYTES DIR      (data generation, not timed) 1 KiB values under keys %08d
 
 Options before the verb: -T SECS (stop after SECS), -L BYTES (stop after BYTES; for write
 the size written). Prints "bytes=<n> secs=<elapsed I/O time> calls=<calls>".
@@ -25,6 +31,12 @@ def main(argv):
     verb = argv[0]
     if verb == "npy":
         import numpy  # imported before the clock starts
+    if verb in ("h5", "mkh5"):
+        import h5py
+        import numpy
+    if verb in ("lmdb", "mklmdb"):
+        import lmdb
+    import random
 
     total = calls = 0
     t0 = time.monotonic()
@@ -83,6 +95,57 @@ def main(argv):
                     break
             f.flush()
             os.fsync(f.fileno())
+    elif verb == "h5":
+        order, path = argv[1], argv[2]
+        with h5py.File(path, "r") as f:
+            ds = f["x"]
+            rows = ds.chunks[0]
+            starts = list(range(0, ds.shape[0], rows))
+            if order == "shuffled":
+                random.Random(5).shuffle(starts)
+            for s in starts:
+                a = ds[s:s + rows]
+                total += a.nbytes
+                calls += 1
+                if over():
+                    break
+    elif verb == "lmdb":
+        n, path = int(argv[1]), argv[2]
+        env = lmdb.open(path, readonly=True, lock=False, subdir=True)
+        rng = random.Random(7)
+        with env.begin() as txn:
+            keys = txn.stat()["entries"]
+            for _ in range(n):
+                v = txn.get(b"%08d" % rng.randrange(keys))
+                total += len(v)
+                calls += 1
+                if tmax and (calls & 255) == 0 and over():
+                    break
+        env.close()
+    elif verb == "mkh5":
+        want, path = int(argv[1]), argv[2]
+        rows = max(4, want // 65536 // 4 * 4)
+        block = numpy.frombuffer(bytearray(os.urandom(4 * 65536)), dtype=numpy.uint8).reshape(4, 65536)
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset("x", shape=(rows, 65536), dtype=numpy.uint8, chunks=(4, 65536))
+            for r in range(0, rows, 4):
+                block[0, :8] = numpy.frombuffer(r.to_bytes(8, "little"), dtype=numpy.uint8)
+                ds[r:r + 4] = block
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        return
+    elif verb == "mklmdb":
+        want, path = int(argv[1]), argv[2]
+        n = max(1024, want // 1024)
+        env = lmdb.open(path, map_size=4 * want + (64 << 20), subdir=True, sync=True)
+        val = os.urandom(1024)
+        with env.begin(write=True) as txn:
+            for i in range(n):
+                txn.put(b"%08d" % i, val[:1016] + i.to_bytes(8, "little"))
+        env.sync(True)
+        env.close()
+        return
     else:
         sys.exit(f"pyload: unknown verb {verb}")
     print(f"bytes={total} secs={time.monotonic() - t0:.6f} calls={calls}")

@@ -53,8 +53,10 @@ def test_bench_smoke(shim, tmp_path):
     cells = res["cells"]
     # every pattern ran buffered cold and under the shim, with numbers
     bench_src = BENCH.read_text()
-    for key in ("c4k", "c64k", "c1m", "c1ma", "rand64k", "pyread", "pyinto", "npy", "fread", "t8",
-                "cw1m", "cw4k", "cw1000", "pyw1m", "pyw4k", "pyw1000"):
+    keys = ["c4k", "c64k", "c1m", "c1ma", "rand64k", "rand4k", "stride", "hdrjump", "chunks", "small", "pyread",
+            "pyinto", "npy", "fread", "t8", "cw1m", "cw4k", "cw1000", "pyw1m", "pyw4k", "pyw1000"]
+    keys += [k for k, module in (("h5shuf", "h5py"), ("h5seq", "h5py"), ("lmdb", "lmdb")) if module not in missing]
+    for key in keys:
         assert f'Pattern("{key}"' in bench_src
         for mode in ("cold", "shim"):
             runs = cells.get(f"{key}/{mode}")
@@ -72,6 +74,17 @@ def test_bench_smoke(shim, tmp_path):
         assert cells["c64k/nocache"][0]["ok"]
     if "fio" not in missing:
         assert res["fio"] and res["fio"][0]["ok"] and res["fio"][0]["bytes"] > 0
+        assert res["fio1m"] and res["fio1m"][0]["ok"]
+    # the ceiling ran from huge pages, or the report says why not
+    assert res["hugepages"] is True or isinstance(res["hugepages"], str)
+    if os.geteuid() == 0:
+        assert res["hugepages"] is True, f"as root the benchmark should reserve huge pages: {res['hugepages']}"
+    # every read row has its device bytes, cold and under the shim
+    for key in keys:
+        if key.startswith(("cw", "pyw")):
+            continue
+        for mode in ("cold", "shim"):
+            assert cells[f"{key}/{mode}"][0]["dev_read"] is not None, f"{key}/{mode}: no device bytes"
 
     # the shim cells really went through the shim: it opened the data files direct
     for key in ("c4k", "c1ma", "pyinto", "cw1m", "cw4k", "pyw1000"):
@@ -90,7 +103,8 @@ def test_bench_smoke(shim, tmp_path):
 
     rep = out.read_text()
     for head in ("## Machine", "## Throughput", "## Targets (issue 5)", "## Details per cell", "shim / cold",
-                 "shim / native", "kernel", "filesystem", "device", "cores"):
+                 "shim / native", "shim / ceiling", "device/asked cold → shim", "## Read amplification (issue 14)",
+                 "**device ceiling**", "kernel", "filesystem", "device", "cores"):
         assert head in rep, f"report lacks {head!r}"
     assert "FAILED" not in rep, rep
     png = out.with_suffix(".png")

@@ -1,11 +1,17 @@
 /* bload: the C loader of the benchmark (bench/bench.py runs it; not a test program).
  *
- *   bload [-m seq|rand|fread] [-b BYTES] [-A] [-D] [-F] [-t THREADS] [-T SECS] [-L BYTES]
- *         [-n COUNT] FILE...
+ *   bload [-m seq|rand|fread|stride|hdrjump|chunks] [-b BYTES] [-A] [-D] [-F] [-t THREADS]
+ *         [-T SECS] [-L BYTES] [-n COUNT] [-S BYTES] [-C BYTES] FILE...
  *
- *   -m seq    read() each file front to back (default)
- *      rand   pread() of -b bytes at random 4096-aligned offsets of random files, -n of them
- *      fread  fopen()/fread()/fclose() each file (glibc stdio, -b bytes per fread)
+ *   -m seq     read() each file front to back (default)
+ *      rand    pread() of -b bytes at random 4096-aligned offsets of random files, -n of them
+ *      fread   fopen()/fread()/fclose() each file (glibc stdio, -b bytes per fread)
+ *      stride  each file: read() -b bytes, lseek() -S bytes further (default 1 MiB), to its end
+ *      hdrjump each file: read() a 128-byte header at offset 0 (4096 bytes with -D, which
+ *              cannot read less), then -n / FILES pread()s of -b bytes at random 4096-aligned
+ *              offsets of that file
+ *      chunks  the files cut in chunks of -C bytes (default 256 KiB), in shuffled order, each
+ *              chunk read with read()s of -b bytes after an lseek() to its start; -n chunks
  *   -b N      request size (default 65536)
  *   -A        posix_memalign(4096) buffers; default malloc(N) (what most loaders do)
  *   -D        open with O_DIRECT (the program asks for it itself: native direct I/O)
@@ -36,7 +42,7 @@ static const char *mode = "seq";
 static size_t bsz = 65536;
 static int aligned = 0, odirect = 0, fresh = 0, nthreads = 1;
 static double tmax = 0;
-static long long lmax = 0, rcount = 1000;
+static long long lmax = 0, rcount = 1000, skip = 1 << 20, chunk = 256 << 10;
 static char **files;
 static int nfiles;
 static double t0;
@@ -157,10 +163,106 @@ static void run_rand(void)
     for (int i = 0; i < nfiles; i++) close(fds[i]);
 }
 
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ULL;
+static uint64_t rnd(void)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state;
+}
+
+/* read() of exactly -b bytes (or to end of file) into buf, counted; -1 on error, 0 at EOF */
+static ssize_t read_counted(int fd, char *buf, size_t n, const char *path)
+{
+    for (;;) {
+        ssize_t r = read(fd, buf, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) { fail("read", path); return -1; }
+        if (r > 0) { consume(buf, r); over(r); }
+        return r;
+    }
+}
+
+static void run_stride(void)
+{
+    char *buf = getbuf();
+    for (int i = 0; i < nfiles && !atomic_load(&stop_flag); i++) {
+        int fd = open(files[i], O_RDONLY | (odirect ? O_DIRECT : 0));
+        if (fd < 0) { fail("open", files[i]); return; }
+        while (!atomic_load(&stop_flag)) {
+            ssize_t r = read_counted(fd, buf, bsz, files[i]);
+            if (r <= 0) break;
+            if (lseek(fd, skip, SEEK_CUR) < 0) { fail("lseek", files[i]); break; }
+        }
+        close(fd);
+    }
+}
+
+static void run_hdrjump(void)
+{
+    char *buf = getbuf();
+    long long per = rcount / nfiles > 0 ? rcount / nfiles : 1;
+    for (int i = 0; i < nfiles && !atomic_load(&stop_flag); i++) {
+        int fd = open(files[i], O_RDONLY | (odirect ? O_DIRECT : 0));
+        if (fd < 0) { fail("open", files[i]); return; }
+        struct stat st;
+        fstat(fd, &st);
+        if (read_counted(fd, buf, odirect ? 4096 : 128, files[i]) < 0) { close(fd); return; }
+        long long slots = (st.st_size - (long long)bsz) / 4096;
+        if (slots < 1) slots = 1;
+        for (long long k = 0; k < per && !atomic_load(&stop_flag); k++) {
+            long long off = (long long)(rnd() % (uint64_t)slots) * 4096;
+            ssize_t n = pread(fd, buf, bsz, off);
+            if (n < 0) { if (errno == EINTR) continue; fail("pread", files[i]); break; }
+            consume(buf, n);
+            over(n);
+        }
+        close(fd);
+    }
+}
+
+static void run_chunks(void)
+{
+    char *buf = getbuf();
+    int *fds = calloc((size_t)nfiles, sizeof *fds);
+    long long total = 0, *first = calloc((size_t)nfiles + 1, sizeof *first);
+    for (int i = 0; i < nfiles; i++) {
+        fds[i] = open(files[i], O_RDONLY | (odirect ? O_DIRECT : 0));
+        if (fds[i] < 0) { fail("open", files[i]); return; }
+        struct stat st;
+        fstat(fds[i], &st);
+        first[i] = total;
+        total += st.st_size / chunk;
+    }
+    first[nfiles] = total;
+    if (total < 1) return;
+    long long *order = malloc((size_t)total * sizeof *order);
+    for (long long k = 0; k < total; k++) order[k] = k;
+    for (long long k = total - 1; k > 0; k--) {
+        long long j = (long long)(rnd() % (uint64_t)(k + 1)), t = order[k];
+        order[k] = order[j];
+        order[j] = t;
+    }
+    for (long long k = 0; k < total && k < rcount && !atomic_load(&stop_flag); k++) {
+        int i = 0;
+        while (order[k] >= first[i + 1]) i++;
+        long long off = (order[k] - first[i]) * chunk;
+        if (lseek(fds[i], off, SEEK_SET) < 0) { fail("lseek", files[i]); break; }
+        for (long long done = 0; done < chunk && !atomic_load(&stop_flag);) {
+            size_t n = (size_t)(chunk - done) < bsz ? (size_t)(chunk - done) : bsz;
+            ssize_t r = read_counted(fds[i], buf, n, files[i]);
+            if (r <= 0) break;
+            done += r;
+        }
+    }
+    for (int i = 0; i < nfiles; i++) close(fds[i]);
+}
+
 int main(int argc, char **argv)
 {
     int c;
-    while ((c = getopt(argc, argv, "m:b:ADFt:T:L:n:")) != -1) {
+    while ((c = getopt(argc, argv, "m:b:ADFt:T:L:n:S:C:")) != -1) {
         switch (c) {
         case 'm': mode = optarg; break;
         case 'b': bsz = strtoull(optarg, NULL, 0); break;
@@ -171,6 +273,8 @@ int main(int argc, char **argv)
         case 'T': tmax = atof(optarg); break;
         case 'L': lmax = strtoll(optarg, NULL, 0); break;
         case 'n': rcount = strtoll(optarg, NULL, 0); break;
+        case 'S': skip = strtoll(optarg, NULL, 0); break;
+        case 'C': chunk = strtoll(optarg, NULL, 0); break;
         default: fprintf(stderr, "usage: see the header of bench/src/bload.c\n"); return 2;
         }
     }
@@ -180,6 +284,13 @@ int main(int argc, char **argv)
     t0 = now();
     if (!strcmp(mode, "rand")) {
         run_rand();
+    } else if (!strcmp(mode, "stride")) {
+        run_stride();
+    } else if (!strcmp(mode, "hdrjump")) {
+        run_hdrjump();
+    } else if (!strcmp(mode, "chunks")) {
+        if (chunk < 1) { fprintf(stderr, "bload: bad -C\n"); return 2; }
+        run_chunks();
     } else if (nthreads == 1) {
         worker(0);
     } else {

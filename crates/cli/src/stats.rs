@@ -556,6 +556,16 @@ fn program_list(names: impl IntoIterator<Item = String>, limit: usize) -> String
     parts.join(", ")
 }
 
+/// What the reads asked of the device, against what the program got: the amplification.
+fn device_line(read: u64, device: u64, ahead: u64) -> String {
+    let amp = if read > 0 { format!("{:.2}x", device as f64 / read as f64) } else { "-".to_string() };
+    format!(
+        "{} asked for reads, {amp} the bytes read (amplification), {} of it for read-ahead windows",
+        human(device),
+        human(ahead)
+    )
+}
+
 /// Lines about the processes of the index that have no counts: those where the library was
 /// active and matched nothing, and those where it was not active.
 fn index_lines(c: &Collection, out: &mut String, indent: &str) {
@@ -644,12 +654,14 @@ fn summary_text(c: &Collection, unreadable: &[String], pattern: &str, cmd: Optio
     let (r, rb) = (t.get(Counter::ReadBytes), t.get(Counter::ReadBouncedBytes));
     let (w, wb) = (t.get(Counter::WriteBytes), t.get(Counter::WriteBouncedBytes));
     let read = format!(
-        "{} in {} calls; {} of it bounced (copied from the library's aligned buffers: misaligned, or read ahead)",
+        "{} in {} calls; {} of it bounced (misaligned buffer, offset or length), {} copied from read-ahead windows",
         human(r),
         t.get(Counter::ReadCalls),
-        human(rb)
+        human(rb),
+        human(t.get(Counter::ReadaheadCopiedBytes)),
     );
     line("read", &read);
+    line("device", &device_line(r, t.get(Counter::ReadDeviceBytes), t.get(Counter::ReadaheadBytes)));
     let written = format!(
         "{} in {} calls; {} of it bounced (small writes and unaligned pieces through the page cache, dropped after)",
         human(w),
@@ -659,6 +671,9 @@ fn summary_text(c: &Collection, unreadable: &[String], pattern: &str, cmd: Optio
     line("written", &written);
     line("fallbacks", &fallback_line(&t.fallbacks));
     let shown = [
+        Counter::ReadDeviceBytes,
+        Counter::ReadaheadBytes,
+        Counter::ReadaheadCopiedBytes,
         Counter::OpensMatched,
         Counter::OpensDirect,
         Counter::OpensFallback,
@@ -770,6 +785,7 @@ mod tests {
         let a = Stats::new();
         a.add(Counter::ReadBytes, 1000);
         a.add(Counter::ReadBouncedBytes, 100);
+        a.add(Counter::ReadDeviceBytes, 1536);
         a.add(Counter::OpensMatched, 2);
         a.add(Counter::OpensDirect, 1);
         a.fallback(Fallback::FsNoDirect);
@@ -801,6 +817,10 @@ mod tests {
         assert!(summary.contains("2 processes with statistics: python3 x2"), "{summary}");
         assert!(summary.contains("working: 1 of 2 matched opens went direct"), "{summary}");
         assert!(summary.contains("read      1.0 KiB in 0 calls; 100 B of it bounced"), "{summary}");
+        assert!(
+            summary.contains("device    1.5 KiB asked for reads, 1.50x the bytes read (amplification)"),
+            "{summary}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -55,8 +55,14 @@ pub struct Outcome {
     pub bounced_bytes: u64,
     /// Bytes that went through the page cache (the program's description), dropped afterwards.
     pub buffered_bytes: u64,
-    /// Bytes read from the device into read-ahead windows.
+    /// Bytes asked of the device for read-ahead windows, counted when asked.
     pub readahead_bytes: u64,
+    /// Bytes of a read asked of the device outside the windows: direct reads, the aligned
+    /// supersets of bounced reads (up to the last block of the file), and what reads through
+    /// the page cache returned.
+    pub device_bytes: u64,
+    /// Bytes copied to the program from read-ahead windows.
+    pub readahead_copied: u64,
     /// A direct call failed with EINVAL and was redone on the buffered path.
     pub einval_retry: bool,
 }

@@ -32,7 +32,7 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
             None => {}
             Some(Err(e)) => return Err(e),
             Some(Ok(s)) => {
-                out.bounced_bytes += s.bytes as u64;
+                out.readahead_copied += s.bytes as u64;
                 if !s.rest_unread {
                     return Ok(s.bytes);
                 }
@@ -63,6 +63,7 @@ unsafe fn unwindowed(
             Err(libc::EINVAL) => {}
             Ok(n) => {
                 out.direct_bytes += n as u64;
+                out.device_bytes += asked(n, len, io.align.read_offset);
                 return Ok(n);
             }
             Err(e) => return Err(e),
@@ -71,7 +72,7 @@ unsafe fn unwindowed(
         return unsafe { buffered(io, buf, len, off, out) };
     }
     // SAFETY: forwarded from the caller.
-    match unsafe { bounced(io, buf, len, off) } {
+    match unsafe { bounced(io, buf, len, off, &mut out.device_bytes) } {
         Ok(n) => {
             out.bounced_bytes += n as u64;
             Ok(n)
@@ -115,7 +116,7 @@ pub unsafe fn read_next(
     // SAFETY: forwarded from the caller.
     let r = unsafe { ra.serve_next(&src, fd, buf, len, &mut out.readahead_bytes) }?;
     if let Ok(n) = r {
-        out.bounced_bytes += n as u64;
+        out.readahead_copied += n as u64;
     }
     Some(r)
 }
@@ -146,9 +147,16 @@ pub fn plan_read(align: &Alignment, st: &libc::stat, buf: usize, off: u64, len: 
 /// speed, where 1 MiB at a time leaves it idle between requests.
 const MAX_BOUNCE: usize = 8;
 
+/// What the device moved for a direct read of `len` bytes that returned `n`: all of it, or up
+/// to the end of the block holding end of file.
+fn asked(n: usize, len: usize, align: usize) -> u64 {
+    n.next_multiple_of(align.max(1)).min(len) as u64
+}
+
 /// Reads the aligned superset of `[off, off+len)` into bounce buffers, several at a time
-/// with one vectored read, and copies the wanted part.
-unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64) -> SysResult<usize> {
+/// with one vectored read, and copies the wanted part; `device` grows by what the reads
+/// asked of the device.
+unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, device: &mut u64) -> SysResult<usize> {
     let a = io.align.read_offset as u64;
     let end = off.checked_add(len as u64).ok_or(libc::EINVAL)?;
     let mut pos = off - off % a;
@@ -179,7 +187,10 @@ unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64) -> SysRes
             .collect();
         // SAFETY: each iovec lies inside its bounce buffer.
         let n = match unsafe { sys::preadv(io.fd, &iov, pos) } {
-            Ok(n) => n,
+            Ok(n) => {
+                *device += asked(n, want, a as usize);
+                n
+            }
             Err(e) if done == 0 => return Err(e),
             Err(_) => return Ok(done),
         };
@@ -221,6 +232,7 @@ unsafe fn cached_read(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: 
     // SAFETY: forwarded from the caller.
     let n = unsafe { io.behind.read(io.prog, buf, len, off as i64) }?;
     out.buffered_bytes += n as u64;
+    out.device_bytes += n as u64;
     Ok(n)
 }
 

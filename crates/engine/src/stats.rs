@@ -52,7 +52,7 @@ counters! {
     ReadCalls => "read_calls";
     /// Bytes those calls returned.
     ReadBytes => "read_bytes";
-    /// Read calls that copied some bytes from the library's buffers (misaligned, or read ahead).
+    /// Read calls that copied some bytes through the library's aligned buffers because the buffer, offset or length was not aligned for O_DIRECT (also reads redone through the page cache).
     ReadBouncedCalls => "read_bounced_calls";
     /// Bytes copied that way.
     ReadBouncedBytes => "read_bounced_bytes";
@@ -72,8 +72,12 @@ counters! {
     MmapCalls => "mmap_calls";
     /// `posix_fadvise(WILLNEED)` and `readahead` calls not passed on.
     AdviceSwallowed => "advice_swallowed";
-    /// Bytes read from the device into read-ahead windows.
+    /// Bytes asked of the device for read-ahead windows, counted when asked (also those the program never read).
     ReadaheadBytes => "read_ahead_bytes";
+    /// Bytes asked of the device for reads: windows, aligned supersets of misaligned reads, direct reads (reads through the page cache: what they returned). Amplification is this over `read_bytes`.
+    ReadDeviceBytes => "read_device_bytes";
+    /// Bytes of reads served by copies from read-ahead windows (not counted as bounced).
+    ReadaheadCopiedBytes => "read_ahead_copied_bytes";
     /// Bytes of matched files found in the page cache at their last close beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made, mappings), then dropped.
     CachedUnseenBytes => "cached_unseen_bytes";
 }
@@ -547,7 +551,8 @@ mod tests {
              \"opens_matched\":3,\"opens_direct\":0,\"opens_fallback\":0,\"read_calls\":0,\"read_bytes\":0,\
              \"read_bounced_calls\":0,\"read_bounced_bytes\":0,\"write_calls\":0,\"write_bytes\":0,\
              \"write_bounced_calls\":0,\"write_bounced_bytes\":0,\"einval_retries\":0,\"streams_direct\":0,\
-             \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"cached_unseen_bytes\":0,\
+             \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"read_device_bytes\":0,\
+             \"read_ahead_copied_bytes\":0,\"cached_unseen_bytes\":0,\
              \"fallbacks\":{{\"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_twin\":0,\
              \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"locked\":0}}}}\n",
             env!("CARGO_PKG_VERSION")

@@ -35,8 +35,16 @@ fn settle(fd: i32, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
     if let Ok(n) = r {
         STATS.add(bytes, *n as u64);
     }
-    if o.readahead_bytes > 0 {
-        STATS.add(Counter::ReadaheadBytes, o.readahead_bytes);
+    if !write {
+        for (c, n) in [
+            (Counter::ReadaheadBytes, o.readahead_bytes),
+            (Counter::ReadDeviceBytes, o.readahead_bytes + o.device_bytes),
+            (Counter::ReadaheadCopiedBytes, o.readahead_copied),
+        ] {
+            if n > 0 {
+                STATS.add(c, n);
+            }
+        }
     }
     let b = o.bounced_bytes + o.buffered_bytes;
     if b > 0 {
