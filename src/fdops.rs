@@ -401,30 +401,41 @@ macro_rules! lockf_hooks {
 }
 lockf_hooks!(lockf, lockf64);
 
+/// Calls `f` with each descriptor an SCM_RIGHTS control message of `msg` carries.
+///
+/// # Safety
+/// `msg` and its control buffer must be valid (the kernel just read or filled them).
+unsafe fn passed_fds(msg: *const libc::msghdr, mut f: impl FnMut(c_int)) {
+    // SAFETY: forwarded from the caller; the CMSG_* walk stays inside the control buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const c_int;
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+                for i in 0..n {
+                    f(data.add(i).read_unaligned());
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
     // SAFETY: forwarding the program's arguments.
     let r =
         unsafe { real!(sendmsg: unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> ssize_t)(fd, msg, flags) };
     if r >= 0 && !msg.is_null() && engine::active() {
-        // SAFETY: the kernel just read this message and its control buffer; the CMSG_* walk
-        // stays inside them.
+        // SAFETY: the kernel just read this message and its control buffer.
         unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const c_int;
-                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
-                    for i in 0..n {
-                        let sent = data.add(i).read_unaligned();
-                        if engine::is_managed(sent) {
-                            quietly(|| engine::fdops::handed_over(sent));
-                        }
-                    }
+            passed_fds(msg, |sent| {
+                if engine::is_managed(sent) {
+                    quietly(|| engine::fdops::handed_over(sent));
                 }
-                c = libc::CMSG_NXTHDR(msg, c);
-            }
-        }
+            })
+        };
     }
     r
 }
@@ -434,20 +445,12 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     // SAFETY: forwarding the program's arguments.
     let r = unsafe { real!(recvmsg: unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> ssize_t)(fd, msg, flags) };
     if r >= 0 && !msg.is_null() {
-        // SAFETY: the kernel filled the control buffer; CMSG_* walk stays inside it.
+        // SAFETY: the kernel filled this message's control buffer.
         unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const c_int;
-                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
-                    for i in 0..n {
-                        fresh(data.add(i).read_unaligned());
-                    }
-                }
-                c = libc::CMSG_NXTHDR(msg, c);
-            }
-        }
+            passed_fds(msg, |got| {
+                fresh(got);
+            })
+        };
     }
     r
 }

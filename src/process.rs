@@ -1,9 +1,9 @@
-//! Process boundaries: exec (statistics written, inherited descriptions handed over
-//! buffered), spawn (children share descriptions, which go buffered), `_exit` (statistics
-//! still written) and `vfork` (run as `fork`, so the child's hooks cannot corrupt the
-//! parent's memory). `execl`, `execlp` and `execle` are variadic and live in `variadic.c`,
-//! which collects their arguments and calls the hooks here; so do `dprintf`/`vdprintf`,
-//! whose write inside glibc would fail on a direct fd.
+//! Process boundaries: exec (statistics written, twins kept where record locks need them),
+//! spawn (children share the program's descriptions, whose calls at the file position then
+//! go to the kernel), `_exit` (statistics still written) and `vfork` (run as `fork`, so the
+//! child's hooks cannot corrupt the parent's memory). `execl`, `execlp` and `execle` are
+//! variadic and live in `variadic.c`, which collects their arguments and calls the hooks
+//! here; so do `dprintf`/`vdprintf`, whose write inside glibc no hook would see.
 
 use crate::{in_engine, quietly, real};
 use libc::{c_char, c_int, pid_t};

@@ -366,37 +366,9 @@ fn resident_bytes(path: &Path, size: u64) -> Option<u64> {
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).ok()?;
     use std::os::fd::AsRawFd;
     let fd = f.as_raw_fd();
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Cachestat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    const SYS_CACHESTAT: libc::c_long = 451;
-    let range = Range { off: 0, len: 0 };
-    let mut cs = Cachestat::default();
-    // SAFETY: both structures are live and of the kernel's layout.
-    let r = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            fd as libc::c_long,
-            &range as *const Range,
-            &mut cs as *mut Cachestat,
-            0 as libc::c_long,
-        )
-    };
-    // SAFETY: no arguments.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    if r == 0 {
-        return Some(cs.nr_cache * page);
+    let page = s3dlio_engine::align::page_size() as u64;
+    if let Ok((cached, _)) = s3dlio_engine::sys::cachestat(fd) {
+        return Some(cached * page);
     }
     if size == 0 || size > (64 << 30) {
         return Some(0);
