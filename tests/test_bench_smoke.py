@@ -75,10 +75,11 @@ def test_bench_smoke(shim, tmp_path):
     if "fio" not in missing:
         assert res["fio"] and res["fio"][0]["ok"] and res["fio"][0]["bytes"] > 0
         assert res["fio1m"] and res["fio1m"][0]["ok"]
-    # the ceiling ran from huge pages, or the report says why not
-    assert res["hugepages"] is True or isinstance(res["hugepages"], str)
-    if os.geteuid() == 0:
-        assert res["hugepages"] is True, f"as root the benchmark should reserve huge pages: {res['hugepages']}"
+    # the ceiling ran from huge pages, or the report says why not (not root, or the kernel
+    # could not find the memory: then the ceiling is fio's with 4 KiB pages, said so)
+    assert res["hugepages"] is True or (isinstance(res["hugepages"], str) and res["hugepages"]), res["hugepages"]
+    if res["hugepages"] is not True:
+        assert "The ceiling is not the disk's own" in out.read_text(), "the report hides that huge pages were missing"
     # every read row has its device bytes, cold and under the shim
     for key in keys:
         if key.startswith(("cw", "pyw")):
