@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: generate a data set, stream it with a real loader (python3) plainly and under
 # libs3dlio_direct.so, and show the proof from the kernel: identical output, O_DIRECT on
-# the loader's descriptors, and the page cache left untouched.
+# the library's twins of the loader's files (the loader's own descriptors untouched), and the
+# page cache left untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SO="$PWD/target/release/libs3dlio_direct.so"
@@ -48,12 +49,22 @@ shim=$(LD_PRELOAD="$SO" S3DLIO_DIRECT_PATHS="$DATA" S3DLIO_DIRECT_STATS="$STATS/
     python3 demo/loader.py "$DATA")
 echo "   $shim; cached afterwards: $(cached) of $total bytes"
 
-echo "== O_DIRECT as the kernel reports it (/proc/PID/fdinfo flags of an open data file)"
+echo "== O_DIRECT as the kernel reports it (/proc/PID/fdinfo of an open data file and of its twin)"
 LD_PRELOAD="$SO" S3DLIO_DIRECT_PATHS="$DATA" python3 -c '
 import os, sys
+def flags(fd):
+    return [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("flags")][0].split()[1]
 f = open(sys.argv[1], "rb")
-flags = [l for l in open(f"/proc/self/fdinfo/{f.fileno()}") if l.startswith("flags")][0].split()[1]
-print(f"   flags {flags}: O_DIRECT (040000) is", "set" if int(flags, 8) & 0o40000 else "NOT set")
+me = os.fstat(f.fileno())
+print(f"   the program'"'"'s fd {f.fileno()}: flags {flags(f.fileno())} (exactly what it opened)")
+for n in sorted(int(x) for x in os.listdir("/proc/self/fd")):
+    try:
+        st = os.fstat(n)
+    except OSError:
+        continue
+    if n != f.fileno() and (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+        fl = flags(n)
+        print(f"   the library'"'"'s twin, fd {n}: flags {fl}: O_DIRECT (040000) is", "set" if int(fl, 8) & 0o40000 else "NOT set")
 ' "$(ls "$DATA"/* | head -1)"
 
 echo "== the shim's statistics"
