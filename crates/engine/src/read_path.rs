@@ -93,6 +93,7 @@ pub unsafe fn read_here(io: &FileIo<'_>, buf: *mut u8, len: usize, out: &mut Out
     // SAFETY: forwarded from the caller.
     let n = unsafe { io.behind.read(io.prog, buf, len, -1) }?;
     out.buffered_bytes += n as u64;
+    out.device_bytes += n as u64;
     Ok(n)
 }
 
