@@ -70,9 +70,11 @@ impl Drop for Desc {
     /// cache is dropped, and the twin is closed. Closing the twin is safe for the program's
     /// record locks only because the program is closing a descriptor of the file itself.
     fn drop(&mut self) {
+        // Counted also for a description whose twin was given up, so the file's count stays right.
+        let last = OPEN_FILES.closing(self.ident);
         let Some(t) = self.twin() else { return };
         self.behind.drop_cached(t);
-        if let Some(cached_at_open) = OPEN_FILES.closing(self.ident) {
+        if let Some(cached_at_open) = last {
             drop_unseen(t, cached_at_open);
         }
         if !*self.keep_twin.get_mut() {
