@@ -427,19 +427,11 @@ def test_probe_text_and_patterns(run, cli, disk, tmp_path):
 # --------------------------------------------------------------------------- stats
 
 
-WORKERS = r"""
+WORKERS = FDINFO_PY + r"""
 import multiprocessing as mp, os, sys
 
 def read_all(path):
-    fd = os.open(path, os.O_RDONLY)
-    n = 0
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
-            break
-        n += len(b)
-    os.close(fd)
-    return os.getpid(), n
+    return os.getpid(), read_whole(path)[1]
 
 if __name__ == "__main__":
     ctx = mp.get_context(sys.argv[1])
