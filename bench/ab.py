@@ -309,11 +309,7 @@ def main():
         print(f"bench-ab: {pat.label:36s} A {fmt(ma)} B {fmt(mb)} MB/s, B/A {fmt(med(rs), '{:.3f}')} "
               f"[{fmt(min(rs) if rs else None, '{:.2f}')}–{fmt(max(rs) if rs else None, '{:.2f}')}] {v}")
     print(f"bench-ab: wrote {out} in {elapsed / 60:.1f} min", flush=True)
-    failed = [k for k, v in S.items() if isinstance(v, dict) and v.get("failed")]
-    if failed:
-        print(f"bench-ab: FAILED cells: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return bench.exit_status(S, "bench-ab")
 
 
 if __name__ == "__main__":

@@ -1259,6 +1259,15 @@ def bench_dir_info(ctx: Ctx, prog="bench") -> str:
     return fs
 
 
+def exit_status(S, who: str) -> int:
+    """1 (after naming them) if any cell of the summary failed, else 0."""
+    failed = [k for k, v in S.items() if isinstance(v, dict) and v.get("failed")]
+    if failed:
+        print(f"{who}: FAILED cells: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main():
     env = os.environ.get
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -1325,11 +1334,7 @@ def main():
         print(f"bench: {ok:12s} {t}: {v}")
     print(f"bench: wrote {out}" + (f" and {chart_rel}" if chart_rel else "") + f" in {elapsed / 60:.1f} min",
           flush=True)
-    failed = [k for k, v in S.items() if isinstance(v, dict) and v.get("failed")]
-    if failed:
-        print(f"bench: FAILED cells: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(S, "bench")
 
 
 if __name__ == "__main__":
