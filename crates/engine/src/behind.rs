@@ -28,6 +28,14 @@ pub struct Behind {
     /// A range noted while another thread held `range_lock`, merged in by the next holder.
     pending_lo: AtomicU64,
     pending_hi: AtomicU64,
+    /// Bytes written at the program's file position (or appended) since their place was last
+    /// looked up: a small write costs one system call, and the position is asked for once
+    /// per [`DROP_THRESHOLD`] of them.
+    unplaced: AtomicU64,
+    /// Some write's place was only inferred (from the position after a run of unplaced
+    /// writes, exact only if they were contiguous): what is dropped and settled covers the
+    /// whole file until the next [`Behind::drop_cached`].
+    inferred: AtomicBool,
 }
 
 // SAFETY: `dirty` is only touched with `range_lock` held.
@@ -50,6 +58,8 @@ impl Behind {
             dirty: UnsafeCell::new((None, None)),
             pending_lo: AtomicU64::new(u64::MAX),
             pending_hi: AtomicU64::new(0),
+            unplaced: AtomicU64::new(0),
+            inferred: AtomicBool::new(false),
         }
     }
 
@@ -92,14 +102,11 @@ impl Behind {
             unsafe { sys::pwritev2(prog, buf, len, off, 0) }
         };
         if let Ok(n) = r {
-            let start = if append {
-                sys::fstat(prog).map_or(0, |st| st.st_size.max(0) as u64).saturating_sub(n as u64)
-            } else if off >= 0 {
-                off as u64
+            if append || off < 0 {
+                self.unplaced_written(prog, twin, append, n as u64);
             } else {
-                sys::lseek(prog, 0, libc::SEEK_CUR).unwrap_or(0).saturating_sub(n as u64)
-            };
-            self.note_dirty(twin, start, start + n as u64);
+                self.note_dirty(twin, off as u64, off as u64 + n as u64);
+            }
         }
         r
     }
@@ -122,6 +129,27 @@ impl Behind {
             let _ = sys::fadvise(prog, off as u64, n as u64, libc::POSIX_FADV_DONTNEED);
         }
         r
+    }
+
+    /// Counts `n` bytes written at the file position of `prog` (or at its end, `append`);
+    /// once they add up to [`DROP_THRESHOLD`], one look at where the position now is places
+    /// them behind it, which is exact for a program writing in order (the common case) and
+    /// marks the range inferred otherwise.
+    fn unplaced_written(&self, prog: i32, twin: i32, append: bool, n: u64) {
+        self.inferred.store(true, Ordering::Relaxed);
+        let u = self.unplaced.fetch_add(n, Ordering::Relaxed) + n;
+        if u < DROP_THRESHOLD {
+            return;
+        }
+        let end = if append {
+            sys::fstat(prog).map(|st| st.st_size.max(0) as u64)
+        } else {
+            sys::lseek(prog, 0, libc::SEEK_CUR)
+        };
+        if let Ok(end) = end {
+            let u = self.unplaced.swap(0, Ordering::Relaxed);
+            self.note_dirty(twin, end.saturating_sub(u), end);
+        }
     }
 
     fn note_dirty(&self, twin: i32, lo: u64, hi: u64) {
@@ -161,6 +189,12 @@ impl Behind {
             let (d, f) = unsafe { &mut *self.dirty.get() };
             [f.take(), d.take(), self.take_pending()]
         };
+        if self.inferred.swap(false, Ordering::Relaxed) {
+            // Where the unplaced writes landed is not known exactly: all of the file.
+            self.unplaced.store(0, Ordering::Relaxed);
+            drop_all(twin);
+            return;
+        }
         for (l, h) in ranges.into_iter().flatten() {
             drop_range(twin, l, h);
         }
@@ -176,7 +210,11 @@ impl Behind {
             let (d, f) = unsafe { &*self.dirty.get() };
             [*d, *f].into_iter().flatten().map(|r| r.0).min()
         };
-        let lowest = lowest.unwrap_or(u64::MAX).min(self.pending_lo.load(Ordering::Relaxed));
+        let lowest = if self.inferred.load(Ordering::Relaxed) {
+            0 // unplaced writes may lie anywhere below
+        } else {
+            lowest.unwrap_or(u64::MAX).min(self.pending_lo.load(Ordering::Relaxed))
+        };
         if lowest < end {
             let flags =
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
@@ -199,6 +237,14 @@ fn start_writeback(fd: i32, lo: u64, hi: u64) {
     let page = crate::align::page_size() as u64;
     let lo = lo - lo % page;
     let _ = sys::sync_file_range(fd, lo, hi.next_multiple_of(page) - lo, libc::SYNC_FILE_RANGE_WRITE);
+}
+
+/// Writes back all of the file and asks the kernel to drop it (a length of 0 reaches end of
+/// file in both calls).
+fn drop_all(fd: i32) {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let _ = sys::sync_file_range(fd, 0, 0, flags);
+    let _ = sys::fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
 }
 
 /// Writes back `[lo, hi)` (rounded out to pages) and asks the kernel to drop it.
