@@ -358,3 +358,40 @@ def test_no_mark_possible_top_of_each_tree_prints(run, strict_fs, squatted_marks
     assert "could not be marked" in lines[0] and "belongs to uid 0" in lines[0], lines[0]
     r = run(["sh", "-c", f"exec sh -c '{cmd}; {cmd}'"], paths=str(d), env=BAD, user="nobody")
     assert len(bad_lines(r.stderr)) == 2, r.stderr.decode()
+
+
+def test_no_twin_as_nobody_leaves_stderr_alone(run, strict_fs):
+    """A file created write-only with mode 0444 by a user other than root cannot be opened
+    again (the twin): it stays buffered, counted, and nothing is printed."""
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else PY
+    prog = "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444); " \
+           "os.write(fd, b'x' * 100000); os.close(fd); print('ok')"
+    outs = {}
+    for side in ("plain", "shim", "info"):
+        d = strict_fs.new_dir(side)
+        st = strict_fs.new_dir(f"st-{side}")
+        env = {} if side == "plain" else {"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")}
+        if side == "info":
+            env["S3DLIO_DIRECT_LOG"] = "info"
+        outs[side] = (run([py, "-c", prog, d / "f"], shim=side != "plain", paths=str(d / "f"), env=env, user="nobody"), st)
+    (plain, _), (shim, st), (info, _) = outs["plain"], outs["shim"], outs["info"]
+    assert plain.returncode == 0, plain.stderr
+    assert_same_run(plain, shim, "write-only 0444 file as nobody", compare_stderr=True)
+    assert fallback_total(load_stats(st), "no_twin") == 1, stats_summary(load_stats(st))
+    assert shim_warnings(info.stderr), info.stderr
+
+
+def test_run_reports_the_fallbacks_it_kept_quiet(run, ramfs, tmp_path):
+    """The fallbacks nobody is told about on stderr are in `run --stats`'s summary."""
+    from test_cli import CLI
+
+    d = ramfs.new_dir("data")
+    make_file(d / "f", 300_001)
+    make_file(d / "g", 70_001, seed=2)
+    st = tmp_path / "st"
+    r = run([CLI, "run", "--paths", d, "--stats", st, "--", PY, "-c", FALLBACKS, "rw", d], shim=False)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    assert "s3dlio-direct[" not in err, err
+    fallbacks = next(line for line in err.splitlines() if line.strip().startswith("fallbacks"))
+    assert "fs_no_odirect" in fallbacks, err
