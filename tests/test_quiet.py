@@ -15,8 +15,8 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -309,10 +309,13 @@ def test_ended_sessions_marks_are_removed(run, strict_fs):
             (md / name).unlink(missing_ok=True)
 
 
-@pytest.fixture
-def squatted_marks():
-    """Both places for nobody's marks taken by root: nobody can mark no session."""
+@pytest.fixture(params=["root's", "symlink"])
+def squatted_marks(request):
+    """Both places for nobody's marks unusable: directories of root's, or symbolic links to
+    a directory of nobody's (which are never followed)."""
     need_root("make another user's directories")
+    target = Path(tempfile.mkdtemp(prefix="s3d-marks-elsewhere-"))
+    os.chown(target, NOBODY, NOBODY)
     moved = []
     for base in ("/dev/shm", "/tmp"):
         p = mark_dir(base, NOBODY)
@@ -320,14 +323,24 @@ def squatted_marks():
             aside = p.with_name(p.name + f".aside-{os.getpid()}")
             os.rename(p, aside)
             moved.append((aside, p))
-        p.mkdir(mode=0o755)
+        if request.param == "symlink":
+            p.symlink_to(target)
+        else:
+            p.mkdir(mode=0o755)
     try:
-        yield
+        yield "belongs to uid 0" if request.param == "root's" else "symbolic link"
     finally:
         for base in ("/dev/shm", "/tmp"):
-            shutil.rmtree(mark_dir(base, NOBODY), ignore_errors=True)
+            p = mark_dir(base, NOBODY)
+            if p.is_symlink():
+                p.unlink()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
         for aside, p in moved:
             os.rename(aside, p)
+        left = os.listdir(target)
+        shutil.rmtree(target)
+    assert not left, f"a mark was made through a symbolic link: {left}"
 
 
 def test_as_nobody_one_line(run, strict_fs):
@@ -355,7 +368,7 @@ def test_no_mark_possible_top_of_each_tree_prints(run, strict_fs, squatted_marks
     assert r.returncode == 0, r.stderr
     lines = bad_lines(r.stderr)
     assert len(lines) == 1, r.stderr.decode()
-    assert "could not be marked" in lines[0] and "belongs to uid 0" in lines[0], lines[0]
+    assert "could not be marked" in lines[0] and squatted_marks in lines[0], lines[0]
     r = run(["sh", "-c", f"exec sh -c '{cmd}; {cmd}'"], paths=str(d), env=BAD, user="nobody")
     assert len(bad_lines(r.stderr)) == 2, r.stderr.decode()
 

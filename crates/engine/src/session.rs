@@ -141,8 +141,11 @@ fn user_dir(base: &str) -> Result<(i32, String), String> {
         Err(e) => return Err(format!("cannot create {path}: {}", Refusal::Errno(e))),
     }
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let fd = sys::openat(libc::AT_FDCWD, &c, flags, 0).map_err(|e| {
-        format!("cannot use {path}: {}", Refusal::Errno(if e == libc::ENOTDIR { libc::ELOOP } else { e }))
+    // O_NOFOLLOW with O_DIRECTORY refuses a symbolic link with ENOTDIR, as anything else
+    // that is not a directory
+    let fd = sys::openat(libc::AT_FDCWD, &c, flags, 0).map_err(|e| match e {
+        libc::ENOTDIR => format!("cannot use {path}: it is a symbolic link or not a directory"),
+        e => format!("cannot use {path}: {}", Refusal::Errno(e)),
     })?;
     let refusal = match sys::fstat(fd) {
         Err(e) => Some(Refusal::Errno(e).to_string()),
