@@ -39,6 +39,16 @@ int main(int argc, char **argv)
         free(small);
         return 0;
     }
+    if (argc > 2 && !strcmp(argv[2], "overflow-aligned")) {
+        /* aligned memory, offset and length: the library would read it direct */
+        int fd = open(argv[1], O_RDONLY);
+        char *page = NULL;
+        if (posix_memalign((void **)&page, 4096, 4096)) die("posix_memalign");
+        ssize_t n = read(fd, page, 8192);
+        printf("read %zd\n", n);
+        free(page);
+        return 0;
+    }
     int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) die("open");
     size_t len = 300001;
@@ -136,11 +146,14 @@ def test_program_found_through_path(run, cli, strict_fs, tmp_path, programs):
     assert r.stdout == b"same 1\n" and direct_of(r.stderr)
 
 
-def test_asan_still_catches_a_bad_read(run, cli, strict_fs, programs):
+@pytest.mark.parametrize("how", ["overflow", "overflow-aligned"])
+def test_asan_still_catches_a_bad_read(run, cli, strict_fs, programs, how):
+    """With its runtime first, ASan checks every read, also one the library would serve
+    straight into the program's buffer (aligned)."""
     d = strict_fs.new_dir("data")
-    make_file(d / "f", 10_000)
-    plain = run([programs["address"], d / "f", "overflow"], shim=False)
-    r = cmd(run, cli, "run", "--paths", d, "--", programs["address"], d / "f", "overflow")
+    make_file(d / "f", 100_000)
+    plain = run([programs["address"], d / "f", how], shim=False)
+    r = cmd(run, cli, "run", "--paths", d, "--", programs["address"], d / "f", how)
     assert plain.returncode != 0 and r.returncode == plain.returncode, (plain.stderr, r.stderr)
     for p in (plain, r):
         assert b"heap-buffer-overflow" in p.stderr, p.stderr
