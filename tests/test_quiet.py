@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -408,3 +409,25 @@ def test_run_reports_the_fallbacks_it_kept_quiet(run, ramfs, tmp_path):
     assert "s3dlio-direct[" not in err, err
     fallbacks = next(line for line in err.splitlines() if line.strip().startswith("fallbacks"))
     assert "fs_no_odirect" in fallbacks, err
+
+
+def test_marks_under_a_umask_that_takes_the_users_rights(run, strict_fs):
+    """Made under umask 777, the directory still gets mode 0700, so the session is marked."""
+    need_root("run as nobody and remove nobody's directory of marks")
+    d = strict_fs.new_dir("data")
+    make_file(d / "f", 100_000)
+    os.chmod(d / "f", 0o644)
+    for base in ("/dev/shm", "/tmp"):
+        if mark_dir(base, NOBODY).is_dir():
+            shutil.rmtree(mark_dir(base, NOBODY))
+    env = run.env_for(shim=True, paths=str(d), env=BAD, user="nobody")
+    moved = " ".join(f"{k}={env.pop(k)}" for k in list(env) if k == "LD_PRELOAD" or k.startswith("S3DLIO_DIRECT_"))
+    cat = f"cat {d}/f > /dev/null"
+    inner = f"umask 777; exec env {moved} sh -c '{cat}; {cat}; sh -c \"{cat}\"'"
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", "sh", "-c", inner],
+                       env=env, capture_output=True, timeout=60, start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    lines = bad_lines(r.stderr)
+    assert len(lines) == 1 and "could not be marked" not in lines[0], r.stderr.decode()
+    st = mark_dir("/dev/shm", NOBODY).stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700, oct(st.st_mode)

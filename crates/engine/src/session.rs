@@ -137,7 +137,12 @@ fn user_dir(base: &str) -> Result<(i32, String), String> {
     let path = format!("{base}/s3dlio-direct-{}", euid());
     let c = CString::new(path.as_bytes()).map_err(|_| path.clone())?;
     match sys::mkdir(&c, 0o700) {
-        Ok(()) | Err(libc::EEXIST) => {}
+        // A umask may have taken this user's own rights away. In a sticky directory (both
+        // bases are) no one else can put anything else under the name meanwhile.
+        Ok(()) => {
+            let _ = sys::chmod(&c, 0o700);
+        }
+        Err(libc::EEXIST) => {}
         Err(e) => return Err(format!("cannot create {path}: {}", Refusal::Errno(e))),
     }
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;

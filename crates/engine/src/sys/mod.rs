@@ -231,6 +231,12 @@ pub fn mkdir(path: &std::ffi::CStr, mode: libc::mode_t) -> SysResult<()> {
     check(unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), mode as c_long) }).map(|_| ())
 }
 
+/// `fchmodat(2)` of a NUL-terminated path relative to the working directory.
+pub fn chmod(path: &std::ffi::CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: the path is NUL-terminated for the duration of the call.
+    check(unsafe { libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, path.as_ptr(), mode as c_long) }).map(|_| ())
+}
+
 /// `unlinkat(2)` of a NUL-terminated name in directory `dirfd`.
 pub fn unlinkat(dirfd: c_int, name: &std::ffi::CStr) -> SysResult<()> {
     // SAFETY: the name is NUL-terminated for the duration of the call.
