@@ -360,7 +360,9 @@ def shim() -> str:
 class Runner:
     """run(cmd, shim=True, env=None, paths=None, user=None, timeout=120, input=None, cwd=None)
 
-    Starts from a cleaned environment (no inherited LD_PRELOAD or S3DLIO_DIRECT_*).
+    Starts from a cleaned environment (no inherited LD_PRELOAD or S3DLIO_DIRECT_*), in a
+    session of its own (as a command typed at a terminal: the library prints what the user
+    must fix once per session).
     shim=True sets LD_PRELOAD to the built library and S3DLIO_DIRECT_PATHS to `paths`
     (a string or a list joined with ':'; None leaves PATHS unset). `env` adds variables
     (a value of None removes one). user="nobody" runs it with setpriv as uid/gid 65534;
@@ -431,7 +433,7 @@ class Runner:
         argv, e = self._prepare(cmd, shim, env, paths, user)
         try:
             return subprocess.run(argv, env=e, capture_output=True, timeout=timeout, input=input,
-                                  cwd=cwd, stdin=stdin if input is None else None)
+                                  cwd=cwd, stdin=stdin if input is None else None, start_new_session=True)
         except subprocess.TimeoutExpired as ex:
             raise AssertionError(
                 f"{'shim' if shim else 'plain'} run timed out after {timeout}s (deadlock?): {' '.join(argv)}\n"
@@ -440,6 +442,7 @@ class Runner:
 
     def popen(self, cmd, shim=True, env=None, paths=None, user=None, **kw):
         argv, e = self._prepare(cmd, shim, env, paths, user)
+        kw.setdefault("start_new_session", True)
         return subprocess.Popen(argv, env=e, **kw)
 
 

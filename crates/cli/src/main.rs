@@ -6,6 +6,7 @@
 mod library;
 mod probe;
 mod run;
+mod sanitizer;
 mod stats;
 mod top;
 

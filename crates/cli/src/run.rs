@@ -1,7 +1,7 @@
 //! `s3dlio-direct run`: CMD with the shim preloaded, its exit status (or death by signal)
 //! passed on, and with `--stats` a summary over every process it started.
 
-use crate::{absolute_globs, current_dir, error, library, stats, warning, RunArgs, EXIT_OWN_FAILURE};
+use crate::{absolute_globs, current_dir, error, library, sanitizer, stats, warning, RunArgs, EXIT_OWN_FAILURE};
 use s3dlio_engine::config::{
     Config, Var, VAR_ALIGN, VAR_EXCLUDE, VAR_LOG, VAR_MIN_SIZE, VAR_PATHS, VAR_PROGRAMS, VAR_STATS, VAR_SYNC,
 };
@@ -105,7 +105,13 @@ fn prepare(a: &RunArgs) -> Result<Plan, String> {
             .map_err(|e| format!("cannot create the --stats directory {}: {e}", dir.display()))?;
     }
     let mut env = vars;
-    env.push(("LD_PRELOAD".into(), preload_value(lib.as_os_str(), std::env::var_os("LD_PRELOAD").as_deref())));
+    // The sanitizer runtimes CMD links must come before the library too (ASan aborts
+    // otherwise): exec would run the file PATH gives for its name.
+    let linked = sanitizer::resolve(&a.command[0], std::env::var_os("PATH").as_deref())
+        .map(|p| sanitizer::needed(&p))
+        .unwrap_or_default();
+    let preload = sanitizer::preload_value(lib.as_os_str(), std::env::var_os("LD_PRELOAD").as_deref(), &linked);
+    env.push(("LD_PRELOAD".into(), preload));
     Ok(Plan { command: a.command.clone(), env, stats })
 }
 
@@ -240,17 +246,6 @@ fn stats_template(dir: &Path, prefix: &str) -> OsString {
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The library first, then whatever the user already preloads: replacing it would silently
-/// drop their own shims (jemalloc, a profiler).
-fn preload_value(lib: &OsStr, existing: Option<&OsStr>) -> OsString {
-    let mut v = lib.as_bytes().to_vec();
-    if let Some(e) = existing.filter(|e| e.as_bytes().iter().any(|b| !b" :\t\n".contains(b))) {
-        v.push(b':');
-        v.extend_from_slice(e.as_bytes());
-    }
-    OsString::from_vec(v)
 }
 
 fn execute(plan: Plan) -> i32 {
@@ -401,18 +396,6 @@ fn pass_on(status: libc::c_int) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn preload_is_prepended() {
-        let lib = OsStr::new("/opt/lib/libs3dlio_direct.so");
-        assert_eq!(preload_value(lib, None), "/opt/lib/libs3dlio_direct.so");
-        assert_eq!(preload_value(lib, Some(OsStr::new(""))), "/opt/lib/libs3dlio_direct.so");
-        assert_eq!(preload_value(lib, Some(OsStr::new("  "))), "/opt/lib/libs3dlio_direct.so");
-        assert_eq!(
-            preload_value(lib, Some(OsStr::new("/x/libjemalloc.so libfoo.so"))),
-            "/opt/lib/libs3dlio_direct.so:/x/libjemalloc.so libfoo.so"
-        );
-    }
 
     fn run_args(min_size: Option<&str>, log: Option<&str>) -> RunArgs {
         RunArgs {

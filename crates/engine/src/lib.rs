@@ -21,6 +21,7 @@ pub mod probe;
 pub mod read_path;
 pub mod readahead;
 pub mod safefile;
+pub mod session;
 pub mod stats;
 pub mod statsdir;
 pub mod sys;

@@ -456,12 +456,7 @@ pub fn expand_with(template: &[u8], pid: &[u8], host: &[u8]) -> Vec<u8> {
 
 /// Field 22 of /proc/self/stat: the process start time in clock ticks since boot.
 pub fn process_starttime() -> u64 {
-    let mut buf = [0u8; 1024];
-    let Ok(n) = crate::sys::read_small_file(c"/proc/self/stat", &mut buf) else { return 0 };
-    let text = String::from_utf8_lossy(&buf[..n]);
-    // The command name (field 2) may contain spaces; fields after it start at the last ')'.
-    let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else { return 0 };
-    rest.split_whitespace().nth(19).and_then(|v| v.parse().ok()).unwrap_or(0)
+    crate::sys::proc_stat(0).map_or(0, |(_, start)| start)
 }
 
 /// The node name (`uname`), for `%h`.

@@ -59,10 +59,16 @@ pub fn init() {
     if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
         return; // setuid/setgid/capabilities: do nothing at all
     }
+    // The default hook would print into the program's stderr: a panic (caught before it
+    // reaches the program, which then gets the real call) is the library's bug, reported
+    // once per session.
+    std::panic::set_hook(Box::new(|info| {
+        log::once(LogLevel::Warn, Cause::Panic, format_args!("internal error (please report it): {info}"));
+    }));
     let (cfg, warnings) = Config::from_env();
     log::init(cfg.log_level, cfg.log_file.as_deref());
     for w in &warnings {
-        log::always(LogLevel::Warn, format_args!("{w}"));
+        log::config_warning(w);
     }
     let enabled = cfg.enabled();
     let pool = BufPool::new(1 << 20, cfg.pool_bytes);
@@ -156,6 +162,6 @@ pub(super) fn verified(fd: i32, d: &Desc) -> bool {
 /// goes to the kernel unchanged).
 pub(super) fn stale(fd: i32) {
     STATS.fallback(Fallback::StaleFd);
-    log::once(LogLevel::Warn, Cause::StaleFd, format_args!("fd {fd} was reused behind the shim's back; released"));
+    log::once(LogLevel::Info, Cause::StaleFd, format_args!("fd {fd} was reused behind the shim's back; released"));
     fdops::forget(fd);
 }

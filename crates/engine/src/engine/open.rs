@@ -160,7 +160,7 @@ fn remember_no_direct(dev: u64) {
 fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, twin_flags: i32) {
     let (align, warn) = align::discover(fd).with_minimum(state().cfg.align);
     if let Some(w) = warn {
-        log::once(LogLevel::Warn, Cause::AlignTooSmall, format_args!("{w}"));
+        log::once(LogLevel::Info, Cause::AlignTooSmall, format_args!("{w}"));
     }
     if align.supported == Some(false) {
         log::once(

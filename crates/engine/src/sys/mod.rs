@@ -225,6 +225,84 @@ pub fn readlink(path: &std::ffi::CStr, buf: &mut [u8]) -> SysResult<usize> {
         .map(|n| n.min(buf.len()))
 }
 
+/// `mkdirat(2)` of a NUL-terminated path relative to the working directory.
+pub fn mkdir(path: &std::ffi::CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: the path is NUL-terminated for the duration of the call.
+    check(unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), mode as c_long) }).map(|_| ())
+}
+
+/// `fchmodat(2)` of a NUL-terminated path relative to the working directory.
+pub fn chmod(path: &std::ffi::CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: the path is NUL-terminated for the duration of the call.
+    check(unsafe { libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, path.as_ptr(), mode as c_long) }).map(|_| ())
+}
+
+/// `unlinkat(2)` of a NUL-terminated name in directory `dirfd`.
+pub fn unlinkat(dirfd: c_int, name: &std::ffi::CStr) -> SysResult<()> {
+    // SAFETY: the name is NUL-terminated for the duration of the call.
+    check(unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, name.as_ptr(), 0 as c_long) }).map(|_| ())
+}
+
+/// Calls `f` with the name of each entry of the open directory `dirfd` (`getdents64(2)`),
+/// `.` and `..` included.
+pub fn for_each_dirent(dirfd: c_int, mut f: impl FnMut(&[u8])) -> SysResult<()> {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: `buf` is writable for its whole length.
+        let n = retry(|| unsafe { libc::syscall(libc::SYS_getdents64, dirfd, buf.as_mut_ptr(), buf.len()) })?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), NUL-terminated name.
+        while at + 19 <= n {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > n {
+                return Err(libc::EIO);
+            }
+            let name = &buf[at + 19..at + reclen];
+            f(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]);
+            at += reclen;
+        }
+    }
+}
+
+/// `getsid(0)`: the session of this process (0 when its leader is in another PID namespace).
+pub fn getsid() -> i32 {
+    // SAFETY: no memory arguments.
+    unsafe { libc::syscall(libc::SYS_getsid, 0 as c_long) as i32 }
+}
+
+/// The parent process (`getppid(2)`).
+pub fn getppid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_getppid) as i32 }
+}
+
+/// Fields of `/proc/<pid>/stat` (`pid` 0: this process): the session and the start time in
+/// clock ticks after boot; `None` if there is no such process.
+pub fn proc_stat(pid: i32) -> Option<(i32, u64)> {
+    let mut path = [0u8; 32];
+    let path = if pid == 0 {
+        c"/proc/self/stat"
+    } else {
+        let mut w = &mut path[..];
+        std::io::Write::write_fmt(&mut w, format_args!("/proc/{pid}/stat\0")).ok()?;
+        std::ffi::CStr::from_bytes_until_nul(&path).ok()?
+    };
+    let mut buf = [0u8; 1024];
+    let n = read_small_file(path, &mut buf).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: the fields after it
+    // start at the last ')'.
+    let rest = &buf[buf[..n].iter().rposition(|&b| b == b')')? + 1..n];
+    let mut fields = rest.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    let field = |f: Option<&[u8]>| std::str::from_utf8(f?).ok()?.parse::<u64>().ok();
+    // After ')': state (3), ppid (4), pgrp (5), session (6), ... starttime (22).
+    let session = field(fields.nth(3))?;
+    let start = field(fields.nth(15))?;
+    Some((session as i32, start))
+}
+
 /// `futex(FUTEX_WAIT)` on a process-private word: sleeps while `*word == expected`, until
 /// woken (spurious wake-ups included: callers loop).
 pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) {
