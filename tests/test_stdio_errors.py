@@ -1,0 +1,95 @@
+"""stdio streams on matched files fail as glibc's own file streams do (issue 13, item 3).
+
+c-harness/stdioerr.c drives the error paths on purpose: reading a write-only stream and
+writing a read-only one with data buffered the other way, end of file and the error flag,
+ungetc around seeks, ftell/fseek/fgetpos/fsetpos after failed calls, fseek past the end and
+negative, setvbuf after I/O, fflush of a read stream and fflush(NULL), "a"/"a+" positioning,
+"r+"/"w+" switching direction without a seek, write-back failing in fflush and fclose
+(descriptor closed under the stream: EBADF; RLIMIT_FSIZE: EFBIG), freopen, then a seeded
+random sequence of the same calls. It prints every return value, errno, feof/ferror and
+ftell, and the files' final bytes. A plain run and a run through the library must print the
+same and leave the same files, and the kernel must show O_DIRECT on every stream's
+descriptor (or the library's twin of it), with the statistics counting the streams as
+served by the engine.
+"""
+
+import pytest
+
+from conftest import (
+    _text,
+    assert_same_file,
+    assert_same_run,
+    bin_path,
+    diff_text,
+    fallback_total,
+    fdinfo_lines,
+    is_direct,
+    load_stats,
+    make_file,
+    stats_summary,
+    stats_total,
+)
+
+
+def run_stdioerr(run, fs, seed, n):
+    st = fs.new_dir(f"stats-{seed}")
+    dirs, res = {}, {}
+    for side in ("plain", "shim"):
+        d = fs.new_dir(f"{side}-{seed}")
+        make_file(d / "data", 3000 + 997 * seed, seed=seed)
+        dirs[side] = d
+        shim = side == "shim"
+        env = {"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")} if shim else None
+        res[side] = run([bin_path("stdioerr"), seed, d / "data", n], shim=shim, paths=str(d) if shim else None,
+                        env=env, timeout=180)
+    plain, shimmed = res["plain"], res["shim"]
+    what = f"stdioerr {seed} on {fs.kind}"
+    assert plain.returncode == 0, f"{what}: the plain run failed: {_text(plain.stderr)[-2000:]}"
+    assert b"final A size=" in plain.stdout, f"{what}: the plain run printed no final lines"
+    assert_same_run(plain, shimmed, what)
+    for name in ("data", "data.2"):
+        p, s = dirs["plain"] / name, dirs["shim"] / name
+        assert p.exists() == s.exists(), f"{what}: {name} exists in one run only"
+        if p.exists():
+            assert_same_file(p, s, f"{what}: {name}")
+
+    pl, sl = fdinfo_lines(plain.stderr), fdinfo_lines(shimmed.stderr)
+    assert [lab for lab, _fd, _fl in pl] == [lab for lab, _fd, _fl in sl], (
+        f"{what}: different opens\n{diff_text(plain.stderr, shimmed.stderr)}")
+    assert not any(is_direct(fl) for _lab, _fd, fl in pl), f"{what}: O_DIRECT in the plain run?"
+    buffered = [f"{lab} flags {fl:o}" for lab, _fd, fl in sl if not is_direct(fl)]
+    assert sl and not buffered, (
+        f"{what}: every stream on the matched files must have O_DIRECT from the kernel; buffered: {buffered[:8]} "
+        f"({len(buffered)} of {len(sl)})")
+
+    stats = load_stats(st)
+    assert len(stats) == 1, f"{what}: one statistics file expected, found {sorted(stats)}"
+    assert stats_total(stats, "streams_direct") >= len(sl), (
+        f"{what}: {len(sl)} streams opened on matched paths must count as streams_direct\n{stats_summary(stats)}")
+    assert fallback_total(stats, "fdopen_stream") == 0, (
+        f"{what}: no stream may be left to glibc's buffered I/O\n{stats_summary(stats)}")
+    assert stats_total(stats, "read_bytes") > 0 and stats_total(stats, "write_bytes") > 0, (
+        f"{what}: the streams' reads and writes must be served by the engine\n{stats_summary(stats)}")
+    return plain
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_stdio_errors_strict(run, strict_fs, seed):
+    run_stdioerr(run, strict_fs, seed, 400)
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_stdio_errors_disk(run, disk, seed):
+    run_stdioerr(run, disk, seed, 250)
+
+
+def test_stdioerr_is_deterministic(plain_run, strict_fs):
+    """Two plain runs agree, so a difference through the library is the library's."""
+    outs = []
+    for i in range(2):
+        d = strict_fs.new_dir(f"det-{i}")
+        make_file(d / "data", 3000 + 997 * 3, seed=3)
+        r = plain_run([bin_path("stdioerr"), 3, d / "data", 400], shim=False)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1], f"stdioerr is not deterministic:\n{diff_text(outs[0], outs[1])}"
