@@ -3,7 +3,8 @@
  * Differential workload for the error paths of stdio streams: the sequence glibc's own file
  * streams define even where C leaves it undefined, driven on purpose. First a fixed list of
  * scenarios (every seed runs them), then N (default 300) seeded random operations on two
- * streams, slot A on PATH and slot B on PATH.2:
+ * streams, slot A on PATH and slot B on PATH.2, opened with fopen or fdopen(open()) (also
+ * "a" on a descriptor without O_APPEND):
  *   - reading a write-only stream (fread small and larger than the buffer, fgetc, fgets,
  *     getline, fscanf) and writing a read-only one (fwrite, fputc, fputs, fprintf), with
  *     data still buffered in the other direction ("a": fwrite 4097, fread 4096)
@@ -74,12 +75,26 @@ static const char *hashed(const void *p, size_t n)
     return b;
 }
 
-static void do_open(slot_t *s, const char *mode)
+/* fopen(PATH, mode), or with `fd` fdopen(open(PATH, flags of mode), mode); with `fd` == 2
+ * an "a" mode's descriptor lacks O_APPEND (glibc's fdopen adds it and, for "a", seeks to
+ * the end) */
+static void do_open(slot_t *s, const char *mode, int fd)
 {
     char call[64];
-    snprintf(call, sizeof call, "fopen(%s)", mode);
+    snprintf(call, sizeof call, "%s(%s)", fd ? (fd == 2 ? "fdopen-noappend" : "fdopen") : "fopen", mode);
     errno = 0;
-    FILE *f = fopen(s->path, mode);
+    FILE *f;
+    if (fd) {
+        int plus = strchr(mode, '+') != NULL;
+        int fl = plus ? O_RDWR : mode[0] == 'r' ? O_RDONLY : O_WRONLY;
+        if (mode[0] == 'w') fl |= O_CREAT | O_TRUNC;
+        if (mode[0] == 'a') fl |= O_CREAT | (fd == 2 ? 0 : O_APPEND);
+        int d = open(s->path, fl, 0644);
+        f = d < 0 ? NULL : fdopen(d, mode);
+        if (d >= 0 && !f) close(d);
+    } else {
+        f = fopen(s->path, mode);
+    }
     int e = errno;
     if (f) {
         s->f = f;
@@ -316,10 +331,10 @@ static void set_fsize(long long limit)
 static void scenarios(slot_t *a, slot_t *b)
 {
     /* the case: "a", a write larger than the buffer, then a large failing read */
-    do_open(a, "w");
+    do_open(a, "w", 0);
     do_fwrite(a, 1, 1000);
     do_close(a);
-    do_open(a, "a");
+    do_open(a, "a", 0);
     do_fwrite(a, 1, 4097);
     do_fread(a, 1, 4096);
     do_fread(a, 1, 10);
@@ -333,7 +348,7 @@ static void scenarios(slot_t *a, slot_t *b)
     do_close(a);
 
     /* writing a read-only stream, with data still buffered from a read */
-    do_open(a, "r");
+    do_open(a, "r", 0);
     do_fread(a, 1, 10);
     do_fwrite(a, 1, 10);
     do_fputc(a, 'x');
@@ -383,7 +398,7 @@ static void scenarios(slot_t *a, slot_t *b)
     do_close(a);
 
     /* reading a write-only stream */
-    do_open(a, "w");
+    do_open(a, "w", 0);
     do_fwrite(a, 1, 100);
     do_fgetc(a);
     do_fread(a, 1, 10);
@@ -404,7 +419,7 @@ static void scenarios(slot_t *a, slot_t *b)
     do_close(a);
 
     /* update streams switching direction without an intervening seek */
-    do_open(a, "r+");
+    do_open(a, "r+", 0);
     do_fread(a, 1, 10);
     do_fwrite(a, 1, 7);
     do_fread(a, 1, 10);
@@ -414,7 +429,7 @@ static void scenarios(slot_t *a, slot_t *b)
     do_fflush(a);
     do_fgetc(a);
     do_close(a);
-    do_open(a, "w+");
+    do_open(a, "w+", 0);
     do_fwrite(a, 1, 9000);
     do_fread(a, 1, 10);
     do_rewind(a);
@@ -422,7 +437,7 @@ static void scenarios(slot_t *a, slot_t *b)
     do_fwrite(a, 1, 3);
     do_fgets(a, 30);
     do_close(a);
-    do_open(a, "a+");
+    do_open(a, "a+", 0);
     do_ftello(a);
     do_fread(a, 1, 100);
     do_fwrite(a, 1, 33);
@@ -437,8 +452,8 @@ static void scenarios(slot_t *a, slot_t *b)
     do_close(a);
 
     /* fflush(NULL) with two dirty streams, then write-back failing */
-    do_open(a, "r+");
-    do_open(b, "a");
+    do_open(a, "r+", 0);
+    do_open(b, "a", 0);
     do_fwrite(a, 1, 3000);
     do_fwrite(b, 1, 3000);
     do_fflush(NULL);
@@ -455,7 +470,7 @@ static void scenarios(slot_t *a, slot_t *b)
 
     /* a file size limit: fwrite, fflush and fclose fail with EFBIG */
     signal(SIGXFSZ, SIG_IGN);
-    do_open(a, "w");
+    do_open(a, "w", 0);
     set_fsize(20000);
     do_fwrite(a, 1, 12000);
     do_fwrite(a, 1, 12000);
@@ -463,13 +478,13 @@ static void scenarios(slot_t *a, slot_t *b)
     do_ftello(a);
     do_fwrite(a, 1, 3);
     do_close(a);
-    do_open(a, "a");
+    do_open(a, "a", 0);
     do_fwrite(a, 1, 100);
     do_close(a);
     set_fsize(-1);
 
     /* freopen: a mode change, a bad mode */
-    do_open(a, "r");
+    do_open(a, "r", 0);
     do_fread(a, 1, 100);
     do_freopen(a, 0, "r+");
     do_fread(a, 1, 100);
@@ -563,7 +578,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         slot_t *s = &S[rng_below(&R, 2)];
         if (!s->f) {
-            do_open(s, modes[rng_below(&R, 6)]);
+            int how = (int)rng_below(&R, 4);
+            do_open(s, modes[rng_below(&R, 6)], how == 3 ? 2 : how == 2 ? 1 : 0);
             continue;
         }
         if (rng_pct(&R, 4)) {

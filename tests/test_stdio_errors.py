@@ -1,6 +1,7 @@
 """stdio streams on matched files fail as glibc's own file streams do (issue 13, item 3).
 
-c-harness/stdioerr.c drives the error paths on purpose: reading a write-only stream and
+c-harness/stdioerr.c drives the error paths on purpose, on streams from fopen and from
+fdopen(open()): reading a write-only stream and
 writing a read-only one with data buffered the other way, end of file and the error flag,
 ungetc around seeks, ftell/fseek/fgetpos/fsetpos after failed calls, fseek past the end and
 negative, setvbuf after I/O, fflush of a read stream and fflush(NULL), "a"/"a+" positioning,
@@ -13,13 +14,17 @@ descriptor (or the library's twin of it), with the statistics counting the strea
 served by the engine.
 """
 
+import os
+
 import pytest
 
 from conftest import (
+    NOBODY,
     _text,
     assert_same_file,
     assert_same_run,
     bin_path,
+    chown_tree,
     diff_text,
     fallback_total,
     fdinfo_lines,
@@ -31,19 +36,22 @@ from conftest import (
 )
 
 
-def run_stdioerr(run, fs, seed, n):
+def run_stdioerr(run, fs, seed, n, user=None):
     st = fs.new_dir(f"stats-{seed}")
     dirs, res = {}, {}
     for side in ("plain", "shim"):
         d = fs.new_dir(f"{side}-{seed}")
         make_file(d / "data", 3000 + 997 * seed, seed=seed)
+        if user:
+            chown_tree(d)
+            os.chmod(d, 0o755)
         dirs[side] = d
         shim = side == "shim"
         env = {"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")} if shim else None
         res[side] = run([bin_path("stdioerr"), seed, d / "data", n], shim=shim, paths=str(d) if shim else None,
-                        env=env, timeout=180)
+                        env=env, user=user, timeout=180)
     plain, shimmed = res["plain"], res["shim"]
-    what = f"stdioerr {seed} on {fs.kind}"
+    what = f"stdioerr {seed} on {fs.kind}{' as nobody' if user else ''}"
     assert plain.returncode == 0, f"{what}: the plain run failed: {_text(plain.stderr)[-2000:]}"
     assert b"final A size=" in plain.stdout, f"{what}: the plain run printed no final lines"
     assert_same_run(plain, shimmed, what)
@@ -81,6 +89,12 @@ def test_stdio_errors_strict(run, strict_fs, seed):
 @pytest.mark.parametrize("seed", [7, 8])
 def test_stdio_errors_disk(run, disk, seed):
     run_stdioerr(run, disk, seed, 250)
+
+
+def test_stdio_errors_as_nobody(run, strict_fs):
+    run_stdioerr(run, strict_fs, 9, 400, user="nobody")
+    for name in os.listdir(strict_fs.path / "stats-9"):
+        assert os.stat(strict_fs.path / "stats-9" / name).st_uid == NOBODY
 
 
 def test_stdioerr_is_deterministic(plain_run, strict_fs):
