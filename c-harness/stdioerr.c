@@ -492,8 +492,27 @@ static void scenarios(slot_t *a, slot_t *b)
     do_freopen(a, 1, "a");
     do_fwrite(a, 1, 10);
     do_fread(a, 1, 10);
+    FILE *dead = a->f;
     do_freopen(a, 0, "q");
-    if (a->f) do_close(a);
+    if (a->f) {
+        do_close(a);
+    } else {
+        /* the stream glibc closed in the failed freopen: fclose fails, errno untouched */
+        errno = 0;
+        int r = fclose(dead);
+        int e = errno;
+        report(a, "fclose(after failed freopen)", r, e, NULL);
+    }
+    /* a memory stream next to the file streams: its fclose leaves errno alone too */
+    char *mem = NULL;
+    size_t memlen = 0;
+    FILE *ms = open_memstream(&mem, &memlen);
+    fputs("memory", ms);
+    errno = 0;
+    int r = fclose(ms);
+    int e = errno;
+    report(a, "fclose(open_memstream)", r, e, NULL);
+    free(mem);
 }
 
 static void random_op(slot_t *s)

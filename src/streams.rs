@@ -11,13 +11,19 @@ use s3dlio_engine::engine;
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
 type FdopenFn = unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE;
 
-/// The stream's descriptor, or -1.
+/// The stream's descriptor, or -1, with errno left alone (`fileno` sets EBADF for a stream
+/// without one: a memory stream, a closed one).
 fn fd_of(f: *mut FILE) -> c_int {
     if f.is_null() {
         return -1;
     }
+    let saved = errno();
     // SAFETY: `f` is a live stream handed over by the program or just returned by libc.
-    unsafe { libc::fileno(f) }
+    let fd = unsafe { libc::fileno(f) };
+    if fd < 0 {
+        set_errno(saved);
+    }
+    fd
 }
 
 /// Forgets a number glibc closed or reused unseen.
