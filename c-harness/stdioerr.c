@@ -4,7 +4,7 @@
  * streams define even where C leaves it undefined, driven on purpose. First a fixed list of
  * scenarios (every seed runs them), then N (default 300) seeded random operations on two
  * streams, slot A on PATH and slot B on PATH.2, opened with fopen or fdopen(open()) (also
- * "a" on a descriptor without O_APPEND):
+ * "a" on a descriptor without O_APPEND, and "rm", which glibc reads through a mapping):
  *   - reading a write-only stream (fread small and larger than the buffer, fgetc, fgets,
  *     getline, fscanf) and writing a read-only one (fwrite, fputc, fputs, fprintf), with
  *     data still buffered in the other direction ("a": fwrite 4097, fread 4096)
@@ -503,6 +503,19 @@ static void scenarios(slot_t *a, slot_t *b)
         int e = errno;
         report(a, "fclose(after failed freopen)", r, e, NULL);
     }
+    /* "rm": glibc reads the file through a mapping and leaves the descriptor at its end */
+    do_open(a, "rm", 0);
+    do_fread(a, 1, 100);
+    do_fseek(a, -10, SEEK_END, 0);
+    do_fread(a, 1, 20);
+    do_fwrite(a, 1, 5);
+    do_close(a);
+    do_open(a, "rm", 1);
+    do_fgetc(a);
+    do_fseek(a, 5000, SEEK_SET, 1);
+    do_fread(a, 1, 9000);
+    do_close(a);
+
     /* a memory stream next to the file streams: its fclose leaves errno alone too */
     char *mem = NULL;
     size_t memlen = 0;
@@ -593,12 +606,12 @@ int main(int argc, char **argv)
 
     scenarios(&S[0], &S[1]);
 
-    static const char *modes[] = {"r", "r+", "w", "w+", "a", "a+"};
+    static const char *modes[] = {"r", "r+", "w", "w+", "a", "a+", "rm"};
     for (int i = 0; i < n; i++) {
         slot_t *s = &S[rng_below(&R, 2)];
         if (!s->f) {
             int how = (int)rng_below(&R, 4);
-            do_open(s, modes[rng_below(&R, 6)], how == 3 ? 2 : how == 2 ? 1 : 0);
+            do_open(s, modes[rng_below(&R, 7)], how == 3 ? 2 : how == 2 ? 1 : 0);
             continue;
         }
         if (rng_pct(&R, 4)) {

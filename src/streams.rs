@@ -44,8 +44,10 @@ unsafe fn fopen_with(
     if !engine::active() || path.is_null() || mode.is_null() {
         return real_fopen();
     }
+    // A read-only `m` stream is glibc's own: it reads through a mapping of the file.
     // SAFETY: the program passes a NUL-terminated mode.
-    let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false) else {
+    let parsed = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false).filter(|m| !m.mapped);
+    let Some(m) = parsed else {
         let f = real_fopen();
         quietly(|| engine::streams::unserved_stream(fd_of(f)));
         return f;
@@ -121,8 +123,9 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
                 set_errno(e);
                 return std::ptr::null_mut();
             }
-            // Not direct, or the engine failed (panicked): a stream glibc makes itself on a
-            // direct fd would fail its misaligned fills, so such a description goes buffered.
+            // Not direct, a read-only `m` stream (glibc maps the file), or the engine failed
+            // (panicked): a stream glibc makes itself on a direct fd would fail its misaligned
+            // fills, so such a description goes buffered.
             None => quietly(|| engine::streams::stream_opened(fd)),
         }
     }

@@ -165,6 +165,11 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
     let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), true) else {
         return Some(Err(libc::EINVAL)); // glibc's answer to a bad first letter
     };
+    if m.mapped {
+        // glibc reads such a stream through a mapping, and leaves the descriptor at the end
+        // of the file: only its own stream does that
+        return None;
+    }
     let kernel = match sys::fcntl(fd, libc::F_GETFL, 0) {
         Ok(fl) => fl,
         Err(e) => return Some(Err(e)),

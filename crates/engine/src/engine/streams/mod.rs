@@ -35,8 +35,8 @@ pub fn stream_opened(fd: i32) {
     }
 }
 
-/// A stream on a matched file was made by glibc itself (freopen, a `,ccs=` stream): its I/O
-/// stays buffered, which is counted and reported once.
+/// A stream on a matched file was made by glibc itself (freopen of its own stream, a `,ccs=`
+/// or a read-only `m` stream): its I/O stays buffered, which is counted and reported once.
 pub fn unserved_stream(fd: i32) {
     if !active() || fd < 0 {
         return;
@@ -48,7 +48,7 @@ pub fn unserved_stream(fd: i32) {
         log::once(
             LogLevel::Info,
             Cause::StreamBuffered,
-            format_args!("a stream on a matched file was opened by freopen or with ,ccs=; it stays buffered"),
+            format_args!("a stream on a matched file was opened by freopen, with ,ccs= or with m; it stays buffered"),
         );
     }
 }
