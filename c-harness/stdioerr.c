@@ -1,4 +1,4 @@
-/* stdioerr SEED PATH [N]
+/* stdioerr SEED PATH [N [full]]
  *
  * Differential workload for the error paths of stdio streams: the sequence glibc's own file
  * streams define even where C leaves it undefined, driven on purpose. First a fixed list of
@@ -20,6 +20,8 @@
  *   - write-back failing: the descriptor closed under the stream (EBADF from fflush and
  *     fclose), a file size limit (RLIMIT_FSIZE with SIGXFSZ ignored: EFBIG from fwrite,
  *     fflush and fclose); freopen to another mode, freopen with a bad mode
+ * With "full" (PATH on a filesystem with no free block) only the write-back failures with
+ * ENOSPC run: fwrite, fflush and fclose of new files and of blocks past the end of a file.
  * Every call prints one stdout line: "<step> <call> = <ret> errno=<errno> eof=<feof>
  * err=<ferror> tell=<ftell>[/<its errno>]" (errno is zeroed before each call and printed
  * whatever the call returned; ftell runs after feof/ferror are read). Bytes read are printed
@@ -528,6 +530,29 @@ static void scenarios(slot_t *a, slot_t *b)
     free(mem);
 }
 
+/* On a full filesystem: write-back failing with ENOSPC in fwrite, fflush and fclose, on new
+ * files and at block boundaries of existing ones (where no write can land partly). */
+static void full_disk(slot_t *a, slot_t *b)
+{
+    do_open(a, "w", 0);
+    do_fwrite(a, 1, 100);
+    do_fflush(a);
+    do_fwrite(a, 1, 10);
+    do_close(a);
+    do_open(b, "w", 0);
+    do_fprintf(b);
+    do_close(b);
+    do_open(a, "a", 0);
+    do_fwrite(a, 1, 5000);
+    do_fwrite(a, 1, 3);
+    do_fflush(NULL);
+    do_close(a);
+    do_open(a, "w+", 1);
+    do_fwrite(a, 1, 8192);
+    do_fread(a, 1, 10);
+    do_close(a);
+}
+
 static void random_op(slot_t *s)
 {
     static const size_t sizes[] = {1, 3, 17, 100, 4095, 4096, 4097, 8191, 8192, 12000, 70001};
@@ -604,7 +629,12 @@ int main(int argc, char **argv)
     snprintf(S[0].path, sizeof S[0].path, "%s", argv[2]);
     snprintf(S[1].path, sizeof S[1].path, "%s.2", argv[2]);
 
-    scenarios(&S[0], &S[1]);
+    if (argc > 4 && !strcmp(argv[4], "full")) {
+        full_disk(&S[0], &S[1]);
+        n = 0;
+    } else {
+        scenarios(&S[0], &S[1]);
+    }
 
     static const char *modes[] = {"r", "r+", "w", "w+", "a", "a+", "rm"};
     for (int i = 0; i < n; i++) {

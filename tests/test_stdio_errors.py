@@ -7,7 +7,8 @@ writing a read-only one with data buffered the other way, end of file and the er
 ungetc around seeks, ftell/fseek/fgetpos/fsetpos after failed calls, fseek past the end and
 negative, setvbuf after I/O, fflush of a read stream and fflush(NULL), "a"/"a+" positioning,
 "r+"/"w+" switching direction without a seek, write-back failing in fflush and fclose
-(descriptor closed under the stream: EBADF; RLIMIT_FSIZE: EFBIG), freopen, then a seeded
+(descriptor closed under the stream: EBADF; RLIMIT_FSIZE: EFBIG; a full filesystem: ENOSPC,
+in a run of its own), freopen, then a seeded
 random sequence of the same calls. It prints every return value, errno, feof/ferror and
 ftell, and the files' final bytes. A plain run and a run through the library must print the
 same and leave the same files, and the kernel must show O_DIRECT on every stream's
@@ -15,12 +16,15 @@ descriptor (or the library's twin of it), with the statistics counting the strea
 served by the engine.
 """
 
+import errno
 import os
 
 import pytest
 
 from conftest import (
     NOBODY,
+    _mount_fixture,
+    _setup_strict,
     _text,
     assert_same_file,
     assert_same_run,
@@ -116,3 +120,46 @@ def test_stdioerr_is_deterministic(plain_run, strict_fs):
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     assert outs[0] == outs[1], f"stdioerr is not deterministic:\n{diff_text(outs[0], outs[1])}"
+
+
+@pytest.fixture
+def full_strict_fs():
+    """A 16 MiB ext4 on a 4096-sector loop device, with directories plain/ and shim/, then
+    filled to the last block."""
+
+    def setup(base, mnt, state):
+        _setup_strict(base, mnt, state, size=16 << 20, name="ext4-full.img")
+        for side in ("plain", "shim"):
+            (mnt / side).mkdir()
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            for chunk in (1 << 20, 4096):
+                try:
+                    while f.write(b"\0" * chunk):
+                        pass
+                except OSError as ex:
+                    if ex.errno != errno.ENOSPC:
+                        raise
+        os.sync()
+
+    yield from _mount_fixture("strict", setup, "a full 16 MiB ext4 on a 4096-sector loop device")
+
+
+def test_stdio_errors_full_disk(run, full_strict_fs):
+    """ENOSPC in fwrite, fflush, fflush(NULL) and fclose, where no write can land partly
+    (new files, whole blocks past the end): the same returns, errno values and files."""
+    fs = full_strict_fs
+    res = {}
+    for side in ("plain", "shim"):
+        d = fs.path / side
+        shim = side == "shim"
+        res[side] = run([bin_path("stdioerr"), 1, d / "data", 0, "full"], shim=shim, paths=str(d) if shim else None,
+                        timeout=120)
+    plain, shimmed = res["plain"], res["shim"]
+    assert plain.returncode == 0, _text(plain.stderr)[-2000:]
+    assert b"errno=ENOSPC" in plain.stdout, f"the filesystem was not full:\n{_text(plain.stdout)}"
+    assert_same_run(plain, shimmed, "stdioerr full")
+    for name in ("data", "data.2"):
+        assert_same_file(fs.path / "plain" / name, fs.path / "shim" / name, f"stdioerr full: {name}")
+    sl = fdinfo_lines(shimmed.stderr)
+    assert sl and all(is_direct(fl) for _lab, _fd, fl in sl), (
+        f"stdioerr full: every stream must have O_DIRECT from the kernel: {[(lab, oct(fl)) for lab, _fd, fl in sl]}")
