@@ -1,6 +1,6 @@
 //! stdio entry points. `fopen` of a matched path and `fdopen` of a direct fd make a stream
-//! the engine serves (`s3dlio::stream`), which `freopen` and large or unbuffered `fread`s
-//! keep in the engine's hands; glibc's own streams stay glibc's, and a number glibc closed
+//! the engine serves (`s3dlio::stream`), which `freopen`, `fread` and the seek and tell
+//! family keep in the engine's hands; glibc's own streams stay glibc's, and a number glibc closed
 //! or reused inside (freopen, fclose) is forgotten.
 
 use crate::{errno, in_engine, quietly, real, set_errno};
@@ -11,13 +11,19 @@ use s3dlio_engine::engine;
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, mode_t) -> c_int;
 type FdopenFn = unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE;
 
-/// The stream's descriptor, or -1.
+/// The stream's descriptor, or -1, with errno left alone (`fileno` sets EBADF for a stream
+/// without one: a memory stream, a closed one).
 fn fd_of(f: *mut FILE) -> c_int {
     if f.is_null() {
         return -1;
     }
+    let saved = errno();
     // SAFETY: `f` is a live stream handed over by the program or just returned by libc.
-    unsafe { libc::fileno(f) }
+    let fd = unsafe { libc::fileno(f) };
+    if fd < 0 {
+        set_errno(saved);
+    }
+    fd
 }
 
 /// Forgets a number glibc closed or reused unseen.
@@ -38,8 +44,10 @@ unsafe fn fopen_with(
     if !engine::active() || path.is_null() || mode.is_null() {
         return real_fopen();
     }
+    // A read-only `m` stream is glibc's own: it reads through a mapping of the file.
     // SAFETY: the program passes a NUL-terminated mode.
-    let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false) else {
+    let parsed = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), false).filter(|m| !m.mapped);
+    let Some(m) = parsed else {
         let f = real_fopen();
         quietly(|| engine::streams::unserved_stream(fd_of(f)));
         return f;
@@ -115,8 +123,9 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
                 set_errno(e);
                 return std::ptr::null_mut();
             }
-            // Not direct, or the engine failed (panicked): a stream glibc makes itself on a
-            // direct fd would fail its misaligned fills, so such a description goes buffered.
+            // Not direct, a read-only `m` stream (glibc maps the file), or the engine failed
+            // (panicked): a stream glibc makes itself on a direct fd would fail its misaligned
+            // fills, so such a description goes buffered.
             None => quietly(|| engine::streams::stream_opened(fd)),
         }
     }
@@ -127,13 +136,10 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
 /// `freopen` of a stream the engine made, which glibc cannot do (it crashes on cookie
 /// streams): the engine reopens it (`engine::streams::freopen`).
 unsafe fn reopen_ours(path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE {
-    let saved = errno();
     // SAFETY: forwarding the program's arguments; `f` is a stream the engine made.
     match in_engine(|_| Some(unsafe { stream::freopen(path, mode, f) })) {
-        Some(Ok(f)) => {
-            set_errno(saved);
-            f
-        }
+        // errno as glibc's freopen leaves it
+        Some(Ok(f)) => f,
         Some(Err(e)) => {
             set_errno(e);
             std::ptr::null_mut()
@@ -188,21 +194,17 @@ pub unsafe extern "C" fn fclose(f: *mut FILE) -> c_int {
     unsafe { real!(fclose: unsafe extern "C" fn(*mut FILE) -> c_int)(f) }
 }
 
-/// Hooks for `fread`-shaped functions: a large read, or any read of an unbuffered stream,
-/// on a stream the engine made goes straight to the engine (glibc would refill the stream's
-/// small buffer again and again, or read one byte per call).
+/// Hooks for `fread`-shaped functions: on a stream the engine made, glibc's file-stream
+/// `fread` (`engine::streams::fread`), which reads whole blocks straight into the program's
+/// buffer where a cookie stream would copy them through its own.
 macro_rules! fread_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(ptr: *mut libc::c_void, size: libc::size_t, n: libc::size_t, f: *mut FILE) -> libc::size_t {
             // SAFETY: `f` is the program's live stream.
-            if !f.is_null() && !ptr.is_null() && unsafe { stream::is_ours(f) } {
-                let saved = errno();
+            if !f.is_null() && unsafe { stream::is_ours(f) } {
                 // SAFETY: forwarding the program's arguments.
-                if let Some(r) = in_engine(|_| unsafe { stream::fread(ptr as *mut u8, size, n, f) }) {
-                    if r == n {
-                        set_errno(saved);
-                    }
+                if let Some(r) = in_engine(|_| Some(unsafe { stream::fread(ptr as *mut u8, size, n, f) })) {
                     return r;
                 }
             }
@@ -213,3 +215,37 @@ macro_rules! fread_hooks {
     )*};
 }
 fread_hooks!(fread, fread_unlocked);
+
+/// Hooks for the seek and tell family: on a stream the engine made, glibc's file-stream
+/// positioning (`engine::streams::fseek` and the rest), which keeps the stream's cached
+/// position and converts `SEEK_END` with fstat where a cookie stream would do neither.
+macro_rules! position_hooks {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $engine:expr;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(f: *mut FILE $(, $arg: $ty)*) -> $ret {
+            // SAFETY: `f` is the program's live stream.
+            if !f.is_null() && unsafe { stream::is_ours(f) } {
+                // SAFETY: forwarding the program's arguments.
+                if let Some(r) = in_engine(|_| Some(unsafe { $engine(f $(, $arg)*) })) {
+                    return r;
+                }
+            }
+            type F = unsafe extern "C" fn(*mut FILE $(, $ty)*) -> $ret;
+            // SAFETY: forwarding the program's arguments.
+            unsafe { real!($name: F)(f $(, $arg)*) }
+        }
+    )*};
+}
+position_hooks! {
+    fseek(off: libc::c_long, whence: c_int) -> c_int => stream::fseek;
+    fseeko(off: libc::off_t, whence: c_int) -> c_int => stream::fseek;
+    fseeko64(off: libc::off64_t, whence: c_int) -> c_int => stream::fseek;
+    ftell() -> libc::c_long => stream::ftell;
+    ftello() -> libc::off_t => stream::ftell;
+    ftello64() -> libc::off64_t => stream::ftell;
+    fgetpos(pos: *mut libc::fpos_t) -> c_int => |f, p: *mut libc::fpos_t| stream::fgetpos(f, p as *mut i64);
+    fgetpos64(pos: *mut libc::fpos64_t) -> c_int => |f, p: *mut libc::fpos64_t| stream::fgetpos(f, p as *mut i64);
+    fsetpos(pos: *const libc::fpos_t) -> c_int => |f, p: *const libc::fpos_t| stream::fsetpos(f, p as *const i64);
+    fsetpos64(pos: *const libc::fpos64_t) -> c_int => |f, p: *const libc::fpos64_t| stream::fsetpos(f, p as *const i64);
+    rewind() -> () => stream::rewind;
+}

@@ -8,6 +8,10 @@
 //! libstdc++'s filebuf (which reads and writes with read(2)/write(2) on `fileno()`) and
 //! `freopen(NULL, ...)` behave as on a plain stream.
 
+use super::libio::{
+    callback, sys_read, sys_seek, IoFile, BUFSIZ, IO_FILE_SIZE, IO_FLAGS2_NOCLOSE, IO_IS_APPENDING, IO_NO_READS,
+    IO_NO_WRITES, IO_USER_BUF,
+};
 use super::Mode;
 use crate::engine::{fdops, is_direct, rw, STATS};
 use crate::stats::Counter;
@@ -15,115 +19,8 @@ use crate::sys::{self, errno, set_errno, Errno};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-/// The start of glibc's `struct _IO_FILE` (LP64, bits/types/struct_FILE.h), up to
-/// `_offset`: a public layout that has not changed since glibc 2.1.
-#[repr(C)]
-struct FileHead {
-    flags: c_int,
-    read_ptr: *mut u8,
-    read_end: *mut u8,
-    read_base: *mut u8,
-    write_base: *mut u8,
-    write_ptr: *mut u8,
-    others: [*mut c_void; 8],
-    fileno: c_int,
-    flags2: c_int,
-    old_offset: libc::c_long,
-    cur_column: u16,
-    vtable_offset: i8,
-    shortbuf: [u8; 1],
-    lock: *mut c_void,
-    /// The file position glibc believes matches `read_end` (-1: unknown, ask the kernel).
-    offset: i64,
-}
-
-/// `_flags` bits of glibc's libio.h.
-const IO_UNBUFFERED: c_int = 0x2;
-const IO_EOF_SEEN: c_int = 0x10;
-const IO_ERR_SEEN: c_int = 0x20;
-const IO_IN_BACKUP: c_int = 0x100;
-const IO_CURRENTLY_PUTTING: c_int = 0x800;
-/// Reads at least this large skip the stream's buffer, as glibc's file streams do (its
-/// cookie streams instead refill their 8 KiB buffer over and over, and read one byte per
-/// call when unbuffered).
-const FREAD_DIRECT: usize = 64 << 10;
-
-/// `fread` on a stream the engine made, when the request is large or the stream
-/// unbuffered: what the buffer holds, then the rest read by the engine straight into the
-/// program's memory. `None`: glibc's own fread must do it (pushed-back characters, a
-/// pending write, end of file already seen, a small buffered read).
-///
-/// # Safety
-/// `f` must be a live stream the engine made; `ptr` valid for `size * n` bytes.
-pub unsafe fn fread(ptr: *mut u8, size: usize, n: usize, f: *mut FILE) -> Option<usize> {
-    let total = size.checked_mul(n)?;
-    // SAFETY: the caller guarantees a live stream.
-    let unbuffered = unsafe { (*(f as *const FileHead)).flags } & IO_UNBUFFERED != 0;
-    if total == 0 || (total < FREAD_DIRECT && !(unbuffered && total > 1)) {
-        return None;
-    }
-    // SAFETY: as above; the stream's lock makes the buffer fields ours until unlocked.
-    unsafe { flockfile(f) };
-    // SAFETY: locked above.
-    let r = unsafe { fread_locked(ptr, size, total, f) };
-    // SAFETY: locked above.
-    unsafe { funlockfile(f) };
-    r
-}
-
-unsafe fn fread_locked(ptr: *mut u8, size: usize, total: usize, f: *mut FILE) -> Option<usize> {
-    let h = f as *mut FileHead;
-    // SAFETY: the caller holds the stream's lock.
-    let head = unsafe { &mut *h };
-    let wrong_direction = IO_NO_READS | IO_CURRENTLY_PUTTING | IO_IN_BACKUP | IO_EOF_SEEN | IO_ERR_SEEN;
-    if head.flags & wrong_direction != 0 || head.write_ptr > head.write_base || head.fileno < 0 {
-        return None;
-    }
-    let buffered = if head.read_end > head.read_ptr { head.read_end as usize - head.read_ptr as usize } else { 0 };
-    let mut done = buffered.min(total);
-    // SAFETY: `done` bytes lie in the stream's buffer and fit in the caller's.
-    unsafe {
-        std::ptr::copy_nonoverlapping(head.read_ptr, ptr, done);
-        head.read_ptr = head.read_ptr.add(done);
-    }
-    if done < total {
-        let fd = head.fileno;
-        while done < total {
-            // SAFETY: inside the caller's buffer.
-            let p = unsafe { ptr.add(done) };
-            // SAFETY: as above.
-            let r = unsafe { rw::read(fd, p, total - done, false) }
-                // SAFETY: as above.
-                .unwrap_or_else(|| unsafe { sys::read(fd, p, total - done) });
-            match r {
-                Ok(0) => {
-                    head.flags |= IO_EOF_SEEN;
-                    break;
-                }
-                Ok(k) => done += k,
-                Err(libc::EINTR) => continue,
-                Err(e) => {
-                    head.flags |= IO_ERR_SEEN;
-                    set_errno(e);
-                    break;
-                }
-            }
-        }
-        // The descriptor moved past what glibc knows; it asks the kernel when it needs to.
-        head.offset = -1;
-    }
-    Some(done / size)
-}
-
-/// `sizeof(struct _IO_FILE)` on LP64: every glibc stream is a `struct _IO_FILE_plus`, whose
-/// jump-table pointer follows.
-const VTABLE_OFFSET: usize = 216;
 /// The jump table glibc gives cookie streams, learnt from the first one the engine makes.
 static COOKIE_VTABLE: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
-/// `_flags` bits of a stream's directions (glibc's libio.h).
-const IO_NO_READS: c_int = 0x4;
-const IO_NO_WRITES: c_int = 0x8;
-const IO_IS_APPENDING: c_int = 0x1000;
 
 /// The stream's jump table.
 ///
@@ -131,7 +28,7 @@ const IO_IS_APPENDING: c_int = 0x1000;
 /// `f` must be a live glibc stream.
 unsafe fn vtable(f: *mut FILE) -> *mut c_void {
     // SAFETY: every glibc stream is followed by its jump-table pointer.
-    unsafe { *((f as *const u8).add(VTABLE_OFFSET) as *const *mut c_void) }
+    unsafe { *((f as *const u8).add(IO_FILE_SIZE) as *const *mut c_void) }
 }
 
 /// True if `f` is a stream the engine made: a cookie stream with a real descriptor (glibc
@@ -142,17 +39,38 @@ unsafe fn vtable(f: *mut FILE) -> *mut c_void {
 pub unsafe fn is_ours(f: *mut FILE) -> bool {
     let v = COOKIE_VTABLE.load(Ordering::Relaxed);
     // SAFETY: forwarded from the caller.
-    !v.is_null() && unsafe { vtable(f) == v && (*(f as *const FileHead)).fileno >= 0 }
+    !v.is_null() && unsafe { vtable(f) == v && (*(f as *const IoFile)).fileno >= 0 }
 }
 
-/// After the shim put the file `freopen` opened with `m` on the stream's descriptor: glibc
-/// cannot reopen a cookie stream (it crashes), so the same stream takes the new mode's
-/// directions, with its error and end-of-file marks cleared, at the start of the file (at
-/// its end for `a`), as glibc's freopen leaves a file stream.
+/// The first half of glibc's freopen on a stream the engine made: `_IO_SYNC` (its failure
+/// ignored), then `_IO_file_close_it` with `_IO_FLAGS2_NOCLOSE` (the descriptor stays
+/// open): pending writes tried once more, pushed-back characters and the buffer dropped,
+/// the stream unlinked, its flags reset, `_fileno` -1. Returns the descriptor.
 ///
 /// # Safety
-/// `f` must be a live stream the engine made, already flushed.
-pub(super) unsafe fn reopened(f: *mut FILE, m: Mode) {
+/// `f` must be a live stream the engine made, locked by the caller.
+pub(super) unsafe fn close_it(f: *mut FILE) -> i32 {
+    let h = f as *mut IoFile;
+    // SAFETY: glibc's own routines on a stream whose jump table is glibc's cookie table,
+    // which uses these same routines (`_IO_file_sync`, `_IO_file_close_it`'s flush).
+    unsafe {
+        let fd = (*h).fileno;
+        _IO_file_sync(f);
+        (*h).flags2 |= IO_FLAGS2_NOCLOSE;
+        _IO_file_close_it(f);
+        (*h).flags2 &= !IO_FLAGS2_NOCLOSE;
+        fd
+    }
+}
+
+/// The second half: `fd` holds the file `freopen` opened with `m`. As `_IO_file_open` leaves
+/// a file stream: the descriptor, the new mode's directions, linked again, the position cache
+/// unknown, and for "a" the descriptor moved to the end of the file; the buffer is the size
+/// a file stream would allocate for the new file.
+///
+/// # Safety
+/// `f` must be a stream the engine made, closed by [`close_it`], locked by the caller.
+pub(super) unsafe fn reopened(f: *mut FILE, fd: i32, m: Mode) {
     let mut dir = if !m.plus && m.reads() { IO_NO_WRITES } else { 0 };
     if !m.plus && m.writes() {
         dir |= IO_NO_READS;
@@ -160,14 +78,41 @@ pub(super) unsafe fn reopened(f: *mut FILE, m: Mode) {
     if m.append {
         dir |= IO_IS_APPENDING;
     }
-    // SAFETY: `f` is a live glibc stream; the direction bits are plain flags that glibc
-    // reads before every operation.
+    let h = f as *mut IoFile;
+    // SAFETY: `f` is a live glibc stream, closed by `close_it`: no buffer, no pending data.
     unsafe {
-        let head = f as *mut FileHead;
-        (*head).flags = ((*head).flags & !(IO_NO_READS | IO_NO_WRITES | IO_IS_APPENDING)) | dir;
-        libc::clearerr(f);
-        // Discards what the buffer held of the old file and sets glibc's cached position.
-        libc::fseeko(f, 0, if m.append && !m.plus { libc::SEEK_END } else { libc::SEEK_SET });
+        (*h).fileno = fd;
+        (*h).flags = ((*h).flags & !(IO_NO_READS | IO_NO_WRITES | IO_IS_APPENDING)) | dir;
+        give_buffer(h, fd);
+        _IO_link_in(f);
+        if dir & (IO_IS_APPENDING | IO_NO_READS) == IO_IS_APPENDING | IO_NO_READS {
+            sys_seek(fd, 0, libc::SEEK_END);
+        }
+    }
+}
+
+/// Gives a stream without a buffer the one `_IO_file_doallocate` would give a file stream
+/// on `fd`: `st_blksize` when smaller than `BUFSIZ`, else `BUFSIZ` (a cookie stream would
+/// always get `BUFSIZ`), set as `_IO_setb` sets a buffer glibc allocated (no
+/// `_IO_USER_BUF`: glibc frees it). Without memory the stream stays without one and glibc
+/// allocates its own when it needs it.
+///
+/// # Safety
+/// `h` must be a live stream without a buffer.
+unsafe fn give_buffer(h: *mut IoFile, fd: i32) {
+    let size = match sys::fstat(fd) {
+        Ok(st) if st.st_blksize > 0 && (st.st_blksize as usize) < BUFSIZ => st.st_blksize as usize,
+        _ => BUFSIZ,
+    };
+    // SAFETY: glibc frees the stream's buffer with free().
+    let buf = unsafe { libc::malloc(size) } as *mut u8;
+    if !buf.is_null() {
+        // SAFETY: the caller guarantees a live stream.
+        unsafe {
+            (*h).buf_base = buf;
+            (*h).buf_end = buf.add(size);
+            (*h).flags &= !IO_USER_BUF;
+        }
     }
 }
 
@@ -182,8 +127,9 @@ struct CookieIoFunctions {
 
 extern "C" {
     fn fopencookie(cookie: *mut c_void, mode: *const c_char, funcs: CookieIoFunctions) -> *mut FILE;
-    fn flockfile(f: *mut FILE);
-    fn funlockfile(f: *mut FILE);
+    fn _IO_file_sync(f: *mut FILE) -> c_int;
+    fn _IO_file_close_it(f: *mut FILE) -> c_int;
+    fn _IO_link_in(f: *mut FILE);
 }
 
 /// `fopen` of a matched path returned `fd`, opened with `m.flags`: a stream the engine
@@ -219,6 +165,11 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
     let Some(m) = Mode::parse(unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes(), true) else {
         return Some(Err(libc::EINVAL)); // glibc's answer to a bad first letter
     };
+    if m.mapped {
+        // glibc reads such a stream through a mapping, and leaves the descriptor at the end
+        // of the file: only its own stream does that
+        return None;
+    }
     let kernel = match sys::fcntl(fd, libc::F_GETFL, 0) {
         Ok(fl) => fl,
         Err(e) => return Some(Err(e)),
@@ -244,7 +195,15 @@ pub unsafe fn fdopen(fd: i32, mode: *const c_char) -> Option<Result<*mut FILE, E
     Some(unsafe { make(fd, m) })
 }
 
-/// A cookie stream over `fd`.
+/// A cookie's state: the descriptor, and the stream, whose cached position the write
+/// callback keeps as `_IO_new_file_write` keeps a file stream's.
+struct Cookie {
+    fd: i32,
+    file: *mut FILE,
+}
+
+/// A cookie stream over `fd`, with the buffer a file stream on it would have, so that data
+/// reaches the file at the same moments as from `fopen`'s stream.
 unsafe fn make(fd: i32, m: Mode) -> Result<*mut FILE, Errno> {
     let funcs = CookieIoFunctions {
         read: Some(cookie_read),
@@ -252,11 +211,14 @@ unsafe fn make(fd: i32, m: Mode) -> Result<*mut FILE, Errno> {
         seek: Some(cookie_seek),
         close: Some(cookie_close),
     };
-    // The descriptor itself is the cookie: nothing to allocate or free.
+    let cookie = Box::into_raw(Box::new(Cookie { fd, file: std::ptr::null_mut() }));
     // SAFETY: the mode is a valid C string and the functions match glibc's prototypes.
-    let f = unsafe { fopencookie(fd as usize as *mut c_void, m.cookie_mode().as_ptr(), funcs) };
+    let f = unsafe { fopencookie(cookie as *mut c_void, m.cookie_mode().as_ptr(), funcs) };
     if f.is_null() {
-        return Err(errno());
+        let e = errno();
+        // SAFETY: not handed to glibc.
+        drop(unsafe { Box::from_raw(cookie) });
+        return Err(e);
     }
     // SAFETY: `f` is a live glibc stream.
     let _ = COOKIE_VTABLE.compare_exchange(
@@ -265,48 +227,29 @@ unsafe fn make(fd: i32, m: Mode) -> Result<*mut FILE, Errno> {
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    // SAFETY: `f` is a glibc FILE, whose public head `FileHead` describes; glibc keeps -2
-    // there for cookie streams, which only tells `fileno()` to fail.
-    unsafe { (*(f as *mut FileHead)).fileno = fd };
+    // SAFETY: `f` is a fresh glibc FILE, described by `IoFile`; glibc keeps -2 in `_fileno`
+    // for cookie streams, which only tells `fileno()` to fail.
+    unsafe {
+        (*cookie).file = f;
+        let h = f as *mut IoFile;
+        (*h).fileno = fd;
+        give_buffer(h, fd);
+    }
     STATS.add(Counter::StreamsDirect, 1);
     Ok(f)
 }
 
-/// Runs a cookie callback: errno as the program had it on success, the error's errno on
-/// failure, and no unwinding into glibc.
-fn callback(f: impl FnOnce() -> Result<isize, Errno>) -> isize {
-    let saved = errno();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(n)) => {
-            set_errno(saved);
-            n
-        }
-        Ok(Err(e)) => {
-            set_errno(e);
-            -1
-        }
-        Err(_) => {
-            set_errno(libc::EIO);
-            -1
-        }
-    }
-}
-
 unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: size_t) -> ssize_t {
-    let fd = cookie as usize as i32;
-    callback(|| {
-        // SAFETY: glibc passes its buffer of `size` bytes.
-        let r = unsafe { rw::read(fd, buf as *mut u8, size, false) }
-            // SAFETY: as above.
-            .unwrap_or_else(|| unsafe { sys::read(fd, buf as *mut u8, size) });
-        r.map(|n| n as isize)
-    })
+    // SAFETY: the cookie `make` gave; glibc passes its buffer of `size` bytes.
+    unsafe { sys_read((*(cookie as *const Cookie)).fd, buf as *mut u8, size) }
 }
 
-/// Writes everything, as glibc's own file streams do: a short count tells glibc the stream
-/// failed, with errno saying why.
+/// Writes everything, as `_IO_new_file_write` does: a short count tells glibc the stream
+/// failed, with errno saying why; the stream's cached position moves by what was written.
 unsafe extern "C" fn cookie_write(cookie: *mut c_void, buf: *const c_char, size: size_t) -> ssize_t {
-    let fd = cookie as usize as i32;
+    // SAFETY: the cookie `make` gave.
+    let c = unsafe { &*(cookie as *const Cookie) };
+    let fd = c.fd;
     let mut done = 0usize;
     let mut err = 0;
     let n = callback(|| {
@@ -331,24 +274,31 @@ unsafe extern "C" fn cookie_write(cookie: *mut c_void, buf: *const c_char, size:
     if err != 0 {
         set_errno(err);
     }
+    // SAFETY: glibc calls this with the stream locked, from inside one of its functions.
+    unsafe {
+        let h = c.file as *mut IoFile;
+        if (*h).offset >= 0 {
+            (*h).offset += done as i64;
+        }
+    }
     n
 }
 
 unsafe extern "C" fn cookie_seek(cookie: *mut c_void, pos: *mut i64, whence: c_int) -> c_int {
-    let fd = cookie as usize as i32;
-    let r = callback(|| {
-        // SAFETY: glibc passes a valid position.
-        let off = unsafe { *pos };
-        let v = fdops::lseek(fd, off, whence, false).unwrap_or_else(|| sys::lseek(fd, off, whence))?;
-        // SAFETY: as above.
-        unsafe { *pos = v as i64 };
-        Ok(0)
-    });
-    r as c_int
+    // SAFETY: the cookie `make` gave; glibc passes a valid position.
+    unsafe {
+        let v = sys_seek((*(cookie as *const Cookie)).fd, *pos, whence);
+        if v == -1 {
+            return -1;
+        }
+        *pos = v;
+    }
+    0
 }
 
 unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
-    let fd = cookie as usize as i32;
+    // SAFETY: the cookie `make` gave; glibc calls close once, as the stream's last use of it.
+    let fd = unsafe { Box::from_raw(cookie as *mut Cookie) }.fd;
     callback(|| {
         fdops::forget(fd);
         sys::close(fd).map(|_| 0)
@@ -358,35 +308,10 @@ unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::streams::fileops;
 
     fn m(s: &str) -> Option<Mode> {
         Mode::parse(s.as_bytes(), false)
-    }
-
-    /// The fields the engine reads and writes are where glibc keeps them: after one fgetc
-    /// of a file, the buffer holds what the kernel returned less that byte.
-    #[test]
-    fn file_head_matches_glibc() {
-        let path = std::env::temp_dir().join(format!("s3dlio-head-{}", std::process::id()));
-        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
-        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: plain libc stream calls on a stream opened here; `FileHead` is the start of
-        // glibc's public `struct _IO_FILE`.
-        unsafe {
-            let f = libc::fopen(c.as_ptr(), c"r".as_ptr());
-            assert!(!f.is_null());
-            assert_eq!(libc::fgetc(f), 7);
-            let h = &*(f as *const FileHead);
-            assert_eq!(h.fileno, libc::fileno(f));
-            let pos = libc::lseek(h.fileno, 0, libc::SEEK_CUR);
-            assert!(pos > 1);
-            // glibc leaves `_offset` unknown (-1) until a seek, or at the kernel's position.
-            assert!(h.offset == -1 || h.offset == pos, "_offset {}", h.offset);
-            assert_eq!(h.read_end as usize - h.read_ptr as usize + 1, pos as usize);
-            assert_eq!(h.flags & (IO_NO_READS | IO_EOF_SEEN), 0);
-            libc::fclose(f);
-        }
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -409,6 +334,92 @@ mod tests {
             libc::fclose(ours);
             libc::fclose(ours2);
         }
+    }
+
+    /// What a sequence of calls saw on one stream: return values, errno, flags, positions.
+    type Seen = Vec<(&'static str, i64, i32)>;
+
+    /// The issue's case and its neighbours on a stream from `open`: "a", fwrite larger than
+    /// the buffer, a failing fread larger than the buffer (glibc's file stream drops the
+    /// byte still buffered), ftell, a seek relative to the end, a read-only reopen; the
+    /// file's bytes at the end.
+    unsafe fn append_sequence(
+        path: &std::ffi::CStr,
+        open: &dyn Fn(&std::ffi::CStr, &str) -> *mut FILE,
+        ours: bool,
+    ) -> (Seen, Vec<u8>) {
+        let fread = |p: *mut u8, n: usize, f: *mut FILE| {
+            if ours {
+                unsafe { fileops::fread(p, 1, n, f) }
+            } else {
+                unsafe { libc::fread(p as *mut c_void, 1, n, f) }
+            }
+        };
+        let ftell = |f: *mut FILE| if ours { unsafe { fileops::ftell(f) } } else { unsafe { libc::ftell(f) } };
+        let fseek = |f: *mut FILE, o: i64, w: c_int| {
+            if ours {
+                unsafe { fileops::fseek(f, o, w) }
+            } else {
+                unsafe { libc::fseek(f, o, w) }
+            }
+        };
+        let mut seen = Seen::new();
+        let data = vec![b'x'; 8192];
+        let mut buf = vec![0u8; 8192];
+        unsafe {
+            let f = open(path, "a");
+            assert!(!f.is_null());
+            seen.push(("fwrite", libc::fwrite(data.as_ptr() as *const c_void, 1, 4097, f) as i64, 0));
+            set_errno(0);
+            seen.push(("fread", fread(buf.as_mut_ptr(), 4096, f) as i64, errno()));
+            seen.push(("ferror", libc::ferror(f) as i64, 0));
+            set_errno(0);
+            seen.push(("ftell", ftell(f), errno()));
+            set_errno(0);
+            seen.push(("fseek end", fseek(f, -5000, libc::SEEK_END) as i64, errno()));
+            seen.push(("ftell", ftell(f), errno()));
+            seen.push(("fclose", libc::fclose(f) as i64, 0));
+            let f = open(path, "r");
+            seen.push(("fseek end", fseek(f, -3, libc::SEEK_END) as i64, errno()));
+            seen.push(("fread", fread(buf.as_mut_ptr(), 8192, f) as i64, errno()));
+            seen.push(("feof", libc::feof(f) as i64, 0));
+            seen.push(("ftell", ftell(f), errno()));
+            seen.push(("fclose", libc::fclose(f) as i64, 0));
+        }
+        (seen, std::fs::read(path.to_str().unwrap()).unwrap())
+    }
+
+    /// The engine's stream and glibc's own agree on the issue's case (ftell 4096 after the
+    /// failing read, not 4097) and the file holds the same bytes.
+    #[test]
+    fn append_then_failing_read_as_glibc() {
+        let dir = std::env::temp_dir().join(format!("s3dlio-append-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut results = Vec::new();
+        for ours in [false, true] {
+            let path = std::ffi::CString::new(dir.join(format!("f{}", ours as u8)).to_str().unwrap()).unwrap();
+            std::fs::write(path.to_str().unwrap(), vec![b'o'; 1000]).unwrap();
+            let open = |p: &std::ffi::CStr, mode: &str| {
+                let mode = std::ffi::CString::new(mode).unwrap();
+                if !ours {
+                    // SAFETY: plain libc calls with C strings.
+                    return unsafe { libc::fopen(p.as_ptr(), mode.as_ptr()) };
+                }
+                let m = Mode::parse(mode.as_bytes(), false).unwrap();
+                let fd = sys::openat(libc::AT_FDCWD, p, m.flags, 0o644).unwrap();
+                if m.append && !m.plus {
+                    sys::lseek(fd, 0, libc::SEEK_END).unwrap();
+                }
+                // SAFETY: `fd` is open; the stream owns it from here.
+                unsafe { make(fd, m) }.unwrap()
+            };
+            // SAFETY: streams made and closed inside.
+            results.push(unsafe { append_sequence(&path, &open, ours) });
+        }
+        assert_eq!(results[0].0, results[1].0, "calls (glibc's stream, then the engine's)");
+        assert_eq!(results[0].1, results[1].1, "file bytes");
+        assert!(results[0].0.contains(&("ftell", 5096, 0)), "{:?}", results[0].0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A cookie stream over an unmanaged fd (the engine is not initialised in unit tests)

@@ -1,10 +1,15 @@
-//! stdio streams on matched files: the streams the engine serves (`cookie`) and their mode
-//! strings (`mode`), their `freopen`, and streams glibc made itself on managed or matched fds.
+//! stdio streams on matched files: the streams the engine serves (`cookie`), the file-stream
+//! algorithms they take from glibc (`fileops`) over glibc's stream layout (`libio`), their
+//! mode strings (`mode`), their `freopen`, and streams glibc made itself on managed or
+//! matched fds.
 
 mod cookie;
+mod fileops;
+mod libio;
 mod mode;
 
-pub use cookie::{after_fopen, fdopen, fread, is_ours};
+pub use cookie::{after_fopen, fdopen, is_ours};
+pub use fileops::{fgetpos, fread, fseek, fsetpos, ftell, rewind};
 pub use mode::Mode;
 
 use super::fdops::{duped, forget};
@@ -30,8 +35,8 @@ pub fn stream_opened(fd: i32) {
     }
 }
 
-/// A stream on a matched file was made by glibc itself (freopen, a `,ccs=` stream): its I/O
-/// stays buffered, which is counted and reported once.
+/// A stream on a matched file was made by glibc itself (freopen of its own stream, a `,ccs=`
+/// or a read-only `m` stream): its I/O stays buffered, which is counted and reported once.
 pub fn unserved_stream(fd: i32) {
     if !active() || fd < 0 {
         return;
@@ -43,25 +48,32 @@ pub fn unserved_stream(fd: i32) {
         log::once(
             LogLevel::Info,
             Cause::StreamBuffered,
-            format_args!("a stream on a matched file was opened by freopen or with ,ccs=; it stays buffered"),
+            format_args!("a stream on a matched file was opened by freopen, with ,ccs= or with m; it stays buffered"),
         );
     }
 }
 
 /// `freopen` of a stream the engine made, which glibc cannot do (it crashes on cookie
-/// streams): as glibc does for a file stream, flush, open the new file (the old one again
-/// for a NULL path), put it on the old number, and give the same stream the new mode. On
-/// failure the old number is closed, as glibc closes it.
+/// streams): as glibc's freopen does for a file stream, under the stream's lock, a sync
+/// whose failure is ignored, `_IO_file_close_it` without closing the descriptor (pending
+/// writes tried once more, then the buffer and all state dropped), the new file (the old
+/// one again for a NULL path) opened and put on the old number, and the same stream set up
+/// for the new mode. On failure the old number is closed and the stream stays closed, as
+/// glibc leaves it.
 ///
 /// # Safety
 /// `f` must be a live stream for which [`is_ours`] is true; `path` and `mode` must be NULL
 /// or NUL-terminated.
 pub unsafe fn freopen(path: *const c_char, mode: *const c_char, f: *mut FILE) -> Result<*mut FILE, Errno> {
-    // SAFETY: `f` is the program's live stream; glibc ignores a failing flush here too.
-    let old = unsafe {
-        libc::fflush(f);
-        libc::fileno(f)
-    };
+    // SAFETY: forwarded from the caller.
+    unsafe { libio::locked(f, || reopen_locked(path, mode, f)) }
+}
+
+unsafe fn reopen_locked(path: *const c_char, mode: *const c_char, f: *mut FILE) -> Result<*mut FILE, Errno> {
+    // SAFETY: `f` is the program's live stream, locked.
+    let old = unsafe { cookie::close_it(f) };
+    // what glibc's freopen leaves in errno when it succeeds (a failed sync's error)
+    let after_close = sys::errno();
     // SAFETY: the caller passes a NUL-terminated mode.
     let m = (!mode.is_null()).then(|| Mode::parse(unsafe { CStr::from_ptr(mode) }.to_bytes(), false)).flatten();
     let new = match m {
@@ -98,8 +110,9 @@ pub unsafe fn freopen(path: *const c_char, mode: *const c_char, f: *mut FILE) ->
         duped(new, old);
         close_as_program(new);
     }
-    // SAFETY: `f` is ours and now reads and writes the new file through `old`.
-    unsafe { cookie::reopened(f, m) };
+    // SAFETY: `f` is ours, closed by `close_it`, and `old` now holds the new file.
+    unsafe { cookie::reopened(f, old, m) };
+    sys::set_errno(after_close);
     Ok(f)
 }
 

@@ -9,6 +9,8 @@ pub struct Mode {
     pub append: bool,
     /// `+`: both directions.
     pub plus: bool,
+    /// `m` on a read-only stream: glibc reads the file through a mapping of it.
+    pub mapped: bool,
 }
 
 impl Mode {
@@ -26,6 +28,7 @@ impl Mode {
             return None;
         }
         let mut plus = false;
+        let mut m = false;
         // glibc looks at six more characters in fopen, four in fdopen (which stops at '+').
         for &c in mode.iter().skip(1).take(if fdopen { 4 } else { 6 }) {
             match c {
@@ -37,12 +40,14 @@ impl Mode {
                         break;
                     }
                 }
+                b'm' => m = true,
                 b'x' if !fdopen => flags |= libc::O_EXCL,
                 b'e' if !fdopen => flags |= libc::O_CLOEXEC,
                 _ => {}
             }
         }
-        Some(Mode { flags, append, plus })
+        let mapped = m && flags & libc::O_ACCMODE == libc::O_RDONLY;
+        Some(Mode { flags, append, plus, mapped })
     }
 
     pub(super) fn reads(&self) -> bool {
@@ -88,8 +93,12 @@ mod tests {
             ("rbbbbbb+", libc::O_RDONLY, false, false), // beyond the six characters glibc reads
         ];
         for &(s, flags, append, plus) in cases {
-            assert_eq!(m(s), Some(Mode { flags, append, plus }), "{s}");
+            assert_eq!(m(s), Some(Mode { flags, append, plus, mapped: false }), "{s}");
         }
+        // glibc maps read-only streams opened with m, in fopen and fdopen alike
+        assert!(m("rm").unwrap().mapped && m("rbme").unwrap().mapped);
+        assert!(!m("r+m").unwrap().mapped && !m("wm").unwrap().mapped);
+        assert!(Mode::parse(b"rm", true).unwrap().mapped);
         assert_eq!(m("q"), None);
         assert_eq!(m(""), None);
         assert_eq!(m("r,ccs=UTF-8"), None);
