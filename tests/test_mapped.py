@@ -45,9 +45,9 @@ def assert_bounded(plain_s, shim_s, budget, what, stats):
     """The footprint sampled during the shim run stays near the budget (plus what the
     program reads between two of the reclaimer's measures), where the plain run's grows
     far past it."""
-    assert plain_s.peak >= 3 * budget, f"{what}: the plain run cached only {plain_s.peak >> 20} MiB: the test proves nothing"
+    assert plain_s.peak >= 3 * budget or plain_s.peak >= budget + 64 * MiB, f"{what}: the plain run cached only {plain_s.peak >> 20} MiB: the test proves nothing"
     p90 = percentile(shim_s.series, 0.9)
-    assert p90 <= 1.5 * budget + 8 * MiB and shim_s.peak <= plain_s.peak // 2, (
+    assert p90 <= 1.5 * budget + 24 * MiB and shim_s.peak <= plain_s.peak // 2, (
         f"{what}: page cache of the mapped files during the run: 90th percentile {p90 >> 20} MiB, peak "
         f"{shim_s.peak >> 20} MiB, with a budget of {budget >> 20} MiB (plain run: {plain_s.peak >> 20} MiB, "
         f"{shim_s.samples} samples)\n{stats_summary(stats)}")
@@ -80,7 +80,7 @@ LOADER_CASES = [
     ("safetensors", []),
     ("arrow", []),
     ("parquet", []),
-    ("lmdb", ["20000"]),
+    ("lmdb", ["4000"]),
     ("csv", []),
 ]
 
@@ -93,7 +93,7 @@ def test_loader_footprint_stays_within_the_budget(run, strict_fs, kind, args):
     path = d / ("db" if kind == "lmdb" else "data")
     subprocess.run([sys.executable, LOADERS, "make", kind, str(path), str(size)], check=True)
     files = [path / "data.mdb"] if kind == "lmdb" else [path]
-    budget = 8 * MiB if kind == "csv" else 16 * MiB
+    budget = {"csv": 8 * MiB, "lmdb": 24 * MiB}.get(kind, 16 * MiB)
     argv = [sys.executable, LOADERS, kind, path, *args]
     env = {"S3DLIO_DIRECT_MAP_BUDGET": budget, "S3DLIO_DIRECT_STATS": st / "s-%p.json"}
     plain, ps = run_sampled(run, argv, False, None, files)
@@ -119,7 +119,7 @@ def test_memmap_in_a_fork_pool(run, strict_fs):
     assert_same_run(plain, shim, "memmap in a fork pool")
     stats = load_stats(st)
     assert_bounded(ps, ss, 4 * budget, "memmap in a fork pool of 4", stats)
-    assert len([s for s in stats.values() if s.get("map_mappings", 0) > 0]) >= 4, stats_summary(stats)
+    assert stats_total(stats, "map_mappings") >= 4 * 300, stats_summary(stats)
 
 
 def test_lmdb_writer_beside_a_reader(run, strict_fs):
@@ -179,7 +179,7 @@ def test_ten_times_the_budget(run, strict_fs, mode):
 def test_a_budget_of_one_page(run, strict_fs):
     d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
     path = d / "f"
-    subprocess.run([sys.executable, LOADERS, "make", "memmap-seq", str(path), str(48 * MiB)], check=True)
+    subprocess.run([sys.executable, LOADERS, "make", "memmap-seq", str(path), str(128 * MiB)], check=True)
     for mode, args in (("memmap-seq", []), ("memmap-batches", ["200"])):
         argv = [sys.executable, LOADERS, mode, path, *args]
         plain, ps = run_sampled(run, argv, False, None, [path])

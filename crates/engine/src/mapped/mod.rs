@@ -142,6 +142,11 @@ pub fn has_files() -> bool {
     FILES.load(Ordering::Acquire) != 0
 }
 
+/// True if the file `ident` is in the registry (mapped now, or its pages given back by age).
+pub fn knows(ident: (u64, u64)) -> bool {
+    has_files() && lock(false).is_some_and(|mut h| h.reg().knows(ident))
+}
+
 /// The registry, locked.
 pub struct Held(#[allow(dead_code)] FutexGuard<'static>);
 

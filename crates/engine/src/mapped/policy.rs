@@ -7,10 +7,15 @@
 //! the next pass has room before it must act again. Chunks that grew within the last
 //! [`MIN_AGE`] passes are never chosen: they are what the program reads now, and what the
 //! kernel just read ahead for it (a sequential scan gives back the chunks behind it, never
-//! those ahead).
+//! those ahead), unless they alone hold more than [`YOUNG_ROOM`] or the budget, whichever is
+//! larger: a program that touches more than that between two passes (random reads all over
+//! a file much larger than the budget) gets its older young chunks given back too.
 
 /// Passes a chunk's residency must stay unchanged before its pages may be given back.
 pub const MIN_AGE: u32 = 2;
+/// Pages (4 KiB) of young chunks kept whatever the budget: two of the kernel's largest
+/// read-around windows (8 MiB on common disks), so that a sequential scan never re-reads.
+pub const YOUNG_ROOM: u64 = 4096;
 
 /// One chunk of a mapped file, as the reclaimer last measured it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,15 +39,15 @@ pub fn choose<K: Copy>(chunks: impl Iterator<Item = (K, Chunk)>, total: u64, bud
     if total <= budget {
         return Vec::new();
     }
-    let mut old: Vec<(u32, u32, K)> = chunks
-        .filter(|(_, c)| c.resident > 0 && now.wrapping_sub(c.stamp) >= MIN_AGE)
-        .map(|(k, c)| (c.stamp, c.resident, k))
-        .collect();
-    old.sort_by_key(|&(stamp, _, _)| std::cmp::Reverse(now.wrapping_sub(stamp)));
+    let mut all: Vec<(u32, u32, K)> =
+        chunks.filter(|(_, c)| c.resident > 0).map(|(k, c)| (now.wrapping_sub(c.stamp), c.resident, k)).collect();
+    all.sort_by_key(|&(age, _, _)| std::cmp::Reverse(age));
+    let young: u64 = all.iter().filter(|(age, _, _)| *age < MIN_AGE).map(|(_, r, _)| u64::from(*r)).sum();
+    let spare_young = young > budget.max(YOUNG_ROOM);
     let mut excess = total - target(budget);
     let mut out = Vec::new();
-    for (_, resident, k) in old {
-        if excess == 0 {
+    for (age, resident, k) in all {
+        if excess == 0 || (age < MIN_AGE && !spare_young) {
             break;
         }
         out.push(k);
@@ -89,6 +94,14 @@ mod tests {
         assert!(choose(chunks.into_iter(), 200, 1, 10).is_empty());
         let chunks = [(0, c(100, 8)), (1, c(100, 10))];
         assert_eq!(choose(chunks.into_iter(), 200, 1, 10), vec![0]);
+    }
+
+    #[test]
+    fn random_reads_past_the_young_room_give_back_young_chunks_too() {
+        // 40 chunks of 512 pages grew in the last two passes: far more than YOUNG_ROOM
+        let chunks: Vec<(usize, Chunk)> = (0..40).map(|i| (i, c(512, 9 + (i % 2) as u32))).collect();
+        let got = choose(chunks.into_iter(), 40 * 512, 16384, 10);
+        assert!(!got.is_empty() && got.iter().all(|i| i % 2 == 0), "the older of the young first: {got:?}");
     }
 
     #[test]
