@@ -204,3 +204,27 @@ def test_rss_as_without_the_library(run, strict_fs):
     assert_same_run(plain, shim, "rss")
     rss = [int(r.stderr.decode().split("maxrss")[1].split()[0]) for r in (plain, shim)]
     assert rss[1] <= rss[0] * 1.1 + 8192, f"peak RSS plain {rss[0]} KiB, under the library {rss[1]} KiB"
+
+
+def test_an_unprivileged_reader_of_someone_elses_file(run, strict_fs):
+    """nobody maps root's read-only data set: cachestat(2) is refused to a user who may not
+    write the file (Linux 6.14+), so residency is measured with mincore of the mapping; the
+    footprint stays bounded and the bytes are the same."""
+    d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
+    path = d / "f"
+    make_file(path, 96 * MiB, seed=9)
+    os.chmod(path, 0o644)
+    code = ("import hashlib, mmap, sys; f = open(sys.argv[1], 'rb'); "
+            "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); h = hashlib.sha256(); "
+            "[h.update(m[i:i + (1 << 20)]) for i in range(0, len(m), 1 << 20)]; print(h.hexdigest())")
+    argv = ["/usr/bin/python3", "-c", code, path]
+    plain, ps = run_sampled(run, argv, False, None, [path])
+    for f in [path]:
+        drop_cache(f)
+    with Sampler([path]) as ss:
+        shim = run(argv, shim=True, paths=str(d), user="nobody",
+                   env={"S3DLIO_DIRECT_MAP_BUDGET": "16MiB", "S3DLIO_DIRECT_STATS": st / "s-%p.json"})
+    assert_same_run(plain, shim, "an unprivileged reader")
+    stats = load_stats(st)
+    assert_bounded(ps, ss, 16 * MiB, "an unprivileged reader", stats)
+    assert stats_total(stats, "map_given_back_bytes") > 0, stats_summary(stats)
