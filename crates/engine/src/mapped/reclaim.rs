@@ -245,7 +245,8 @@ fn by_mincore(s: &Snap, out: &mut Measured) {
         let mut i = 0;
         while i < pages {
             let n = (pages - i).min(buf.len());
-            if sys::mincore(m.start + i * page, &mut buf[..n]).is_err() {
+            // SAFETY: `buf[..n]` holds one byte for each of the `n` pages asked about.
+            if unsafe { sys::mincore(m.start + i * page, n * page, &mut buf[..n]) }.is_err() {
                 break;
             }
             for (j, b) in buf[..n].iter().enumerate() {

@@ -314,10 +314,12 @@ pub fn madvise(addr: usize, len: usize, advice: c_int) -> SysResult<()> {
     check(unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) }).map(|_| ())
 }
 
-/// `mincore(2)` of `out.len()` pages at the page-aligned `addr`.
-pub fn mincore(addr: usize, out: &mut [u8]) -> SysResult<()> {
-    let len = out.len() * crate::align::page_size();
-    // SAFETY: `out` is writable for one byte per page of the range.
+/// `mincore(2)` of the `len` bytes at the page-aligned `addr`.
+///
+/// # Safety
+/// `out` must be writable for one byte per page of the range.
+pub unsafe fn mincore(addr: usize, len: usize, out: &mut [u8]) -> SysResult<()> {
+    // SAFETY: the caller guarantees `out` covers the range.
     retry(|| unsafe { libc::syscall(libc::SYS_mincore, addr, len, out.as_mut_ptr()) }).map(|_| ())
 }
 
