@@ -3,7 +3,8 @@
  * touches in order and at random, partial munmap, mprotect, madvise, mremap, msync, mincore,
  * fork with the child reading, stores into private copies and shared pages, a mapped page
  * handed to write(2) and send(2), pwrite and ftruncate under mappings, touches past the end of
- * the file with SIGBUS caught, and pauses that let the library give pages back.
+ * the file with SIGBUS caught, what /proc/self/maps says of a mapping, and pauses that let
+ * the library give pages back.
  *
  * Usage: mapseq SEED FILE STEPS
  * Every line it prints depends only on SEED and the file's content: results, errno names,
@@ -224,6 +225,41 @@ static void op_mincore(void)
     free(v);
 }
 
+/* What /proc/self/maps says of slot s: its pieces (relative to the slot, merged where the
+ * kernel's split is invisible: same permissions, offsets continuing), permissions, offsets. */
+static void op_maps(void)
+{
+    int si = pick(1);
+    if (si < 0) return;
+    struct slot *s = &slots[si];
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return;
+    char line[512], out[2048] = "";
+    uintptr_t lo = (uintptr_t)s->p, hi = lo + s->len, pend = 0, pstart = 0;
+    unsigned long long poff = 0;
+    char pperm[8] = "";
+    size_t o = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long a, b, off;
+        char perm[8];
+        if (sscanf(line, "%llx-%llx %7s %llx", &a, &b, perm, &off) != 4) continue;
+        if (b <= lo || a >= hi) continue;
+        if (a < lo) { off += lo - a; a = lo; }
+        if (b > hi) b = hi;
+        if (pend == a && strcmp(perm, pperm) == 0 && poff + (pend - pstart) == off) {
+            pend = b;
+            continue;
+        }
+        if (pend) o += snprintf(out + o, sizeof out - o, " [+%zu,+%zu %s %llu]", (size_t)(pstart - lo), (size_t)(pend - lo), pperm, poff);
+        pstart = a, pend = b, poff = off;
+        strcpy(pperm, perm);
+        if (o > sizeof out - 80) break;
+    }
+    if (pend) snprintf(out + o, sizeof out - o, " [+%zu,+%zu %s %llu]", (size_t)(pstart - lo), (size_t)(pend - lo), pperm, poff);
+    fclose(f);
+    say("maps slot%d:%s\n", si, out);
+}
+
 static void op_fork(void)
 {
     int si = pick(1);
@@ -339,7 +375,7 @@ int main(int argc, char **argv)
     sa.sa_flags = SA_SIGINFO;
     sigaction(SIGBUS, &sa, NULL);
     for (int i = 0; i < steps; i++) {
-        int op = (int)rng_below(&R, 16);
+        int op = (int)rng_below(&R, 17);
         switch (op) {
         case 0: case 1: op_mmap(); break;
         case 2: op_touch_seq(); break;
@@ -355,6 +391,7 @@ int main(int argc, char **argv)
         case 12: op_syscalls(); break;
         case 13: op_pwrite(); break;
         case 14: op_truncate(full); break;
+        case 15: op_maps(); break;
         default: usleep(8000); say("pause\n"); break;
         }
     }
