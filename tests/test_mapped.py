@@ -229,3 +229,29 @@ def test_an_unprivileged_reader_of_someone_elses_file(run, strict_fs):
     stats = load_stats(st)
     assert_bounded(ps, ss, 16 * MiB, "an unprivileged reader", stats)
     assert stats_total(stats, "map_given_back_bytes") > 0, stats_summary(stats)
+
+
+@pytest.mark.parametrize("ending", ["exit", "exec", "_exit"])
+def test_mapped_pages_go_when_the_process_ends(run, strict_fs, ending):
+    """A file smaller than the budget keeps its pages while mapped; they are dropped when the
+    process exits, calls _exit (as fork workers do) or execs another program (the mappings end
+    with the image), where a plain run leaves them all cached."""
+    from mapsample import cachestat
+    d = strict_fs.new_dir("data")
+    path = d / "f"
+    make_file(path, 48 * MiB, seed=4)
+    end = {"exit": "", "exec": "os.execv('/bin/true', ['true'])", "_exit": "os._exit(0)"}[ending]
+    code = ("import mmap, os, sys; f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); "
+            f"s = sum(m[i] for i in range(0, len(m), 4096)); print(s, flush=True); {end}")
+    left = []
+    for shim in (False, True):
+        drop_cache(path)
+        r = run(["/usr/bin/python3", "-c", code, path], shim=shim, paths=str(d), env={"S3DLIO_DIRECT_MAP_BUDGET": "256MiB"})
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            left.append(cachestat(fd))
+        finally:
+            os.close(fd)
+    assert left[0] >= 40 * MiB, f"the plain run left only {left[0] >> 20} MiB cached: the test proves nothing"
+    assert left[1] <= MiB, f"after {ending}, {left[1] >> 20} MiB of the mapped file stay cached"
