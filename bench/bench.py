@@ -14,7 +14,9 @@ Patterns (rows): C loader read() of 4 KiB, 64 KiB, 1 MiB into malloc'd buffers; 
 1 MiB posix_memalign buffers; random 64 KiB and 4 KiB pread()s; a strided read (64 KiB, skip
 1 MiB); a 128-byte header then random 64 KiB pread()s per file; 256 KiB chunks in shuffled order,
 each read as four 64 KiB read()s; an h5py chunked dataset (256 KiB chunks) read in shuffled
-chunk order and in order; lmdb random gets (through its mapping); 1,500 files of 1 MiB read
+chunk order and in order; lmdb random gets (through its mapping); numpy.memmap read in order,
+in random 64 KiB batches (nanoGPT's get_batch) and the same in 4 fork workers, and safetensors
+load_file (mapped: the shim bounds their page cache, it cannot make them direct); 1,500 files of 1 MiB read
 with 64 KiB read()s (BENCH_SMALL_FILES); Python f.read(65536) (BufferedReader), f.readinto()
 of 8 MiB, numpy.load of .npy files; an fread loader; 8 threads streaming 1 MiB reads;
 sequential writes of 1 MiB aligned, 4 KiB and 1000-byte chunks from C and from Python, each
@@ -47,7 +49,8 @@ medians of per-round ratios of runs made back to back (modes interleaved, rotate
 Environment (or the matching --options): BENCH_DIR (/var/tmp/s3dlio-bench), BENCH_SIZE
 (2GiB), BENCH_FILES (16), BENCH_ROUNDS (3), BENCH_CELL_SECS (5: time cap per run),
 BENCH_PATTERNS (row keys to run, e.g. c64k,small,h5shuf; default all), BENCH_SMALL_FILES (1500),
-BENCH_WRITE_SIZE (1GiB, capped at BENCH_SIZE), BENCH_MODES, BENCH_OUT (docs/benchmarks.md),
+BENCH_WRITE_SIZE (1GiB, capped at BENCH_SIZE), BENCH_MAP_BUDGET (S3DLIO_DIRECT_MAP_BUDGET of the
+shim runs: an eighth of BENCH_SIZE, so that the mapped rows' bound has work to do), BENCH_MODES, BENCH_OUT (docs/benchmarks.md),
 BENCH_KEEP=1 (keep the generated data), BENCH_STRICT=1 (fail when fio, nocache, numpy or
 matplotlib is missing instead of marking those cells missing), BENCH_SHIM (the .so).
 Needs Python 3.9+; numpy for the numpy.load row, h5py and lmdb (PyPI: bench/deps.sh puts them
@@ -221,6 +224,16 @@ PATTERNS = [
             "", "pattern", python=True, data="h5", needs="h5py"),
     Pattern("lmdb", "lmdb random gets (1 KiB values)", "read", lambda c: pyload_on("lmdb", "lmdb", c.rand_count)(c),
             None, "", "pattern", python=True, data="lmdb", needs="lmdb", seq=False, mmap=True),
+    Pattern("mmseq", "numpy.memmap in order, 1 MiB slices", "read", pyload("memmap-seq"), None, "", "pattern",
+            python=True, needs="numpy", mmap=True),
+    Pattern("mmbatch", "numpy.memmap random 64 KiB batches (nanoGPT)", "read",
+            lambda c: pyload("memmap-batches", max(16, c.rand_count // 16), 1)(c), None, "", "pattern",
+            python=True, needs="numpy", seq=False, mmap=True),
+    Pattern("mmpool", "numpy.memmap random 64 KiB batches, 4 fork workers", "read",
+            lambda c: pyload("memmap-batches", max(4, c.rand_count // 64), 4)(c), None, "", "pattern",
+            python=True, needs="numpy", seq=False, mmap=True),
+    Pattern("safet", "safetensors load_file", "read", pyload_on("safetensors", "safetensors"), None, "",
+            "pattern", python=True, data="safetensors", needs="safetensors", mmap=True),
     Pattern("small", "C many 1 MiB files, read() 64 KiB", "read", bload_on("small", "-b", 65536),
             bload_on("small", "-b", 65536, "-A", "-D"), NAT, "small_files", data="small"),
     Pattern("pyread", "Python f.read(65536)", "read", pyload("read", 65536), bload("-b", 65536, "-A", "-D"),
@@ -370,6 +383,8 @@ class Ctx:
         self.h5_size = max(16 * MiB, min(512 * MiB, self.size // 4))
         self.lmdb_dir = os.path.join(self.sets_dir, "lmdb")
         self.lmdb_size = max(8 * MiB, min(256 * MiB, self.size // 8))
+        self.safetensors_file = os.path.join(self.sets_dir, "safetensors", "model.safetensors")
+        self.safetensors_size = max(16 * MiB, min(1024 * MiB, self.size // 2))
         self.patterns = [p for p in PATTERNS if not a.patterns or p.key in a.patterns.split(",")]
         self.file_size = (self.size // self.nfiles) // 4096 * 4096
         self.files = [os.path.join(self.data_dir, f"d{i:03d}.npy") for i in range(self.nfiles)]
@@ -392,13 +407,17 @@ class Ctx:
             return [self.h5_file]
         if which == "lmdb":
             return [os.path.join(self.lmdb_dir, "data.mdb")]
+        if which == "safetensors":
+            return [self.safetensors_file]
         return self.files
 
     def shim_env(self, mode: Mode, shim: str | None = None) -> dict:
         """The environment of a shim run: LD_PRELOAD of `shim` (default: the library under test)."""
         e = {"LD_PRELOAD": shim or self.shim,
              "S3DLIO_DIRECT_PATHS": f"{self.data_dir}:{self.sets_dir}:{self.out_dir}",
-             "S3DLIO_DIRECT_STATS": os.path.join(self.stats_dir, "st-%p.json")}
+             "S3DLIO_DIRECT_STATS": os.path.join(self.stats_dir, "st-%p.json"),
+             # mapped rows: a budget of an eighth of the data, so that bounding has work to do
+             "S3DLIO_DIRECT_MAP_BUDGET": os.environ.get("BENCH_MAP_BUDGET", str(max(4 * MiB, self.size // 8)))}
         e.update(mode.shim_env or {})
         return e
 
@@ -471,11 +490,12 @@ def generate_sets(ctx: Ctx):
             with open(stamp, "w") as f:
                 f.write(want)
     for key, verb, target, size in (("h5", "mkh5", ctx.h5_file, ctx.h5_size),
-                                    ("lmdb", "mklmdb", ctx.lmdb_dir, ctx.lmdb_size)):
-        module = "h5py" if key == "h5" else "lmdb"
+                                    ("lmdb", "mklmdb", ctx.lmdb_dir, ctx.lmdb_size),
+                                    ("safetensors", "mksafetensors", ctx.safetensors_file, ctx.safetensors_size)):
+        module = {"h5": "h5py"}.get(key, key)
         if key not in keys or module in ctx.missing:
             continue
-        d = os.path.dirname(target) if key == "h5" else target
+        d = target if key == "lmdb" else os.path.dirname(target)
         stamp, want = os.path.join(d, ".stamp"), f"v1 {size}"
         if fresh(stamp, want, ctx.data_paths(key)):
             continue

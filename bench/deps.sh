@@ -15,8 +15,8 @@ command -v nocache >/dev/null 2>&1 || missing_pkgs="$missing_pkgs nocache"
 command -v fincore >/dev/null 2>&1 || missing_pkgs="$missing_pkgs util-linux"
 "$PY" -c 'import numpy' >/dev/null 2>&1 || missing_pkgs="$missing_pkgs python3-numpy"
 "$PY" -c 'import matplotlib' >/dev/null 2>&1 || missing_pkgs="$missing_pkgs python3-matplotlib"
-if [ -z "$missing_pkgs" ]; then exit 0; fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+# (nothing missing: straight on to the virtual environment, which a fresh clone lacks)
+if [ -n "$missing_pkgs" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bench: installing$missing_pkgs"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends $missing_pkgs >/dev/null 2>&1 || {
@@ -37,14 +37,14 @@ if [ -n "$still" ]; then
     exit 1
 fi
 VENV="$(cd "$(dirname "$0")" && pwd)/.venv"
-if ! "$VENV/bin/python" -c 'import h5py, lmdb, numpy, matplotlib' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import h5py, lmdb, numpy, matplotlib, safetensors' >/dev/null 2>&1; then
     test -x "$VENV/bin/python" || "$PY" -m venv --system-site-packages "$VENV" || {
         echo "bench: cannot make a virtual environment with $PY (Debian: apt-get install python3-venv)" >&2
         exit 1
     }
-    echo "bench: installing h5py and lmdb from PyPI into $VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check h5py lmdb || {
-        echo "bench: pip could not install h5py and lmdb into $VENV" >&2
+    echo "bench: installing h5py, lmdb and safetensors from PyPI into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check h5py lmdb safetensors || {
+        echo "bench: pip could not install h5py, lmdb and safetensors into $VENV" >&2
         exit 1
     }
 fi

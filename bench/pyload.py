@@ -10,6 +10,12 @@
     pyload.py mkh5 BYTES  FILE      (data generation, not timed) a chunked uint8 dataset "x" of
                                     256 KiB chunks (4 rows of 64 KiB), about BYTES big
     pyload.py mklmdb BYTES DIR      (data generation, not timed) 1 KiB values under keys %08d
+    pyload.py memmap-seq FILE...    numpy.memmap of each file, read in order in 1 MiB slices
+    pyload.py memmap-batches N W FILE...  nanoGPT's get_batch: N batches of 16 random 64 KiB
+                                    slices, a new numpy.memmap of a file per batch; W > 1: in W
+                                    fork workers (multiprocessing), N batches each
+    pyload.py safetensors FILE      safetensors.numpy.load_file
+    pyload.py mksafetensors BYTES FILE  (data generation, not timed) 16 float32 tensors
 
 Options before the verb: -T SECS (stop after SECS), -L BYTES (stop after BYTES; for write
 the size written). Prints "bytes=<n> secs=<elapsed I/O time> calls=<calls>".
@@ -36,6 +42,8 @@ def main(argv):
         import numpy
     if verb in ("lmdb", "mklmdb"):
         import lmdb
+    if verb.startswith("memmap") or verb in ("safetensors", "mksafetensors"):
+        import numpy
     import random
 
     total = calls = 0
@@ -122,6 +130,40 @@ def main(argv):
                 if tmax and (calls & 255) == 0 and over():
                     break
         env.close()
+    elif verb == "memmap-seq":
+        for path in argv[1:]:
+            a = numpy.memmap(path, dtype=numpy.uint8, mode="r")
+            for i in range(0, a.size, 1 << 20):
+                total += len(a[i:i + (1 << 20)].tobytes())
+                calls += 1
+            del a
+            if over():
+                break
+    elif verb == "memmap-batches":
+        n, workers, paths = int(argv[1]), int(argv[2]), argv[3:]
+        if workers > 1:
+            import multiprocessing as mp
+            with mp.get_context("fork").Pool(workers) as pool:
+                for b, c in pool.starmap(_batches, [(paths, n, w, tmax) for w in range(workers)]):
+                    total += b
+                    calls += c
+        else:
+            total, calls = _batches(paths, n, 0, tmax)
+    elif verb == "safetensors":
+        from safetensors.numpy import load_file
+        for path in argv[1:]:
+            for v in load_file(path).values():
+                total += v.nbytes
+                calls += 1
+    elif verb == "mksafetensors":
+        from safetensors.numpy import save_file
+        want, path = int(argv[1]), argv[2]
+        rng = numpy.random.default_rng(3)
+        save_file({f"t{i:02d}": rng.standard_normal(want // 4 // 16, dtype=numpy.float32) for i in range(16)}, path)
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        return
     elif verb == "mkh5":
         want, path = int(argv[1]), argv[2]
         rows = max(4, want // 65536 // 4 * 4)
@@ -149,6 +191,27 @@ def main(argv):
     else:
         sys.exit(f"pyload: unknown verb {verb}")
     print(f"bytes={total} secs={time.monotonic() - t0:.6f} calls={calls}")
+
+
+def _batches(paths, n, seed, tmax):
+    """nanoGPT's get_batch over `paths` (one file per batch, in turn): (bytes, slices)."""
+    import random
+
+    import numpy
+
+    rng = random.Random(seed)
+    total = calls = 0
+    t0 = time.monotonic()
+    for b in range(n):
+        data = numpy.memmap(paths[b % len(paths)], dtype=numpy.uint8, mode="r")
+        for _ in range(16):
+            i = rng.randrange(len(data) - 65536)
+            total += len(data[i:i + 65536].tobytes())
+            calls += 1
+        del data
+        if tmax and time.monotonic() - t0 >= tmax:
+            break
+    return total, calls
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 use crate::{absolute_globs, current_dir, error, warning, ProbeArgs, EXIT_OWN_FAILURE};
 use s3dlio_engine::align::{self, Alignment};
-use s3dlio_engine::config::{Config, VAR_EXCLUDE, VAR_PATHS, VAR_PROGRAMS};
+use s3dlio_engine::config::{Config, MapMode, VAR_EXCLUDE, VAR_MAP, VAR_MAP_BUDGET, VAR_PATHS, VAR_PROGRAMS};
 use s3dlio_engine::pathmatch::normalize_into;
 use s3dlio_engine::probe::{self, errno_name, Refusal};
 use serde_json::{json, Value};
@@ -43,6 +43,8 @@ struct Report {
     effective: Option<Alignment>,
     dontcache: Answer,
     pattern: Pattern,
+    /// What a mapping (mmap) of the path would get.
+    mapping: String,
     /// The path with its symlinks resolved, when that is another name, and what the library
     /// would decide for a program that opens it by that name.
     resolved: Option<(PathBuf, Pattern)>,
@@ -170,6 +172,7 @@ fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
                 align: None,
                 effective: None,
                 dontcache: unknown(),
+                mapping: mapping_text(cfg, &pattern, None),
                 pattern,
                 resolved,
             });
@@ -192,9 +195,43 @@ fn probe(given: &Path, cwd: &Path, cfg: &Config) -> Result<Report, String> {
         align: Some(alignment),
         effective: (effective != alignment).then_some(effective),
         dontcache,
+        mapping: mapping_text(cfg, &pattern, (!scratch && meta.is_file()).then_some((fd, real.as_path()))),
         pattern,
         resolved,
     })
+}
+
+/// What a mapping of a file the pattern decision `p` describes would get under the
+/// library; the file (open for reading, and its path) tells how its footprint would be
+/// measured and given back for this user.
+fn mapping_text(cfg: &Config, p: &Pattern, file: Option<(i32, &Path)>) -> String {
+    if p.entry.is_none() || !p.detail.starts_with("matches") {
+        return "served by the page cache, as without the library (not matched)".into();
+    }
+    if cfg.map == MapMode::Off {
+        return format!("served by the page cache, as without the library ({VAR_MAP}=off)");
+    }
+    let (budget, whence) = match cfg.map_budget {
+        Some(b) => (b, VAR_MAP_BUDGET.to_string()),
+        None => (s3dlio_engine::mapped::budget::default_budget(), "the default for this process's memory limit".into()),
+    };
+    let mut t = format!(
+        "bounded, not direct: served by the page cache, at most {} of it per process ({whence})",
+        crate::stats::human(budget)
+    );
+    if let Some((fd, path)) = file {
+        if s3dlio_engine::sys::cachestat(fd).is_err() {
+            t.push_str("; measured with mincore (cachestat is refused to a user who may not write the file)");
+        }
+        let writable = std::ffi::CString::new(path.as_os_str().as_bytes()).is_ok_and(|c| {
+            // SAFETY: `c` is NUL-terminated for the call.
+            unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+        });
+        if !writable {
+            t.push_str("; a private writable mapping (np.memmap mode='c', torch.load(mmap=True)) stays unbounded for this user");
+        }
+    }
+    t
 }
 
 /// `given` with its symlinks resolved (the existing part canonical, the rest as written),
@@ -402,6 +439,7 @@ fn report_text(r: &Report) -> String {
     }
     line("RWF_DONTCACHE", &r.dontcache.detail);
     line("pattern", &r.pattern.detail);
+    line("mapping", &r.mapping);
     if let Some((path, p)) = &r.resolved {
         line("resolves to", &path.display().to_string());
         line("  pattern", &format!("{} (for a program that opens it by this name)", p.detail));
@@ -432,6 +470,7 @@ fn report_json(r: &Report) -> Value {
         "effective_alignment": r.effective.as_ref().or(r.align.as_ref()).map(align),
         "rwf_dontcache": r.dontcache.json(),
         "pattern": pattern_json(&r.pattern),
+        "mapping": r.mapping,
         "resolved": r.resolved.as_ref().map(|(path, p)| json!({
             "path": path.to_string_lossy(),
             "pattern": pattern_json(p),
@@ -470,6 +509,17 @@ mod tests {
 
     fn cfg(vars: &[(&str, &str)]) -> Config {
         Config::from_vars(vars.iter().copied()).0
+    }
+
+    #[test]
+    fn what_a_mapping_gets() {
+        let c = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_MAP_BUDGET", "256MiB")]);
+        let cwd = Path::new("/work");
+        let t = mapping_text(&c, &pattern(Path::new("/data/x"), cwd, &c, None), None);
+        assert!(t.starts_with("bounded, not direct") && t.contains("256.0 MiB"), "{t}");
+        assert!(mapping_text(&c, &pattern(Path::new("/else"), cwd, &c, None), None).contains("not matched"));
+        let off = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_MAP", "off")]);
+        assert!(mapping_text(&off, &pattern(Path::new("/data/x"), cwd, &off, None), None).contains("MAP=off"));
     }
 
     #[test]

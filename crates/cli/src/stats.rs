@@ -719,11 +719,21 @@ fn summary_text(c: &Collection, unreadable: &[String], pattern: &str, cmd: Optio
         )
     } else if direct == 0 {
         "every matched file stayed in the page cache (see fallbacks): `s3dlio-direct probe PATH` says why".to_string()
-    } else if mmaps > 0 {
+    } else if mmaps > 0 || t.get(Counter::MapMappings) > 0 {
+        let maps = t.get(Counter::MapMappings).max(mmaps);
+        let bounded = if t.get(Counter::MapMappings) > 0 {
+            format!(
+                "bounded in the page cache (peak {}, {} given back)",
+                human(t.get(Counter::MapPeakBytes)),
+                human(t.get(Counter::MapGivenBackBytes))
+            )
+        } else {
+            "through the page cache (S3DLIO_DIRECT_MAP=off)".to_string()
+        };
         format!(
-            "partly: {direct} of {matched} matched opens went direct, but direct files were mapped {mmaps} time{} \
-             (mmap): what a program reads through a mapping comes through the page cache, not direct",
-            if mmaps == 1 { "" } else { "s" }
+            "partly: {direct} of {matched} matched opens went direct, but matched files were mapped {maps} time{} \
+             (mmap): what a program reads through a mapping is not direct, {bounded}",
+            if maps == 1 { "" } else { "s" }
         )
     } else {
         format!("working: {direct} of {matched} matched opens went direct")
@@ -946,7 +956,7 @@ mod tests {
         let summary = summary_text(&all(&d), &[], "x", None);
         assert!(
             summary
-                .contains("verdict   partly: 2 of 2 matched opens went direct, but direct files were mapped 3 times"),
+                .contains("verdict   partly: 2 of 2 matched opens went direct, but matched files were mapped 3 times"),
             "{summary}"
         );
         std::fs::remove_dir_all(&d).unwrap();

@@ -16,6 +16,7 @@ pub mod libfd;
 pub mod lock;
 pub mod locks;
 pub mod log;
+pub mod mapped;
 pub mod pathmatch;
 pub mod probe;
 pub mod read_path;

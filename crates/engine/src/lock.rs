@@ -44,13 +44,19 @@ impl FutexMutex {
     pub fn reset_after_fork(&self) {
         self.state.store(0, Ordering::Relaxed);
     }
+
+    /// Releases a lock whose guard was forgotten (held across `fork` by the at-fork
+    /// handlers), waking a waiter as the guard's drop would.
+    pub fn unlock_forgotten(&self) {
+        if self.state.swap(0, Ordering::Release) == 2 {
+            futex_wake_one(&self.state);
+        }
+    }
 }
 
 impl Drop for FutexGuard<'_> {
     fn drop(&mut self) {
-        if self.0.state.swap(0, Ordering::Release) == 2 {
-            futex_wake_one(&self.0.state);
-        }
+        self.0.unlock_forgotten();
     }
 }
 

@@ -78,8 +78,16 @@ counters! {
     ReadDeviceBytes => "read_device_bytes";
     /// Bytes of reads served by copies from read-ahead windows (not counted as bounced).
     ReadaheadCopiedBytes => "read_ahead_copied_bytes";
-    /// Bytes of matched files found in the page cache at their last close beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made, mappings), then dropped.
+    /// Bytes of matched files found in the page cache at their last close beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made), then dropped; a file mapped in the process is left to the mapping budget.
     CachedUnseenBytes => "cached_unseen_bytes";
+    /// Mappings (`mmap`) of matched files: their footprint in the page cache is kept within `S3DLIO_DIRECT_MAP_BUDGET`; read through the page cache, not direct.
+    MapMappings => "map_mappings";
+    /// Bytes of mapped matched files that came into the page cache while mapped (faults and the kernel's read-around: what the device was asked for, unless another process had them cached).
+    MapFaultedBytes => "map_faulted_bytes";
+    /// Bytes of mapped matched files given back to keep the footprint within the budget (read again from the device if touched again).
+    MapGivenBackBytes => "map_given_back_bytes";
+    /// The largest footprint in the page cache of the process's mapped matched files at any measure (`stats` sums it over processes).
+    MapPeakBytes => "map_peak_bytes";
 }
 
 /// Declares the fallback reasons, each once: its variant, doc line, key and human text.
@@ -219,6 +227,14 @@ impl Stats {
     #[inline]
     pub fn add(&self, c: Counter, n: u64) {
         self.bump(c as usize, n);
+    }
+
+    /// Raises a counter to `v` if it is below (a maximum, such as a peak; one thread raises it).
+    pub fn raise(&self, c: Counter, v: u64) {
+        let cur = self.get(c);
+        if v > cur {
+            self.bump(c as usize, v - cur);
+        }
     }
 
     /// Counts one fallback for `r` (a reason the file does not count is ignored).
@@ -547,7 +563,8 @@ mod tests {
              \"read_bounced_calls\":0,\"read_bounced_bytes\":0,\"write_calls\":0,\"write_bytes\":0,\
              \"write_bounced_calls\":0,\"write_bounced_bytes\":0,\"einval_retries\":0,\"streams_direct\":0,\
              \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"read_device_bytes\":0,\
-             \"read_ahead_copied_bytes\":0,\"cached_unseen_bytes\":0,\
+             \"read_ahead_copied_bytes\":0,\"cached_unseen_bytes\":0,\"map_mappings\":0,\"map_faulted_bytes\":0,\
+             \"map_given_back_bytes\":0,\"map_peak_bytes\":0,\
              \"fallbacks\":{{\"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_twin\":0,\
              \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"locked\":0}}}}\n",
             env!("CARGO_PKG_VERSION")

@@ -51,6 +51,34 @@ impl Mode {
     }
 }
 
+/// What a mapping of a matched file gets (`S3DLIO_DIRECT_MAP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapMode {
+    /// Served by the page cache, its footprint there kept within `S3DLIO_DIRECT_MAP_BUDGET`
+    /// (the default).
+    Cache,
+    /// Served by the page cache as without the library.
+    Off,
+}
+
+impl MapMode {
+    /// Every mode, in the order warnings list them.
+    pub const ALL: [MapMode; 2] = [MapMode::Cache, MapMode::Off];
+
+    /// Parse `cache` or `off` in any case (surrounding whitespace ignored).
+    pub fn parse(s: &str) -> Option<MapMode> {
+        MapMode::ALL.into_iter().find(|m| s.trim().eq_ignore_ascii_case(m.as_str()))
+    }
+
+    /// The lower-case word, as accepted by [`MapMode::parse`].
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MapMode::Cache => "cache",
+            MapMode::Off => "off",
+        }
+    }
+}
+
 /// How much the shim logs. Ordered: a message is emitted when its level is `<=` the
 /// configured one (`Error` is the least verbose).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,6 +145,11 @@ pub struct Config {
     pub write_behind: usize,
     /// `S3DLIO_DIRECT_MODE`, default [`DEFAULT_MODE`].
     pub mode: Mode,
+    /// `S3DLIO_DIRECT_MAP`, default [`DEFAULT_MAP`].
+    pub map: MapMode,
+    /// `S3DLIO_DIRECT_MAP_BUDGET` in bytes; `None`: derived from the process's memory limit
+    /// when the library loads (`crate::mapped::budget`).
+    pub map_budget: Option<u64>,
     /// Whether this process is one of `programs`: decided once, when the variables are read,
     /// because `enabled` runs inside every `open()`.
     pub program_selected: bool,
@@ -139,6 +172,8 @@ impl Default for Config {
             readahead: DEFAULT_READAHEAD,
             write_behind: DEFAULT_WRITE_BEHIND,
             mode: DEFAULT_MODE,
+            map: DEFAULT_MAP,
+            map_budget: None,
             programs: None,
             program_selected: true,
         }

@@ -6,7 +6,7 @@
 //! defaults are the `DEFAULT_*` constants below; their texts (README, warnings) are derived
 //! from them.
 
-use super::{parse_size, Config, LogLevel, Mode, ProgramSet, GIB, KIB, MIB};
+use super::{parse_size, Config, LogLevel, MapMode, Mode, ProgramSet, GIB, KIB, MIB};
 use crate::pathmatch::PatternSet;
 use std::borrow::Cow;
 use std::fmt;
@@ -36,6 +36,9 @@ pub const DEFAULT_WRITE_BEHIND: usize = 1 << 20;
 pub const MAX_TUNING: usize = 1 << 30;
 /// Default for `S3DLIO_DIRECT_MODE`.
 pub const DEFAULT_MODE: Mode = Mode::Direct;
+
+/// Default for `S3DLIO_DIRECT_MAP`.
+pub const DEFAULT_MAP: MapMode = MapMode::Cache;
 
 /// Declares the variables: a `VAR_*` constant with each one's name, and [`VARS`].
 macro_rules! vars {
@@ -78,6 +81,10 @@ vars! {
     VAR_WRITE_BEHIND = "S3DLIO_DIRECT_WRITE_BEHIND", DefaultValue::Size(DEFAULT_WRITE_BEHIND as u64), write_behind;
     /// `direct` or `dontcache`.
     VAR_MODE = "S3DLIO_DIRECT_MODE", DefaultValue::Word(DEFAULT_MODE.as_str()), mode;
+    /// `cache` or `off`: what mappings of matched files get.
+    VAR_MAP = "S3DLIO_DIRECT_MAP", DefaultValue::Word(DEFAULT_MAP.as_str()), map;
+    /// Bytes of mapped matched files the process may keep in the page cache.
+    VAR_MAP_BUDGET = "S3DLIO_DIRECT_MAP_BUDGET", DefaultValue::Prose("a sixteenth of the process's memory limit (its cgroup's `memory.max`, else `RLIMIT_AS`, else RAM), at least `64MiB`"), map_budget;
 }
 
 /// One variable of [`VARS`].
@@ -306,6 +313,25 @@ fn mode(c: &mut Config, v: &Value<'_>, w: &mut Vec<String>) {
             let words: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
             w.push(v.bad(format_args!("is not one of {}", words.join(", "))));
         }
+    }
+}
+
+fn map(c: &mut Config, v: &Value<'_>, w: &mut Vec<String>) {
+    let Some(text) = v.text() else { return };
+    match MapMode::parse(text) {
+        Some(m) => c.map = m,
+        None => {
+            let words: Vec<&str> = MapMode::ALL.iter().map(|m| m.as_str()).collect();
+            w.push(v.bad(format_args!("is not one of {}", words.join(", "))));
+        }
+    }
+}
+
+fn map_budget(c: &mut Config, v: &Value<'_>, w: &mut Vec<String>) {
+    let Some(text) = v.text() else { return };
+    match parse_size(text) {
+        Some(n) if n > 0 => c.map_budget = Some(n),
+        _ => w.push(v.bad("is not a size above 0 (use e.g. 4096, 256MiB, 2G)")),
     }
 }
 

@@ -74,7 +74,9 @@ impl Drop for Desc {
         let last = OPEN_FILES.closing(self.ident);
         let Some(t) = self.twin() else { return };
         self.behind.drop_cached(t);
-        if let Some(cached_at_open) = last {
+        // A mapped file's footprint is the mapping engine's (`crate::mapped`): dropping it
+        // here would make a loader that maps the file anew for each batch read it all again.
+        if let Some(cached_at_open) = last.filter(|_| !crate::mapped::knows(self.ident)) {
             drop_unseen(t, cached_at_open);
         }
         if !*self.keep_twin.get_mut() {

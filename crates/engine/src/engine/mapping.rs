@@ -1,13 +1,220 @@
-//! Mappings and advice on managed fds: mmap, posix_fadvise/readahead, and posix_fallocate.
+//! Mappings and advice: mmap, munmap, mremap, mprotect and madvise keep the registry of
+//! mappings of matched files (`crate::mapped`, whose reclaimer bounds their footprint in the
+//! page cache); posix_fadvise/readahead on managed fds, and posix_fallocate.
 
-use super::{FDS, STATS};
-use crate::config::LogLevel;
+use super::{state, FDS, STATS};
+use crate::config::{LogLevel, MapMode};
 use crate::log::{self, Cause};
+use crate::mapped::{self, reclaim, Held, Mapping};
 use crate::stats::Counter;
+use crate::{align, libfd, sys};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Before `mmap` of `fd`: a mapping of a direct file works, through the page cache; it is
+/// Mappings of matched files are tracked (the library is active, `S3DLIO_DIRECT_MAP` not off).
+static MAP_ON: AtomicBool = AtomicBool::new(false);
+/// The lowest and highest address any tracked mapping ever had: an address range outside
+/// them needs no lock.
+static LOW: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// At load: the budget and the reclaimer's statistics, if mappings are to be bounded.
+pub(super) fn init() {
+    let cfg = &state().cfg;
+    if cfg.enabled() && cfg.map == MapMode::Cache {
+        reclaim::configure(cfg.map_budget.unwrap_or_else(mapped::budget::default_budget), &STATS);
+        MAP_ON.store(true, Ordering::Release);
+    }
+}
+
+/// The budget in bytes this process's mappings of matched files get (`probe` and the log).
+pub fn budget() -> u64 {
+    state().cfg.map_budget.unwrap_or_else(mapped::budget::default_budget)
+}
+
+/// True if an `mmap` with these `flags` of `fd` is the engine's business: a file mapping
+/// while mappings are tracked, or a MAP_FIXED one that may replace a tracked mapping.
+#[inline]
+pub fn concerns_mmap(flags: i32, fd: i32) -> bool {
+    (fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && MAP_ON.load(Ordering::Relaxed))
+        || (flags & libc::MAP_FIXED != 0 && mapped::tracking())
+}
+
+/// True if a call on the address range `[addr, addr+len)` (munmap, mremap, mprotect,
+/// madvise) may concern a tracked mapping: one atomic load while none is tracked.
+#[inline]
+pub fn concerns_range(addr: usize, len: usize) -> bool {
+    mapped::tracking() && addr < HIGH.load(Ordering::Relaxed) && addr.saturating_add(len) > LOW.load(Ordering::Relaxed)
+}
+
+fn pages(len: usize) -> usize {
+    len.next_multiple_of(align::page_size())
+}
+
+/// The registry locked for a call that changes address ranges; `None` (and the registry
+/// marked unsure) inside a signal handler that interrupted a holder on this thread.
+fn lock_for_change(nowait: bool) -> Option<Held> {
+    let h = mapped::lock(nowait);
+    if h.is_none() {
+        mapped::mark_unsure();
+    }
+    h
+}
+
+/// A matched file about to be mapped.
+pub struct NewFile {
+    ident: (u64, u64),
+    /// The library's new descriptor of it (-1: the registry has one, or none could be had).
+    fd: i32,
+    size: u64,
+}
+
+/// What `before_mmap` prepared: the registry held across the real call, and the file.
+pub struct MmapPrep {
+    held: Option<Held>,
+    file: Option<NewFile>,
+}
+
+/// Before `mmap(addr, len, prot, flags, fd, off)`: decides whether it maps a matched file
+/// (a descriptor the engine manages, or any whose path matches), opens the library's own
+/// descriptor of a file it maps for the first time, and holds the registry across the call.
+pub fn before_mmap(prot: i32, flags: i32, fd: i32, nowait: bool) -> Option<MmapPrep> {
+    if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && FDS.contains(fd) {
+        mapping(fd, prot, flags);
+    }
+    let file = if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && MAP_ON.load(Ordering::Relaxed) && !nowait {
+        matched_file(fd)
+    } else {
+        None
+    };
+    if file.is_none() && flags & libc::MAP_FIXED == 0 {
+        return None;
+    }
+    let held = if file.is_some() { mapped::lock(false) } else { lock_for_change(nowait) };
+    Some(MmapPrep { held, file })
+}
+
+/// The file behind `fd` if it is a matched regular file, with the library's descriptor of it
+/// when the registry does not know it yet.
+fn matched_file(fd: i32) -> Option<NewFile> {
+    let ident = match FDS.get(fd, false) {
+        Some(d) => d.ident,
+        None => {
+            let st = sys::fstat(fd).ok()?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return None;
+            }
+            let mut p = [0u8; 4096];
+            let n = sys::fd_path(fd, &mut p).ok()?;
+            if !state().cfg.wants(&p[..n]) {
+                return None;
+            }
+            (st.st_dev, st.st_ino)
+        }
+    };
+    let size = sys::fstat(fd).map_or(0, |st| st.st_size.max(0) as u64);
+    let known = mapped::lock(false).is_some_and(|mut h| h.reg().knows(ident));
+    let fd = if known { -1 } else { mapped::open_file_fd(fd, ident) };
+    Some(NewFile { ident, fd, size })
+}
+
+/// After the real `mmap` returned `r` (MAP_FAILED or the address).
+pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off: i64) {
+    let MmapPrep { held, file } = p;
+    let Some(mut h) = held else {
+        if let Some(f) = file.filter(|f| f.fd >= 0) {
+            libfd::close(f.fd);
+        }
+        return;
+    };
+    let failed = r == libc::MAP_FAILED as usize;
+    let reg = h.reg();
+    match file {
+        Some(f) if !failed => {
+            let ty = flags & libc::MAP_TYPE;
+            let shared = ty == libc::MAP_SHARED || ty == libc::MAP_SHARED_VALIDATE;
+            let writable = prot & libc::PROT_WRITE != 0;
+            let m = Mapping {
+                start: r,
+                len: pages(len),
+                ident: f.ident,
+                off: off as u64,
+                shared,
+                cow: !shared && writable,
+                dontfork: false,
+            };
+            if f.fd >= 0 && reg.knows(f.ident) {
+                libfd::close(f.fd);
+            }
+            reg.add(m, writable, f.fd, f.size);
+            LOW.fetch_min(r, Ordering::Relaxed);
+            HIGH.fetch_max(r + m.len, Ordering::Relaxed);
+            STATS.add(Counter::MapMappings, 1);
+            drop(h);
+            reclaim::ensure_running();
+        }
+        Some(f) if f.fd >= 0 && !reg.knows(f.ident) => libfd::close(f.fd),
+        Some(_) => {}
+        None if !failed => {
+            reg.cut(r, pages(len));
+        }
+        None => {}
+    }
+}
+
+/// Before `munmap`, `mremap` or `mprotect` of a range [`concerns_range`] said may be
+/// tracked: the registry, held across the real call.
+pub fn before_change(nowait: bool) -> Option<Held> {
+    lock_for_change(nowait)
+}
+
+/// After a successful `munmap(addr, len)`.
+pub fn unmapped(mut h: Held, addr: usize, len: usize) {
+    h.reg().cut(addr, pages(len));
+}
+
+/// After a successful `mremap` of `[old, old+old_len)` to `new` with `new_len` bytes.
+pub fn remapped(mut h: Held, old: usize, old_len: usize, new: usize, new_len: usize, flags: i32) {
+    let keep_old = old_len == 0 || flags & libc::MREMAP_DONTUNMAP != 0;
+    h.reg().moved(old, pages(old_len), new, pages(new_len), keep_old);
+    LOW.fetch_min(new, Ordering::Relaxed);
+    HIGH.fetch_max(new + pages(new_len), Ordering::Relaxed);
+}
+
+/// Before `mprotect(addr, len, prot)`, with the registry held across the call: a private
+/// mapping made writable is marked as possibly holding private copies before any can exist.
+pub fn protecting(h: &mut Held, addr: usize, len: usize, prot: i32) {
+    h.reg().protect(addr, pages(len), prot);
+}
+
+/// `madvise(addr, len, advice)` on a range [`concerns_range`] said may be tracked: `Some(len)`
+/// to pass on only the first `len` bytes (MADV_WILLNEED over tracked mappings larger than a
+/// quarter of the budget: reading it all ahead would only fill the page cache past the
+/// budget, and over mapped ranges the kernel's answer is the same); `None`: pass it on as it is.
+pub fn advice_len(addr: usize, len: usize, advice: i32) -> Option<usize> {
+    if advice != libc::MADV_WILLNEED {
+        return None;
+    }
+    let window = pages((budget() / 4) as usize).max(align::page_size());
+    if len <= window || !mapped::lock(false).is_some_and(|mut h| h.reg().covers(addr, len)) {
+        return None;
+    }
+    STATS.add(Counter::AdviceSwallowed, 1);
+    Some(window)
+}
+
+/// After a successful `madvise(addr, len, advice)`: MADV_DONTFORK and MADV_DOFORK decide
+/// which mappings a fork child has.
+pub fn advised(addr: usize, len: usize, advice: i32, nowait: bool) {
+    if advice == libc::MADV_DONTFORK || advice == libc::MADV_DOFORK {
+        if let Some(mut h) = lock_for_change(nowait) {
+            h.reg().set_dontfork(addr, pages(len), advice == libc::MADV_DONTFORK);
+        }
+    }
+}
+
+/// Before `mmap` of a managed `fd`: a mapping of a direct file works, through the page cache; it is
 /// counted and reported once, since those accesses are not direct.
-pub fn mapping(fd: i32, prot: i32, flags: i32) {
+fn mapping(fd: i32, prot: i32, flags: i32) {
     let Some(d) = FDS.get(fd, false) else { return };
     // Writes through a shared mapping reach the file with no call the engine sees.
     let shared = flags & libc::MAP_TYPE == libc::MAP_SHARED || flags & libc::MAP_TYPE == libc::MAP_SHARED_VALIDATE;

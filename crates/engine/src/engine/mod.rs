@@ -77,11 +77,16 @@ pub fn init() {
     }
     // SAFETY: registering plain extern "C" functions without arguments.
     unsafe {
-        libc::pthread_atfork(None, Some(process::after_fork_parent), Some(process::after_fork_child));
+        libc::pthread_atfork(
+            Some(process::before_fork),
+            Some(process::after_fork_parent),
+            Some(process::after_fork_child),
+        );
         libc::atexit(process::atexit_handler);
     }
     process::stats_at_load();
     if enabled {
+        mapping::init();
         open::adopt_inherited();
         READY.store(true, Ordering::Release);
         log::once(LogLevel::Info, Cause::Active, format_args!("active for {:?}", state().cfg.paths));

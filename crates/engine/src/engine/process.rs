@@ -6,7 +6,7 @@ use super::{FDS, STATE, STATS};
 use crate::config::LogLevel;
 use crate::log::{self, Cause};
 use crate::statsdir;
-use crate::{locks, readahead, sys, writing};
+use crate::{locks, mapped, readahead, sys, writing};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static EXITED: AtomicBool = AtomicBool::new(false);
@@ -27,6 +27,13 @@ fn inherited_by_exec(fd: i32) -> bool {
 pub fn before_exec() -> ExecToken {
     write_stats(false);
     let mut kept = Vec::new();
+    // The mappings end with the image: their pages go now; descriptors of files the
+    // process may hold record locks on stay open, as twins do.
+    for fd in mapped::at_end() {
+        if sys::fcntl(fd, libc::F_SETFD, 0).is_ok() {
+            kept.push(fd);
+        }
+    }
     FDS.for_each(|_, d| {
         let Some(t) = d.twin() else { return };
         d.behind.drop_cached(t);
@@ -93,6 +100,7 @@ pub fn at_exit() {
             d.behind.drop_cached(t);
         }
     });
+    mapped::at_end();
     write_stats(true);
 }
 
@@ -101,11 +109,20 @@ pub(super) extern "C" fn atexit_handler() {
     let _ = std::panic::catch_unwind(at_exit);
 }
 
+/// Before fork: no thread may be changing the registry of mappings while the process forks.
+pub(super) extern "C" fn before_fork() {
+    // A panic must not unwind into libc's fork.
+    let _ = std::panic::catch_unwind(mapped::before_fork);
+}
+
 /// In the parent after fork: the child shares every description, so calls at their file
 /// position go to the kernel's own calls from now on.
 pub(super) extern "C" fn after_fork_parent() {
     // A panic must not unwind into libc's fork.
-    let _ = std::panic::catch_unwind(|| FDS.for_each(|_, d| d.shared.store(true, Ordering::Relaxed)));
+    let _ = std::panic::catch_unwind(|| {
+        mapped::after_fork_parent();
+        FDS.for_each(|_, d| d.shared.store(true, Ordering::Relaxed));
+    });
 }
 
 /// In a fork child: every lock another thread held is free again, the descriptions are
@@ -133,5 +150,6 @@ fn reset_after_fork() {
     }
     log::reset_after_fork();
     statsdir::after_fork_child(&STATS, STATE.get().is_some_and(|st| st.cfg.enabled()));
+    mapped::after_fork_child();
     EXITED.store(false, Ordering::Relaxed);
 }

@@ -355,6 +355,13 @@ pub fn set_nofile_limit(r: &libc::rlimit) -> SysResult<()> {
 /// `cachestat(2)` (Linux 6.5+) of the whole file behind `fd`: pages cached and, of those,
 /// dirty or under writeback.
 pub fn cachestat(fd: c_int) -> SysResult<(u64, u64)> {
+    cachestat_range(fd, 0, 0)
+}
+
+/// `cachestat(2)` of `len` bytes at `off` (`len` 0: to the end of the file): pages cached
+/// and, of those, dirty or under writeback. EPERM (Linux 6.14+) where the caller may
+/// neither write the file nor owns it.
+pub fn cachestat_range(fd: c_int, off: u64, len: u64) -> SysResult<(u64, u64)> {
     #[repr(C)]
     struct Range {
         off: u64,
@@ -369,11 +376,29 @@ pub fn cachestat(fd: c_int) -> SysResult<(u64, u64)> {
         evicted: u64,
         recently_evicted: u64,
     }
-    let range = Range { off: 0, len: 0 };
+    let range = Range { off, len };
     let mut st = Stat::default();
     // SAFETY: both structures match the kernel's and outlive the call.
     check(unsafe { libc::syscall(451, fd, &range as *const Range, &mut st as *mut Stat, 0) })?;
     Ok((st.cache, st.dirty + st.writeback))
+}
+
+/// `madvise(2)` of `len` bytes at `addr`; the advice changes no byte a program can read
+/// only for the values the caller picks (MADV_PAGEOUT, MADV_COLD, MADV_WILLNEED, and
+/// MADV_DONTNEED on pages that hold the file's own data).
+pub fn madvise(addr: usize, len: usize, advice: c_int) -> SysResult<()> {
+    // SAFETY: no memory is read or written by the call itself; the caller picks advice that
+    // is safe for the range.
+    check(unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) }).map(|_| ())
+}
+
+/// `mincore(2)` of the `len` bytes at the page-aligned `addr`.
+///
+/// # Safety
+/// `out` must be writable for one byte per page of the range.
+pub unsafe fn mincore(addr: usize, len: usize, out: &mut [u8]) -> SysResult<()> {
+    // SAFETY: the caller guarantees `out` covers the range.
+    retry(|| unsafe { libc::syscall(libc::SYS_mincore, addr, len, out.as_mut_ptr()) }).map(|_| ())
 }
 
 /// `posix_fadvise(2)`.
