@@ -255,3 +255,19 @@ def test_mapped_pages_go_when_the_process_ends(run, strict_fs, ending):
             os.close(fd)
     assert left[0] >= 40 * MiB, f"the plain run left only {left[0] >> 20} MiB cached: the test proves nothing"
     assert left[1] <= MiB, f"after {ending}, {left[1] >> 20} MiB of the mapped file stay cached"
+
+
+def test_memory_behind_a_raw_munmap_is_left_alone(run, strict_fs):
+    """A mapping of a matched file unmapped with a raw system call (no hook sees it) and its
+    addresses reused for anonymous memory: the registry still lists the range, and giving the
+    file's cached pages back must not discard the program's new memory there (MADV_DONTNEED
+    only where the kernel confirms the range is still the file's)."""
+    d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
+    path = d / "f"
+    make_file(path, 16 * MiB, seed=5)
+    r = run([bin_path("mapstale"), path, "2"], paths=str(d),
+            env={"S3DLIO_DIRECT_MAP_BUDGET": 4096, "S3DLIO_DIRECT_STATS": st / "s-%p.json"})
+    assert r.returncode == 0 and r.stdout == b"intact\n", (r.stdout, r.stderr)
+    objs = load_stats(st)
+    assert stats_total(objs, "map_mappings") >= 1 and stats_total(objs, "map_given_back_bytes") > 0, (
+        "the library gave nothing back: the test proves nothing", objs)

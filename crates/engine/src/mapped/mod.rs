@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod policy;
 pub mod reclaim;
+pub mod vma;
 
 use crate::lock::{FutexGuard, FutexMutex};
 use crate::{libfd, locks, sys};
@@ -406,8 +407,9 @@ pub fn after_fork_child() {
 pub fn at_end() -> Vec<i32> {
     let Some(mut h) = lock(false) else { return Vec::new() };
     let r = h.reg();
+    let mut vmas = vma::Checker::new();
     for m in &r.maps {
-        reclaim::zap(m, m.start, m.len);
+        reclaim::zap(m, m.start, m.len, &mut vmas);
     }
     let mut locked = Vec::new();
     for f in &r.files {

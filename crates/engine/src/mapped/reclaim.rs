@@ -7,6 +7,7 @@
 //! still map). It makes raw system calls only, so it never enters the library's hooks.
 
 use super::policy::{self, Chunk};
+use super::vma::Checker;
 use super::{close_file_fd, has_files, lock, unsure, File, Mapping, Registry, SUPER};
 use crate::stats::{Counter, Stats};
 use crate::{align, libfd, sys};
@@ -85,10 +86,14 @@ fn run() {
     }
 }
 
-/// Drops the page table entries of `[a, a+len)` of mapping `m` with advice that loses no data.
-pub(super) fn zap(m: &Mapping, a: usize, len: usize) {
-    let advice = if (m.shared || !m.cow) && !unsure() { libc::MADV_DONTNEED } else { libc::MADV_PAGEOUT };
-    let _ = sys::madvise(a, len, advice);
+/// Drops the page table entries of `[a, a+len)` of mapping `m` with advice that loses no data:
+/// MADV_DONTNEED only where every page is the file's and the kernel confirms the range is
+/// still that mapping (a raw `munmap` behind the hooks may have made it someone else's
+/// memory), MADV_PAGEOUT (which never discards anything) otherwise.
+pub(super) fn zap(m: &Mapping, a: usize, len: usize, vmas: &mut Checker) {
+    let off = m.off + (a - m.start) as u64;
+    let dontneed = (m.shared || !m.cow) && !unsure() && vmas.is_file_range(a, len, m.ident, off, m.shared);
+    let _ = sys::madvise(a, len, if dontneed { libc::MADV_DONTNEED } else { libc::MADV_PAGEOUT });
 }
 
 /// What one file looked like when the pass began.
@@ -172,8 +177,9 @@ fn pass() {
         now,
     );
     let mut given = 0u64;
+    let mut vmas = Checker::new();
     for (fi, ci) in victims {
-        given += give_back(r, fi, ci);
+        given += give_back(r, fi, ci, &mut vmas);
     }
     let after = total.saturating_sub(given);
     housekeeping(r, now);
@@ -262,7 +268,7 @@ fn by_mincore(s: &Snap, out: &mut Measured) {
 }
 
 /// Gives back chunk `ci` of file `fi`; returns the pages that left the page cache.
-fn give_back(r: &mut Registry, fi: usize, ci: usize) -> u64 {
+fn give_back(r: &mut Registry, fi: usize, ci: usize, vmas: &mut Checker) -> u64 {
     let f = &r.files[fi];
     let csize = 1u64 << f.shift;
     let (lo, hi) = (ci as u64 * csize, (ci as u64 + 1) * csize);
@@ -270,7 +276,7 @@ fn give_back(r: &mut Registry, fi: usize, ci: usize) -> u64 {
         let (mlo, mhi) = (m.off, m.off + m.len as u64);
         let (a, b) = (lo.max(mlo), hi.min(mhi));
         if a < b {
-            zap(m, m.start + (a - mlo) as usize, (b - a) as usize);
+            zap(m, m.start + (a - mlo) as usize, (b - a) as usize, vmas);
         }
     }
     let before = f.chunks[ci].resident;
