@@ -3,14 +3,22 @@
  * program's memory and the files' contents: run with and without the library, the output
  * must be identical (the kernel's answers).
  *
- * usage: badbuf DIR
+ * usage: badbuf DIR [seccomp]
+ * With "seccomp", a filter makes process_vm_readv/process_vm_writev fail with EPERM (as a
+ * sandbox may) once the data file is written: the library must then leave the calls to the
+ * kernel, from the middle of the first read on, with the same output.
  * Memory: an arena of RW pages ending at a PROT_NONE page, then read-only pages. Buffers
  * start at several distances before the PROT_NONE page (page-aligned and not) so that
  * aligned requests take the engine's direct path and the others its bounce path; sequential
  * reads at the file position are served from read-ahead windows. */
 #include "common.h"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/sendfile.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 
 #define PG 4096L
@@ -290,9 +298,23 @@ static void copies(void)
     close(out);
 }
 
+static void refuse_process_vm(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_writev, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+        die("seccomp: %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2) die("usage: badbuf DIR");
+    if (argc != 2 && !(argc == 3 && !strcmp(argv[2], "seccomp"))) die("usage: badbuf DIR [seccomp]");
     snprintf(dir, sizeof dir, "%s", argv[1]);
     char *m = mmap(NULL, (RW_PAGES + 5) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) die("mmap");
@@ -310,6 +332,8 @@ int main(int argc, char **argv)
     fsync(fd);
     close(fd);
 
+    /* refused from the first read on (which the library starts serving, then leaves) */
+    if (argc == 3) refuse_process_vm();
     int rfd = open_in("data", O_RDONLY);
     reads(rfd);
     int wfd = open_in("w", O_RDWR | O_CREAT | O_TRUNC);

@@ -33,11 +33,19 @@ pub fn usable() -> bool {
     USABLE.load(Ordering::Relaxed)
 }
 
-/// True if `[addr, addr+len)` passes the kernel's `access_ok` and `len` its clamp, so the
-/// engine may serve a call on it: anything else is answered by the kernel itself.
+/// True if `[addr, addr+len)` passes the kernel's `access_ok` (and the kernel copies for the
+/// engine), so the engine may serve a call on it: anything else is answered by the kernel.
 #[inline]
 pub fn ordinary(addr: usize, len: usize) -> bool {
-    len <= MAX_RW_COUNT && addr.checked_add(len).is_some_and(|end| end <= USER_TOP) && usable()
+    addr.checked_add(len).is_some_and(|end| end <= USER_TOP) && usable()
+}
+
+/// The count a read or write of `len` bytes at `addr` moves at most, clamped at
+/// `MAX_RW_COUNT` as the kernel clamps it (after checking the whole range); `None` when the
+/// engine leaves the call to the kernel (see [`ordinary`]).
+#[inline]
+pub fn clamped(addr: usize, len: usize) -> Option<usize> {
+    ordinary(addr, len).then_some(len.min(MAX_RW_COUNT))
 }
 
 /// One kernel copy of up to `len` bytes, in pieces the kernel takes whole.
@@ -200,7 +208,8 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(read_iovecs(at, 3, &mut v), Err(libc::EFAULT));
         assert!(ordinary(4096, 100));
-        assert!(!ordinary(4096, MAX_RW_COUNT + 1));
+        assert_eq!(clamped(4096, MAX_RW_COUNT + 1), Some(MAX_RW_COUNT));
         assert!(!ordinary(USER_TOP - 10, 100));
+        assert_eq!(clamped(usize::MAX - 10, 100), None);
     }
 }

@@ -88,9 +88,10 @@ fn at_offset(fd: i32, len: usize, call: impl FnOnce(u64) -> SysResult<usize>) ->
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
-    if len == 0 || !usercopy::ordinary(buf as usize, len) {
+    if len == 0 {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_direct(fd, nowait)?;
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
@@ -118,9 +119,12 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -> Served {
-    if off < 0 || len == 0 || !usercopy::ordinary(buf as usize, len) {
+    // A negative offset, or one that with the length passes the largest offset, is the
+    // kernel's EINVAL.
+    if off < 0 || len == 0 || (off as u64).checked_add(len as u64).is_none_or(|end| end > i64::MAX as u64) {
         return None;
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_direct(fd, nowait)?;
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
@@ -133,9 +137,10 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes.
 pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served {
-    if len == 0 || !usercopy::ordinary(buf as usize, len) {
+    if len == 0 {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_unchecked(fd, nowait)?;
     let here = d.shared.load(Ordering::Relaxed) || write_path::through_cache(&state().tuning(&d.ra), len);
     if !here && !verified(fd, &d) {
@@ -171,9 +176,12 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes.
 pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool) -> Served {
-    if off < 0 || len == 0 || !usercopy::ordinary(buf as usize, len) {
+    // A negative offset, or one that with the length passes the largest offset, is the
+    // kernel's EINVAL.
+    if off < 0 || len == 0 || (off as u64).checked_add(len as u64).is_none_or(|end| end > i64::MAX as u64) {
         return None;
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_direct(fd, nowait)?;
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
@@ -186,7 +194,7 @@ pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool
 /// outside `1..=IOV_MAX`, an array it cannot read whole, a length that is negative as
 /// `ssize_t`, a total past `MAX_RW_COUNT`, and a range `access_ok` refuses.
 fn iovecs(iov: *const libc::iovec, cnt: i32) -> Option<(Vec<libc::iovec>, usize)> {
-    if !(1..=libc::UIO_MAXIOV).contains(&cnt) {
+    if !(1..=libc::UIO_MAXIOV).contains(&cnt) || !usercopy::usable() {
         return None;
     }
     let mut v = Vec::new();
