@@ -207,6 +207,12 @@ static void rw_calls(void)
     SHOW(rw, write(rw, b, 5000));
     SHOW(rw, fcntl(rw, F_SETFL, 0));
     SHOW(rw, fcntl(rw, F_GETFL) & ~O_LARGEFILE);
+    SHOW(rw, fcntl(rw, F_SETFL, O_DIRECT));
+    SHOW(rw, fcntl(rw, F_GETFL) & ~O_LARGEFILE);
+    SHOW(rw, pread(rw, b + 1, 4096, 0));
+    SHOW(rw, pread(rw, b, 4096, 0));
+    SHOW(rw, pread(rw, b, 5000, 1));
+    SHOW(rw, fcntl(rw, F_SETFL, 0));
     SHOW(rw, fcntl(rw, F_SETFL, O_RDONLY | O_TRUNC | O_CREAT));
     SHOW(rw, fcntl(rw, F_GETFL) & ~O_LARGEFILE);
     SHOW(rw, fcntl(rw, F_GETFD));

@@ -8,7 +8,7 @@ again with read-ahead and write-behind off and with dontcache)."""
 
 import pytest
 
-from conftest import assert_same_file, assert_same_run, bin_path, load_stats, stats_summary, stats_total
+from conftest import SHIM_ENV, assert_same_file, assert_same_run, bin_path, load_stats, stats_summary, stats_total
 
 
 @pytest.mark.parametrize("fs,refused", [("strict_fs", False), ("disk", False), ("strict_fs", True)])
@@ -28,9 +28,13 @@ def test_bad_buffers_get_the_kernels_answers(run, request, fs, refused):
     for name in ("data", "w", "c"):
         assert_same_file(dirs["plain"] / name, dirs["shim"] / name, f"{name} on {fs}")
     # the library served the calls itself (the comparison above is not plain against plain);
-    # refused, it served the calls up to the first copy the kernel refused
+    # refused, it served the calls up to the first copy the kernel refused (with dontcache the
+    # calls go through the program's own description and need no copy)
     stats = load_stats(st)
-    if refused:
-        assert 0 < stats_total(stats, "read_calls") + stats_total(stats, "write_calls") < 10, stats_summary(stats)
+    calls = stats_total(stats, "read_calls") + stats_total(stats, "write_calls")
+    if refused and SHIM_ENV.get("S3DLIO_DIRECT_MODE") == "dontcache":
+        assert calls > 0, stats_summary(stats)
+    elif refused:
+        assert 0 < calls < 10, stats_summary(stats)
     else:
         assert stats_total(stats, "read_calls") > 1000 and stats_total(stats, "write_calls") > 100, stats_summary(stats)
