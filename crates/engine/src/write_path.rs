@@ -265,18 +265,17 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
             // The program's buffer ends in bad memory after `got` bytes: those are written
             // (the aligned part direct, the rest buffered from the bounce buffer) and the
             // count ends there, as a buffered write's.
+            // A direct piece that fails leaves it all to the buffered write, which gives the
+            // kernel's answer; one that comes back short ends the count there.
             let whole = got / g * g;
             let head = if whole > 0 {
                 // SAFETY: the bounce buffer holds `got >= whole` bytes.
-                match unsafe { sys::pwrite(io.fd, bounce.as_mut_ptr(), whole, off + done as u64) } {
-                    Ok(w) => w,
-                    Err(e) => return finish(done, Err(e)),
-                }
+                unsafe { sys::pwrite(io.fd, bounce.as_mut_ptr(), whole, off + done as u64) }.unwrap_or(0)
             } else {
                 0
             };
             out.bounced_bytes += head as u64;
-            if head < whole || head == got {
+            if head == got || (head > 0 && head < whole) {
                 return Ok(done + head);
             }
             // SAFETY: `[head, got)` lies inside the bounce buffer.
