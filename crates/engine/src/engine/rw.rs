@@ -297,8 +297,10 @@ pub fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool
 }
 
 /// RWF flags the engine can honour around its own I/O; with others (RWF_NOWAIT, RWF_APPEND)
-/// the call goes to the kernel as it is.
-const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_DONTCACHE;
+/// the call goes to the kernel as it is. RWF_DONTCACHE too: the kernel refuses it with
+/// EOPNOTSUPP where the filesystem lacks it (tmpfs), and where it has it the program's call
+/// keeps nothing in the page cache either.
+const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC;
 
 /// `preadv2` on a managed fd.
 pub fn readv2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
