@@ -322,6 +322,9 @@ int main(int argc, char **argv)
     none_pg = m + RW_PAGES * PG;
     ro = none_pg + PG;
     gen_fill(5, 0, ro, 4 * PG);
+    /* as an offset (the copy calls' read-only pointer case) a small one: where it is read, the
+     * copy goes there, not to the largest offset the filesystem allows */
+    *(loff_t *)ro = 8192;
     if (mprotect(none_pg, PG, PROT_NONE) || mprotect(ro, 4 * PG, PROT_READ)) die("mprotect");
 
     int fd = open_in("data", O_RDWR | O_CREAT | O_TRUNC);
