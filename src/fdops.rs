@@ -193,8 +193,7 @@ fn copied(
     if !engine::is_managed(fd_in) && !engine::is_managed(fd_out) {
         return call();
     }
-    // SAFETY: the program's offset pointers, read before the call as the kernel reads them.
-    let token = in_engine(|_| unsafe { engine::fdops::before_copy(fd_in, off_in, fd_out, off_out) });
+    let token = in_engine(|_| engine::fdops::before_copy(fd_in, off_in, fd_out, off_out));
     let r = call();
     if let Some(t) = token {
         quietly(|| engine::fdops::after_copy(t, r));

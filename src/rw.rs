@@ -108,8 +108,7 @@ pwrite_hooks!(pwrite, pwrite64);
 #[no_mangle]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
     if engine::is_managed(fd) {
-        // SAFETY: the program's iovecs.
-        if let Some(r) = served(|nw| unsafe { engine::rw::readv(fd, iov, cnt, -1, nw) }) {
+        if let Some(r) = served(|nw| engine::rw::readv(fd, iov, cnt, -1, nw)) {
             return r;
         }
     }
@@ -120,8 +119,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
 #[no_mangle]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
     if engine::is_managed(fd) {
-        // SAFETY: the program's iovecs.
-        if let Some(r) = served(|nw| unsafe { engine::rw::writev(fd, iov, cnt, -1, nw) }) {
+        if let Some(r) = served(|nw| engine::rw::writev(fd, iov, cnt, -1, nw)) {
             return r;
         }
     }
@@ -135,8 +133,7 @@ macro_rules! pvec_hooks {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
             if off >= 0 && engine::is_managed(fd) {
-                // SAFETY: the program's iovecs.
-                if let Some(r) = served(|nw| unsafe { engine::rw::$engine_fn(fd, iov, cnt, off, nw) }) {
+                if let Some(r) = served(|nw| engine::rw::$engine_fn(fd, iov, cnt, off, nw)) {
                     return r;
                 }
             }
@@ -153,8 +150,7 @@ macro_rules! pvec2_hooks {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t {
             if engine::is_managed(fd) {
-                // SAFETY: the program's iovecs.
-                if let Some(r) = served(|nw| unsafe { engine::rw::$engine_fn(fd, iov, cnt, off, flags, nw) }) {
+                if let Some(r) = served(|nw| engine::rw::$engine_fn(fd, iov, cnt, off, flags, nw)) {
                     return r;
                 }
             }

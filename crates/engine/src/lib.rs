@@ -27,5 +27,6 @@ pub mod stats;
 pub mod statsdir;
 pub mod sys;
 pub mod twin;
+pub mod usercopy;
 pub mod write_path;
 pub mod writing;

@@ -10,6 +10,7 @@ use crate::align::Alignment;
 use crate::io::{FileIo, Outcome};
 use crate::readahead::Source;
 use crate::sys::{self, SysResult};
+use crate::usercopy;
 
 /// Reads up to `len` bytes at `off` into `buf`, like `pread(2)` on a buffered descriptor.
 ///
@@ -27,8 +28,7 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
     let st = sys::fstat(io.fd)?;
     if let Some((ra, params)) = io.tuning.readahead {
         let src = Source { fd: io.fd, align: io.align, accmode: io.accmode, params };
-        // SAFETY: forwarded from the caller.
-        match unsafe { ra.serve(&src, &st, buf, len, off, &mut out.readahead_bytes) } {
+        match ra.serve(&src, &st, buf, len, off, &mut out.readahead_bytes) {
             None => {}
             Some(Err(e)) => return Err(e),
             Some(Ok(s)) => {
@@ -66,20 +66,29 @@ unsafe fn unwindowed(
                 out.device_bytes += asked(n, len, io.align.read_offset);
                 return Ok(n);
             }
-            Err(e) => return Err(e),
+            // A direct read fails as a whole on a buffer that is bad anywhere, where a
+            // buffered read returns the bytes up to the bad one, and a direct read can fail
+            // where a buffered one does not (ext4 answers EIO for the blocks a buffered write
+            // that faulted left behind): the program's own call gives the kernel's answer.
+            // SAFETY: forwarded from the caller.
+            Err(_) => return unsafe { cached_read(io, buf, len, off, out) },
         }
         // SAFETY: forwarded from the caller.
         return unsafe { buffered(io, buf, len, off, out) };
     }
-    // SAFETY: forwarded from the caller.
-    match unsafe { bounced(io, buf, len, off, &mut out.device_bytes) } {
+    match bounced(io, buf, len, off, &mut out.device_bytes) {
         Ok(n) => {
             out.bounced_bytes += n as u64;
             Ok(n)
         }
         // SAFETY: forwarded from the caller.
         Err(libc::EINVAL) => unsafe { buffered(io, buf, len, off, out) },
-        Err(e) => Err(e),
+        // The program's buffer is bad: the kernel's answer already.
+        Err(libc::EFAULT) => Err(libc::EFAULT),
+        // The kernel did not copy, or the device read failed where the program's own
+        // buffered call may not (as above): that call gives the kernel's answer.
+        // SAFETY: forwarded from the caller.
+        Err(_) => unsafe { cached_read(io, buf, len, off, out) },
     }
 }
 
@@ -114,8 +123,7 @@ pub unsafe fn read_next(
         return None;
     }
     let src = Source { fd: io.fd, align: io.align, accmode: io.accmode, params };
-    // SAFETY: forwarded from the caller.
-    let r = unsafe { ra.serve_next(&src, fd, buf, len, &mut out.readahead_bytes) }?;
+    let r = ra.serve_next(&src, fd, buf, len, &mut out.readahead_bytes)?;
     if let Ok(n) = r {
         out.readahead_copied += n as u64;
     }
@@ -155,9 +163,10 @@ fn asked(n: usize, len: usize, align: usize) -> u64 {
 }
 
 /// Reads the aligned superset of `[off, off+len)` into bounce buffers, several at a time
-/// with one vectored read, and copies the wanted part; `device` grows by what the reads
-/// asked of the device.
-unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, device: &mut u64) -> SysResult<usize> {
+/// with one vectored read, and has the kernel copy the wanted part into the program's
+/// buffer (up to its first bad byte, or EFAULT, as a buffered read; [`usercopy::REFUSED`]
+/// when the kernel does not copy); `device` grows by what the reads asked of the device.
+fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, device: &mut u64) -> SysResult<usize> {
     let a = io.align.read_offset as u64;
     let end = off.checked_add(len as u64).ok_or(libc::EINVAL)?;
     let mut pos = off - off % a;
@@ -204,9 +213,13 @@ unsafe fn bounced(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, device: &
                 continue;
             }
             let src = &b.as_mut_slice()[(from - b_lo) as usize..(to - b_lo) as usize];
-            // SAFETY: `from - off + src.len() <= len`, inside the caller's buffer, which
-            // cannot overlap the engine's private bounce mappings.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.add((from - off) as usize), src.len()) };
+            let at = (from - off) as usize;
+            match usercopy::to_program(buf.wrapping_add(at), src) {
+                Ok(k) if k == src.len() => {}
+                Ok(k) => return Ok(at + k),
+                Err(libc::EFAULT) if at > 0 => return Ok(at),
+                Err(e) => return Err(e),
+            }
         }
         if hi > lo {
             done = (hi - off) as usize;

@@ -14,6 +14,7 @@
 use crate::align::Alignment;
 use crate::io::{FileIo, Outcome, Tuning};
 use crate::sys::{self, SysResult};
+use crate::usercopy;
 use crate::writing::Writing;
 
 /// Pieces of a split write meet at page-or-sector boundaries, whichever is larger.
@@ -69,6 +70,7 @@ pub unsafe fn pwrite(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
         return unsafe { sys::pwrite(io.fd, buf, len, off) };
     }
     let _writing = writing(io);
+    let len = if through_cache(&io.tuning, len) { len } else { within_fsize_limit(off, len) };
     let (ia, ib) = match plan_write(&io.align, &io.tuning, buf as usize, off, len).ok_or(libc::EFBIG)? {
         // SAFETY: forwarded from the caller.
         WritePlan::Cache => return unsafe { buffered(io, buf, len, off as i64, out) },
@@ -163,7 +165,8 @@ pub unsafe fn append(
                 out.direct_bytes += n as u64;
                 return Ok((n, sys::lseek(io.fd, 0, libc::SEEK_CUR)?));
             }
-            Err(libc::EINVAL) => {}
+            // EFAULT: as in `direct_all`.
+            Err(libc::EINVAL) | Err(libc::EFAULT) => {}
             Err(e) => return Err(e),
         }
     }
@@ -175,6 +178,19 @@ pub unsafe fn append(
         return Ok((n, 0));
     }
     Ok((n, sys::lseek(io.prog, 0, libc::SEEK_CUR)?))
+}
+
+/// `len` cut at `RLIMIT_FSIZE`, as the kernel cuts a write that starts below the limit and
+/// crosses it: the write's pieces then never start at the limit, where the kernel would send
+/// SIGXFSZ for a write that, whole, only comes back short. A write starting at or past the
+/// limit is left whole, so that its first piece gets the kernel's SIGXFSZ and EFBIG.
+fn within_fsize_limit(off: u64, len: usize) -> usize {
+    match sys::fsize_limit() {
+        Ok(limit) if limit != libc::RLIM_INFINITY && off < limit => {
+            len.min((limit - off).min(usize::MAX as u64) as usize)
+        }
+        _ => len,
+    }
 }
 
 /// True if a direct write ending at `end` makes the file longer.
@@ -208,6 +224,11 @@ unsafe fn direct_all(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out:
             // SAFETY: forwarded from the caller.
             unsafe { buffered(io, buf, len, off as i64, out) }
         }
+        // A direct write fails as a whole on a buffer that is bad anywhere (having written
+        // nothing past the old size), where a buffered write writes the bytes up to the bad
+        // one: the program's own call gives the kernel's answer.
+        // SAFETY: forwarded from the caller.
+        Err(libc::EFAULT) => unsafe { buffered(io, buf, len, off as i64, out) },
         Err(e) => Err(e),
     }
 }
@@ -229,9 +250,40 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
     let mut done = 0usize;
     while done < len {
         let n = chunk.min(len - done);
-        // SAFETY: `done + n <= len` stays inside the caller's buffer; the bounce buffer
-        // holds `chunk >= n` bytes and is private to the engine.
-        unsafe { std::ptr::copy_nonoverlapping(buf.add(done), bounce.as_mut_ptr(), n) };
+        let got = match usercopy::from_program(&mut bounce.as_mut_slice()[..n], buf.wrapping_add(done)) {
+            Ok(k) => k,
+            Err(libc::EFAULT) if done == 0 => return Err(libc::EFAULT),
+            Err(libc::EFAULT) => break,
+            Err(_) => {
+                // The kernel does not copy for the engine: the program's call does the rest.
+                // SAFETY: the rest of the caller's buffer.
+                let w = unsafe { buffered(io, buf.add(done), len - done, (off + done as u64) as i64, out) };
+                return finish(done, w);
+            }
+        };
+        if got < n {
+            // The program's buffer ends in bad memory after `got` bytes: those are written
+            // (the aligned part direct, the rest buffered from the bounce buffer) and the
+            // count ends there, as a buffered write's.
+            // A direct piece that fails leaves it all to the buffered write, which gives the
+            // kernel's answer; one that comes back short ends the count there.
+            let whole = got / g * g;
+            let head = if whole > 0 {
+                // SAFETY: the bounce buffer holds `got >= whole` bytes.
+                unsafe { sys::pwrite(io.fd, bounce.as_mut_ptr(), whole, off + done as u64) }.unwrap_or(0)
+            } else {
+                0
+            };
+            out.bounced_bytes += head as u64;
+            if head == got || (head > 0 && head < whole) {
+                return Ok(done + head);
+            }
+            // SAFETY: `[head, got)` lies inside the bounce buffer.
+            let w = unsafe {
+                buffered(io, bounce.as_mut_ptr().add(head), got - head, (off + (done + head) as u64) as i64, out)
+            };
+            return finish(done + head, w);
+        }
         // SAFETY: the bounce buffer is valid for `n` bytes.
         let r = unsafe { sys::pwrite(io.fd, bounce.as_mut_ptr(), n, off + done as u64) };
         match r {
@@ -246,17 +298,23 @@ unsafe fn interior(io: &FileIo<'_>, buf: *const u8, len: usize, off: u64, out: &
                 out.einval_retry = true;
                 // SAFETY: the rest of the caller's buffer.
                 let w = unsafe { buffered(io, buf.add(done), len - done, (off + done as u64) as i64, out) };
-                return match w {
-                    Ok(w) => Ok(done + w),
-                    Err(_) if done > 0 => Ok(done),
-                    Err(e) => Err(e),
-                };
+                return finish(done, w);
             }
             Err(_) if done > 0 => break,
             Err(e) => return Err(e),
         }
     }
     Ok(done)
+}
+
+/// The count of a write that did `done` bytes before a last piece that returned `r`: the
+/// bytes written count even if the last piece failed, as with write(2).
+fn finish(done: usize, r: SysResult<usize>) -> SysResult<usize> {
+    match r {
+        Ok(w) => Ok(done + w),
+        Err(_) if done > 0 => Ok(done),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes through the page cache on the program's own description (`off == -1`: at its

@@ -6,7 +6,7 @@ use super::desc::locked;
 use super::{managed_direct, FDS, STATS};
 use crate::stats::{Counter, Fallback};
 use crate::sys::{self, Errno};
-use crate::{libfd, locks, twin};
+use crate::{libfd, locks, twin, usercopy};
 use std::sync::atomic::Ordering;
 
 /// Forgets `fd` (it is being closed, or a new object now has that number).
@@ -196,22 +196,21 @@ struct CopyEnd {
 }
 
 /// Before the kernel copies from `fd_in` to `fd_out` (at `*off_in`/`*off_out`, or at the
-/// file positions when the pointers are null). `None`: neither end is managed.
-///
-/// # Safety
-/// The offset pointers, when non-null, must be valid for reads.
-pub unsafe fn before_copy(fd_in: i32, off_in: *const i64, fd_out: i32, off_out: *const i64) -> Option<Copy> {
+/// file positions when the pointers are null). `None`: neither end is managed. The offsets
+/// are read through the kernel: a bad pointer is the kernel's EFAULT to give, and the end
+/// is not followed.
+pub fn before_copy(fd_in: i32, off_in: *const i64, fd_out: i32, off_out: *const i64) -> Option<Copy> {
     let end = |fd: i32, off: *const i64, write: bool| -> Option<CopyEnd> {
         let d = FDS.get(fd, false)?;
         let twin = d.twin()?;
-        // SAFETY: the caller vouches for a non-null pointer.
-        let start = match unsafe { off.as_ref() } {
-            Some(&o) => u64::try_from(o).ok()?,
-            None => sys::lseek(fd, 0, libc::SEEK_CUR).ok()?,
+        let start = if off.is_null() {
+            sys::lseek(fd, 0, libc::SEEK_CUR).ok()?
+        } else {
+            // SAFETY: an i64 is valid for any bits.
+            u64::try_from(unsafe { usercopy::read_value(off) }.ok()?).ok()?
         };
         Some(CopyEnd { twin, start, write, _writing: write.then(|| d.writes.begin()) })
     };
-    // SAFETY: forwarded from the caller.
     let ends = [end(fd_in, off_in, false), end(fd_out, off_out, true)];
     ends.iter().any(Option::is_some).then_some(Copy { ends })
 }

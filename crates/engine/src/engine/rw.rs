@@ -8,7 +8,7 @@ use crate::io::Outcome;
 use crate::log::{self, Cause};
 use crate::stats::{Counter, Fallback};
 use crate::sys::{self, SysResult};
-use crate::{read_path, write_path};
+use crate::{read_path, usercopy, write_path};
 use std::sync::atomic::Ordering;
 
 /// Applies what a path call reported: reused fd, statistics.
@@ -91,6 +91,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
     if len == 0 {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_direct(fd, nowait)?;
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
@@ -118,9 +119,12 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -> Served {
-    if off < 0 || len == 0 {
+    // A negative offset, or one that with the length passes the largest offset, is the
+    // kernel's EINVAL.
+    if off < 0 || len == 0 || (off as u64).checked_add(len as u64).is_none_or(|end| end > i64::MAX as u64) {
         return None;
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_direct(fd, nowait)?;
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
@@ -136,6 +140,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
     if len == 0 {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_unchecked(fd, nowait)?;
     let here = d.shared.load(Ordering::Relaxed) || write_path::through_cache(&state().tuning(&d.ra), len);
     if !here && !verified(fd, &d) {
@@ -171,9 +176,12 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
 /// # Safety
 /// `buf` must be valid for reads of `len` bytes.
 pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool) -> Served {
-    if off < 0 || len == 0 {
+    // A negative offset, or one that with the length passes the largest offset, is the
+    // kernel's EINVAL.
+    if off < 0 || len == 0 || (off as u64).checked_add(len as u64).is_none_or(|end| end > i64::MAX as u64) {
         return None;
     }
+    let len = usercopy::clamped(buf as usize, len)?;
     let (d, t) = managed_direct(fd, nowait)?;
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
@@ -181,36 +189,40 @@ pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool
     settle(fd, &o, true, &r).then_some(r)
 }
 
-fn iov_total(iov: *const libc::iovec, cnt: i32) -> Option<usize> {
-    if iov.is_null() || !(0..=1024).contains(&cnt) {
+/// The program's iovecs, read through the kernel, and their total length, when the engine
+/// serves the call: `None` leaves to the kernel (with its EINVAL, EFAULT or clamping) a count
+/// outside `1..=IOV_MAX`, an array it cannot read whole, a length that is negative as
+/// `ssize_t`, a total past `MAX_RW_COUNT`, and a range `access_ok` refuses.
+fn iovecs(iov: *const libc::iovec, cnt: i32) -> Option<(Vec<libc::iovec>, usize)> {
+    if !(1..=libc::UIO_MAXIOV).contains(&cnt) || !usercopy::usable() {
         return None;
     }
-    // SAFETY: the caller of the vector functions passes `cnt` valid iovecs.
-    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
-    v.iter().try_fold(0usize, |a, e| a.checked_add(e.iov_len)).filter(|&t| t <= isize::MAX as usize)
+    let mut v = Vec::new();
+    usercopy::read_iovecs(iov, cnt as usize, &mut v).ok()?;
+    let total = v.iter().try_fold(0usize, |a, e| {
+        let ok = e.iov_len == 0 || usercopy::ordinary(e.iov_base as usize, e.iov_len);
+        ok.then(|| a.checked_add(e.iov_len)).flatten()
+    })?;
+    (total > 0 && total <= usercopy::MAX_RW_COUNT).then_some((v, total))
 }
 
 /// `readv`/`preadv`/`preadv2` (flags without RWF_NOWAIT) on a managed fd;
 /// `off == -1` means at the file position.
-///
-/// # Safety
-/// `iov` must point to `cnt` valid iovecs.
-pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
-    let total = iov_total(iov, cnt)?;
-    if off < -1 || total == 0 {
+pub fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
+    if off < -1 {
         return None;
     }
+    let (v, total) = iovecs(iov, cnt)?;
     let (d, t) = managed_direct(fd, nowait)?;
     if off < 0 && d.shared.load(Ordering::Relaxed) {
         return None; // another process may move the offset: the kernel's own call
     }
-    // SAFETY: checked by iov_total.
-    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
     let pool = &state().pool;
     let run = |start: u64, o: &mut Outcome| -> SysResult<usize> {
         let mut done = 0usize;
-        for e in v {
-            // SAFETY: each iovec describes caller memory.
+        for e in &v {
+            // SAFETY: the iovec is the program's; the read paths copy into it through the
+            // kernel or hand it to the kernel.
             let r = unsafe {
                 read_path::pread(&d.io(fd, t, pool, nowait), e.iov_base as *mut u8, e.iov_len, start + done as u64, o)
             };
@@ -237,67 +249,74 @@ pub unsafe fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait
 }
 
 /// `writev`/`pwritev`/`pwritev2` on a managed fd; `off == -1` means at the file position.
-///
-/// # Safety
-/// `iov` must point to `cnt` valid iovecs.
-pub unsafe fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
-    let total = iov_total(iov, cnt)?;
-    if off < -1 || total == 0 {
+pub fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
+    if off < -1 {
         return None;
     }
+    let (v, total) = iovecs(iov, cnt)?;
     let (d, _) = managed_direct(fd, nowait)?;
     if off < 0 && d.shared.load(Ordering::Relaxed) {
         return None; // another process may move the offset: the kernel's own call
     }
-    // SAFETY: checked by iov_total.
-    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
-    // Gather into one buffer so the write reaches the file as one piece, as writev does.
-    let mut data = Vec::new();
+    drop(d);
+    // Gather into one buffer so the write reaches the file as one piece, as writev does. The
+    // kernel copies, up to the first byte the program cannot give, where the kernel's writev
+    // would stop too.
+    let mut data: Vec<u8> = Vec::new();
     if data.try_reserve_exact(total).is_err() {
         return None;
     }
-    for e in v {
-        // SAFETY: each iovec describes caller memory of its length.
-        data.extend_from_slice(unsafe { std::slice::from_raw_parts(e.iov_base as *const u8, e.iov_len) });
+    for e in &v {
+        let at = data.len();
+        // SAFETY: the reserved capacity holds `total` bytes; they are written (by the kernel)
+        // before `set_len` covers them.
+        let room = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().add(at), e.iov_len) };
+        let got = match usercopy::from_program(room, e.iov_base as *const u8) {
+            Ok(k) => k,
+            Err(libc::EFAULT) => 0,
+            Err(_) => return None,
+        };
+        // SAFETY: `got` more bytes were written just above.
+        unsafe { data.set_len(at + got) };
+        if got < e.iov_len {
+            break;
+        }
     }
-    drop(d);
-    // SAFETY: `data` is a valid buffer of `total` bytes.
+    if data.is_empty() {
+        // Nothing to give: the kernel's own call answers (EFAULT, or an error it checks first).
+        return None;
+    }
+    // SAFETY: `data` is a valid buffer of its length.
     unsafe {
         if off >= 0 {
-            pwrite(fd, data.as_ptr(), total, off, nowait)
+            pwrite(fd, data.as_ptr(), data.len(), off, nowait)
         } else {
-            write(fd, data.as_ptr(), total, nowait)
+            write(fd, data.as_ptr(), data.len(), nowait)
         }
     }
 }
 
 /// RWF flags the engine can honour around its own I/O; with others (RWF_NOWAIT, RWF_APPEND)
-/// the call goes to the kernel as it is.
-const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_DONTCACHE;
+/// the call goes to the kernel as it is. RWF_DONTCACHE too: the kernel refuses it with
+/// EOPNOTSUPP where the filesystem lacks it (tmpfs), and where it has it the program's call
+/// keeps nothing in the page cache either.
+const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC;
 
 /// `preadv2` on a managed fd.
-///
-/// # Safety
-/// `iov` must point to `cnt` valid iovecs.
-pub unsafe fn readv2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
+pub fn readv2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
     if flags & !HANDLED_RWF != 0 {
         return None;
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { readv(fd, iov, cnt, off, nowait) }
+    readv(fd, iov, cnt, off, nowait)
 }
 
 /// `pwritev2` on a managed fd: with RWF_DSYNC or RWF_SYNC, what was written is made durable
 /// as the flag asks before the call returns.
-///
-/// # Safety
-/// `iov` must point to `cnt` valid iovecs.
-pub unsafe fn writev2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
+pub fn writev2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
     if flags & !HANDLED_RWF != 0 {
         return None;
     }
-    // SAFETY: forwarded from the caller.
-    let r = unsafe { writev(fd, iov, cnt, off, nowait) }?;
+    let r = writev(fd, iov, cnt, off, nowait)?;
     Some(match r {
         Ok(n) if n > 0 && flags & libc::RWF_SYNC != 0 => sys::fsync(fd).map(|_| n),
         Ok(n) if n > 0 && flags & libc::RWF_DSYNC != 0 => sys::fdatasync(fd).map(|_| n),

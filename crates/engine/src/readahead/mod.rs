@@ -23,6 +23,7 @@ mod spares;
 use crate::align::Alignment;
 use crate::lock::FutexMutex;
 use crate::sys::{self, aio, SysResult};
+use crate::usercopy;
 use crate::writing::FileWrites;
 use memmap2::MmapMut;
 use policy::{Geometry, Plan, Policy};
@@ -162,10 +163,7 @@ impl Readahead {
     /// path (not in a run, aligned and large, the windows busy in another thread, no memory).
     /// `st` is the file's state taken before this call touched it; `fetched` grows by the
     /// bytes windows ask of the device.
-    ///
-    /// # Safety
-    /// `buf` must be valid for writes of `len` bytes.
-    pub unsafe fn serve(
+    pub fn serve(
         &self,
         src: &Source,
         st: &libc::stat,
@@ -235,9 +233,25 @@ impl Readahead {
             let from = (pos - w.off) as usize;
             let n = (w.len - from).min(len - done);
             let m = w.buf.as_ref().expect("filled window");
-            // SAFETY: `done + n <= len` stays inside the caller's buffer; the window is the
-            // engine's private mapping.
-            unsafe { std::ptr::copy_nonoverlapping(m[from..from + n].as_ptr(), buf.add(done), n) };
+            match usercopy::to_program(buf.wrapping_add(done), &m[from..from + n]) {
+                Ok(k) if k == n => {}
+                // The program's buffer ends in bad memory: the count up to it, as read(2).
+                Ok(k) => {
+                    done += k;
+                    break;
+                }
+                Err(libc::EFAULT) if done > 0 => break,
+                Err(libc::EFAULT) => {
+                    s.pol.done(off, len as u64);
+                    return Some(Err(libc::EFAULT));
+                }
+                Err(_) => {
+                    // The kernel does not copy for the engine: the ordinary path has it
+                    // serve the rest.
+                    rest_unread = true;
+                    break;
+                }
+            }
             done += n;
             if w.eof && from + n == w.len {
                 rest_unread = w.end() < size;
@@ -258,10 +272,7 @@ impl Readahead {
     /// offset of `fd` (the program's descriptor) with one lseek by the count from the current
     /// position, whose result also proves the offset was where the last read left it. `None`
     /// when the ordinary path must find the position and serve the read.
-    ///
-    /// # Safety
-    /// `buf` must be valid for writes of `len` bytes.
-    pub unsafe fn serve_next(
+    pub fn serve_next(
         &self,
         src: &Source,
         fd: i32,
@@ -303,8 +314,25 @@ impl Readahead {
         }
         let from = (pos - w.off) as usize;
         let m = w.buf.as_ref().expect("ready window");
-        // SAFETY: `n <= len` bytes into the caller's buffer from the engine's private window.
-        unsafe { std::ptr::copy_nonoverlapping(m[from..from + n].as_ptr(), buf, n) };
+        let copied = usercopy::to_program(buf, &m[from..from + n]);
+        let n = match copied {
+            Ok(k) if k == n => n,
+            r => {
+                // The program's buffer ends in bad memory (the count up to it, or EFAULT, as
+                // read(2)), or the kernel does not copy (the ordinary path serves the read):
+                // the offset goes back to just after what was copied.
+                let k = *r.as_ref().unwrap_or(&0);
+                let _ = sys::lseek(fd, (pos + k as u64) as i64, libc::SEEK_SET);
+                match r {
+                    Ok(k) => {
+                        s.pol.done(pos, k as u64);
+                        return Some(Ok(k));
+                    }
+                    Err(libc::EFAULT) => return Some(Err(libc::EFAULT)),
+                    Err(_) => return None,
+                }
+            }
+        };
         let g = src.geometry();
         let reach = match s.pol.plan(&g, pos, len as u64, true, false) {
             Plan::Windows { reach } => reach,
@@ -601,8 +629,7 @@ mod tests {
             // SAFETY: a non-zero size.
             let mem = unsafe { std::alloc::alloc_zeroed(layout) };
             let p = mem.wrapping_add(misalign);
-            // SAFETY: `p` has `len` bytes inside the allocation.
-            let r = unsafe { self.ra.serve(&src, &st, p, len, off, fetched) };
+            let r = self.ra.serve(&src, &st, p, len, off, fetched);
             // SAFETY: as above; freed with its own layout.
             let got = r.map(|r| unsafe { std::slice::from_raw_parts(p, r.unwrap().bytes) }.to_vec());
             // SAFETY: allocated above with `layout`.

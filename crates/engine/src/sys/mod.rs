@@ -352,6 +352,41 @@ pub fn set_nofile_limit(r: &libc::rlimit) -> SysResult<()> {
     .map(|_| ())
 }
 
+/// The soft `RLIMIT_FSIZE` (`RLIM_INFINITY` when there is none).
+pub fn fsize_limit() -> SysResult<u64> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is writable; a null new limit only reads.
+    check(unsafe {
+        libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_FSIZE, std::ptr::null::<libc::rlimit>(), &mut r)
+    })?;
+    Ok(r.rlim_cur)
+}
+
+/// `process_vm_readv(2)` (`write == false`) or `process_vm_writev(2)` of this process: one
+/// local and one remote range, copied by the kernel, which reports how far it got.
+///
+/// # Safety
+/// `local` must be valid for `len` bytes (writes when reading, reads when writing); `remote`
+/// may be any address.
+pub unsafe fn process_vm_rw(write: bool, local: *mut u8, remote: usize, len: usize) -> SysResult<usize> {
+    let l = libc::iovec { iov_base: local as *mut c_void, iov_len: len };
+    let r = libc::iovec { iov_base: remote as *mut c_void, iov_len: len };
+    let nr = if write { libc::SYS_process_vm_writev } else { libc::SYS_process_vm_readv };
+    // SAFETY: both iovecs live across the call; the local one is the caller's, the remote
+    // one is checked by the kernel.
+    check(unsafe {
+        libc::syscall(
+            nr,
+            getpid() as c_long,
+            &l as *const libc::iovec,
+            1 as libc::c_ulong,
+            &r as *const libc::iovec,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+}
+
 /// `cachestat(2)` (Linux 6.5+) of the whole file behind `fd`: pages cached and, of those,
 /// dirty or under writeback.
 pub fn cachestat(fd: c_int) -> SysResult<(u64, u64)> {
