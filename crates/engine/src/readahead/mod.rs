@@ -554,8 +554,9 @@ mod tests {
         align: align::Alignment,
         ra: Readahead,
         accmode: i32,
-        // The window budget is the process's: tests that use it run one at a time.
-        _serial: std::sync::MutexGuard<'static, ()>,
+        // The window budget is the process's: tests that use it run one at a time (`None`:
+        // the test holds the lock itself, across several files).
+        _serial: Option<std::sync::MutexGuard<'static, ()>>,
     }
 
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -571,17 +572,16 @@ mod tests {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 12) as u8)).collect()
     }
 
-    /// [`file`] without emptying the idle windows first.
+    /// [`file`] for a test that holds [`SERIAL`] itself, without emptying the idle windows.
     fn file2(name: &str, data: &[u8]) -> File {
-        file_with(name, data, false)
+        file_with(name, data, false, None)
     }
 
     fn file(name: &str, data: &[u8]) -> File {
-        file_with(name, data, true)
+        file_with(name, data, true, Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
-    fn file_with(name: &str, data: &[u8], fresh: bool) -> File {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    fn file_with(name: &str, data: &[u8], fresh: bool, serial: Option<std::sync::MutexGuard<'static, ()>>) -> File {
         // Each test starts with no idle window: budgets differ between tests.
         if fresh {
             spares::drop_idle_windows(WINDOW / 2);
@@ -889,10 +889,13 @@ mod tests {
 
     #[test]
     fn a_closed_descriptions_windows_serve_the_next_one() {
+        // Held across both files: another test would take the idle window in between.
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        spares::drop_idle_windows(WINDOW / 2);
         let data = pattern(2 * WINDOW, 14);
         let mut fetched = 0u64;
         let first = {
-            let f = file("idle1", &data);
+            let f = file2("idle1", &data);
             assert!(f.read(0, 4096, &mut fetched).is_none());
             assert!(f.read(4096, 4096, &mut fetched).is_some());
             // SAFETY: no other reference to the state exists in this test.
