@@ -106,6 +106,10 @@ def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
     assert by[str(ram)]["verdict"] == "buffered" and by[str(ram)]["fallbacks"] == {"fs_no_odirect": 1}, by
     assert by[str(aio)]["verdict"] == "cached_unseen" and by[str(aio)]["cached_unseen"] > 0, by
     assert by[str(mapped)]["verdict"] == "mapped" and by[str(mapped)]["mapped"] >= 1, by
+    # `stats DIR` names them the same way
+    t = run([str(CLI), "stats", str(st)], shim=False)
+    assert t.returncode == 0, t.stderr
+    assert named(summary_lines(t.stdout), "mapped", mapped) and named(summary_lines(t.stdout), "cached", aio), t.stdout
     # one files log per process image that matched a file: the parent (python, then rawio
     # in the same pid and start time: one log) and the fork child
     logs = sorted(st.glob("*.files"))
