@@ -344,6 +344,10 @@ pub fn append_files(line: &[u8]) {
             let _ = sys::write_all(fd, line);
             let _ = sys::close(fd);
         }
+        // The program has used up its descriptors (the `no_descriptor` fallback is this):
+        // the line is lost, the counters still count the open, and nothing is printed into
+        // a program that ran out of them on its own.
+        Err(Refusal::Errno(libc::EMFILE | libc::ENFILE)) => {}
         Err(e) => {
             warn_once(format_args!("cannot append to the files log {}: {e}", String::from_utf8_lossy(path.to_bytes())))
         }
