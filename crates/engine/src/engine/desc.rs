@@ -225,7 +225,10 @@ pub(super) fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, a
     let ident = (st.st_dev, st.st_ino);
     let tally = OPEN_FILES.opening(ident, || {
         let mut p = [0u8; 4096];
-        let path = sys::fd_path(fd, &mut p).map_or(Vec::new(), |n| p[..n].to_vec());
+        let path = match crate::statsdir::keeps_files() {
+            true => sys::fd_path(fd, &mut p).map_or(Vec::new(), |n| p[..n].to_vec()),
+            false => Vec::new(), // no files log to name it in
+        };
         (sys::cachestat(twin).map_or(0, |(c, _)| c), path)
     });
     FDS.insert(
