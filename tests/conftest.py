@@ -654,9 +654,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def is_stats_file(name: str) -> bool:
-    """A per-process statistics (JSON) file: not the index (.jsonl, .index) nor a counters
-    file (.live) the library keeps beside them."""
-    return not name.endswith((".jsonl", ".index", ".live"))
+    """A per-process statistics (JSON) file: not the index (.jsonl, .index), a counters
+    file (.live) nor a files log (.files) the library keeps beside them."""
+    return not name.endswith((".jsonl", ".index", ".live", ".files"))
 
 
 def stats_files(d) -> list[str]:

@@ -120,7 +120,9 @@ def test_percent_p_and_h(run, strict_fs):
     pid = int(re.search(rb"PID (\d+)", r.stderr).group(1))
     host = socket.gethostname()
     assert stats_files(st) == [f"x-{host}-{pid}.json"]
-    assert sorted(os.listdir(st)) == sorted([f"x-{host}-index.jsonl", f"x-{host}-{pid}.json"])
+    logs = [n for n in os.listdir(st) if n.endswith(".files")]
+    assert len(logs) == 1 and logs[0].startswith(f"x-{host}-{pid}.json."), logs
+    assert sorted(set(os.listdir(st)) - set(logs)) == sorted([f"x-{host}-index.jsonl", f"x-{host}-{pid}.json"])
 
 
 def test_no_temporary_files_left(run, strict_fs):
@@ -129,7 +131,10 @@ def test_no_temporary_files_left(run, strict_fs):
         run([bin_path("loader"), d / "f"], paths=str(d), env={"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")})
     names = stats_files(st)
     assert len(names) == 3 and all(re.fullmatch(r"s-\d+\.json", n) for n in names), names
-    assert sorted(os.listdir(st)) == sorted(names + ["s-index.jsonl"]), "no counters file after a normal exit"
+    logs = [n for n in os.listdir(st) if n.endswith(".files")]
+    assert len(logs) == 3, f"one files log per process: {logs}"
+    assert sorted(set(os.listdir(st)) - set(logs)) == sorted(names + ["s-index.jsonl"]), \
+        "no counters file after a normal exit"
 
 
 @pytest.mark.parametrize("how", ["exit", "_exit"])

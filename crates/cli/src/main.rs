@@ -3,12 +3,14 @@
 //! `run` starts a program with `libs3dlio_direct.so` preloaded, `probe` says what the kernel
 //! offers O_DIRECT on a path, `stats` merges the per-process statistics files the shim writes.
 
+mod files;
 mod library;
 mod probe;
 mod run;
 mod sanitizer;
 mod stats;
 mod top;
+mod units;
 
 use clap::{Args, Parser, Subcommand};
 use s3dlio_engine::pathmatch::split_list;

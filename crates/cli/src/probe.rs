@@ -217,7 +217,7 @@ fn mapping_text(cfg: &Config, p: &Pattern, file: Option<(i32, &Path)>) -> String
     };
     let mut t = format!(
         "bounded, not direct: served by the page cache, at most {} of it per process ({whence})",
-        crate::stats::human(budget)
+        crate::units::human(budget)
     );
     if let Some((fd, path)) = file {
         if s3dlio_engine::sys::cachestat(fd).is_err() {

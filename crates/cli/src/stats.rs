@@ -1,12 +1,16 @@
 //! `s3dlio-direct stats` and the summary `run --stats` prints: reading what the library
 //! leaves in a statistics directory (`s3dlio_engine::statsdir`: per-process JSON files,
 //! counters files of processes that did not exit, the index of every process that loaded
-//! the library), merging it, and showing the result. Nothing read is trusted: a file that is
+//! the library, the files logs of what happened to each matched file), merging it, and
+//! showing the result. Nothing read is trusted: a file that is
 //! a link, someone else's, or not what the library writes is skipped with a warning.
 
+use crate::files::{Files, Verdict};
+use crate::units::human;
 use crate::{error, warning, StatsArgs};
+use s3dlio_engine::filelog::LOG_LIMIT;
 use s3dlio_engine::stats::{Counter, Fallback};
-use s3dlio_engine::statsdir::{self, INDEX_KEY, LIVE_SIZE, LIVE_SUFFIX};
+use s3dlio_engine::statsdir::{self, FILES_SUFFIX, INDEX_KEY, LIVE_SIZE, LIVE_SUFFIX};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -138,6 +142,8 @@ pub struct Collection {
     pub index: Vec<IndexProc>,
     /// What was skipped, and why.
     pub problems: Vec<String>,
+    /// The matched files, from the files logs.
+    pub files: Files,
 }
 
 impl Collection {
@@ -157,6 +163,7 @@ pub enum Kind {
     Json,
     Live,
     Index,
+    Files,
 }
 
 /// The kind of a file, from its name; `None` for temporary files and anything else.
@@ -165,6 +172,8 @@ pub fn kind_of(name: &str) -> Option<Kind> {
         None
     } else if name.ends_with(LIVE_SUFFIX) {
         Some(Kind::Live)
+    } else if name.ends_with(FILES_SUFFIX) {
+        Some(Kind::Files)
     } else if name.ends_with(".jsonl") || name.ends_with(".index") {
         Some(Kind::Index)
     } else if name.ends_with(".json")
@@ -375,6 +384,7 @@ pub fn collect(args: &[PathBuf], keep: &dyn Fn(&str) -> bool) -> Collection {
             Kind::Json => load(&f).map(Some),
             Kind::Live => load_live(&f).map(Some),
             Kind::Index => load_index(&f, &mut index).map(|_| None),
+            Kind::Files => load_files(&f, &mut c.files).map(|_| None),
         };
         match r {
             Ok(Some(p)) => {
@@ -390,6 +400,17 @@ pub fn collect(args: &[PathBuf], keep: &dyn Fn(&str) -> bool) -> Collection {
     c.procs = procs;
     c.index = index.into_values().collect();
     c
+}
+
+/// Reads one files log into `into`.
+fn load_files(path: &Path, into: &mut Files) -> Result<(), String> {
+    let data = read_checked(path, LOG_LIMIT + 4096)?;
+    match into.add_log(&String::from_utf8_lossy(&data)) {
+        0 => Ok(()),
+        bad => {
+            Err(format!("{}: {bad} line{} not understood, skipped", path.display(), if bad == 1 { "" } else { "s" }))
+        }
+    }
 }
 
 /// Every reason the statistics file counts, at zero.
@@ -468,22 +489,8 @@ pub fn merged_json(c: &Collection, t: &Totals) -> Value {
     };
     o.insert("matched_nothing".into(), count(c.matched_nothing().into_iter().filter(|p| p.active).collect()).into());
     o.insert("inactive".into(), count(c.matched_nothing().into_iter().filter(|p| !p.active).collect()).into());
+    o.insert("files".into(), c.files.to_json());
     Value::Object(o)
-}
-
-/// Bytes in the largest binary unit that keeps the number at least 1, one decimal.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 fn fallback_line(list: &[(String, u64)]) -> String {
@@ -593,6 +600,9 @@ fn index_lines(c: &Collection, out: &mut String, indent: &str) {
         );
     }
 }
+
+/// Files named per verdict in the summaries (`stats --json` lists them all).
+const FILES_PER_VERDICT: usize = 5;
 
 /// What `run --stats DIR` prints when the command has ended: the files of this run
 /// (`prefix`) merged, on one screen. `cmd`: the pid and name of the command run started.
@@ -738,6 +748,25 @@ fn summary_text(c: &Collection, unreadable: &[String], pattern: &str, cmd: Optio
     } else {
         format!("working: {direct} of {matched} matched opens went direct")
     };
+    let unseen = t.get(Counter::CachedUnseenBytes);
+    let verdict = if unseen > 0 && direct > 0 {
+        let n = c.files.counts().iter().find(|(v, _)| *v == Verdict::Unseen).map_or(0, |x| x.1);
+        let which = if n > 0 { format!("{n} file{}", if n == 1 { "" } else { "s" }) } else { "files".to_string() };
+        format!(
+            "{}; {which} also had {} cached by I/O the library did not see (io_uring, Linux AIO, raw system \
+             calls): not direct, named under files",
+            verdict.replacen("working:", "partly:", 1),
+            human(unseen)
+        )
+    } else {
+        verdict
+    };
+    if !c.files.is_empty() {
+        out.push_str(&c.files.summary(FILES_PER_VERDICT, "  "));
+    }
+    let mut line = |label: &str, text: &str| {
+        let _ = writeln!(out, "  {label:<9} {text}");
+    };
     line("verdict", &verdict);
     for e in unreadable {
         line("skipped", e);
@@ -762,6 +791,9 @@ pub fn main(args: StatsArgs) -> i32 {
         print!("{}", table(&c.procs, &t));
         let mut more = String::new();
         index_lines(&c, &mut more, "");
+        if !c.files.is_empty() {
+            more.push_str(&c.files.summary(FILES_PER_VERDICT, ""));
+        }
         print!("{more}");
     }
     i32::from(!c.problems.is_empty())
@@ -935,14 +967,6 @@ mod tests {
         assert_eq!(kind_of("s.json.index"), Some(Kind::Index));
         assert_eq!(kind_of("s-1.json.tmp77"), None);
         assert_eq!(kind_of("notes.txt"), None);
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1024), "1.0 KiB");
-        assert_eq!(human(1536 << 20), "1.5 GiB");
     }
 
     #[test]

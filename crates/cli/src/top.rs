@@ -9,7 +9,8 @@
 //! On a terminal the view is redrawn in place; otherwise, and with `--json`, each refresh is
 //! one JSON line. It ends when every process it saw has ended, or on Ctrl-C.
 
-use crate::stats::{self, alive, human, load_live, IndexProc, ProcStats};
+use crate::stats::{self, alive, load_live, IndexProc, ProcStats};
+use crate::units::human;
 use crate::{error, warning};
 use clap::Args;
 use s3dlio_engine::config::{Config, VAR_EXCLUDE, VAR_PATHS};

@@ -11,6 +11,7 @@ pub mod config;
 pub mod direct_file;
 pub mod engine;
 pub mod fdtable;
+pub mod filelog;
 pub mod io;
 pub mod libfd;
 pub mod lock;

@@ -14,6 +14,8 @@
 //!   count (the first matched open), so the counts survive any ending up to the last call.
 //!   An exec'd image (same P and S) continues it. Removed at a normal exit, once J is written.
 //!   Layout: [`LIVE_SIZE`] bytes, native byte order; see [`parse_live`].
+//! - **the files log**, `J.S.files`: one line per matched file the process was done with
+//!   ([`crate::filelog`]), appended (never rewritten) so the lines survive any ending.
 //! - **the statistics file** J, written (temporary file and rename) at exit, `_exit` and
 //!   before exec when the process counted anything ([`crate::stats::json_document`]).
 //!
@@ -49,6 +51,8 @@ pub const MAX_SLOTS: usize = (LIVE_SIZE - OFF_VALUES) / 8;
 const _: () = assert!(SLOTS <= MAX_SLOTS);
 /// Suffix of counters files.
 pub const LIVE_SUFFIX: &str = ".live";
+/// Suffix of files logs ([`crate::filelog`]).
+pub const FILES_SUFFIX: &str = ".files";
 /// First key of every index line.
 pub const INDEX_KEY: &str = "s3dlio_index";
 
@@ -82,6 +86,13 @@ impl std::fmt::Write for Bytes<'_> {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
     }
+}
+
+/// The files log beside statistics file `json` of the process started at `starttime`.
+pub fn files_path(json: &[u8], starttime: u64) -> Vec<u8> {
+    let mut p = json.to_vec();
+    let _ = write!(Bytes(&mut p), ".{starttime}{}", FILES_SUFFIX);
+    p
 }
 
 // --------------------------------------------------------------------- the counters file
@@ -316,6 +327,30 @@ fn append_index(event: &str, extra: std::fmt::Arguments<'_>) {
             "cannot append to the statistics index {}: {e}",
             String::from_utf8_lossy(ctx.index.to_bytes())
         )),
+    }
+}
+
+/// True if this process keeps statistics files (and so a files log).
+pub fn keeps_files() -> bool {
+    CTX.get().is_some()
+}
+
+/// Appends `line` to this process's files log.
+pub fn append_files(line: &[u8]) {
+    let Some((json, _)) = paths() else { return };
+    let Ok(path) = CString::new(files_path(&json, START.load(Ordering::Relaxed))) else { return };
+    match open_append(&path) {
+        Ok(fd) => {
+            let _ = sys::write_all(fd, line);
+            let _ = sys::close(fd);
+        }
+        // The program has used up its descriptors (the `no_descriptor` fallback is this):
+        // the line is lost, the counters still count the open, and nothing is printed into
+        // a program that ran out of them on its own.
+        Err(Refusal::Errno(libc::EMFILE | libc::ENFILE)) => {}
+        Err(e) => {
+            warn_once(format_args!("cannot append to the files log {}: {e}", String::from_utf8_lossy(path.to_bytes())))
+        }
     }
 }
 
@@ -593,6 +628,7 @@ mod tests {
         assert_eq!(index_path(b"/s/r.%h.%p.json", b"n"), b"/s/r.n.index.jsonl");
         assert_eq!(index_path(b"/s/st.json", b"n"), b"/s/st.json.index");
         assert_eq!(live_path(b"/s/r.n.7.json", 99), b"/s/r.n.7.json.99.live");
+        assert_eq!(files_path(b"/s/r.n.7.json", 99), b"/s/r.n.7.json.99.files");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use super::{state, FDS, STATS};
 use crate::align::Alignment;
 use crate::behind::Behind;
 use crate::bufpool::BufPool;
+use crate::filelog::{self, Event, Tally};
 use crate::io::FileIo;
 use crate::lock::FutexMutex;
 use crate::readahead::Readahead;
@@ -37,6 +38,8 @@ pub struct Desc {
     pub(super) ra: Readahead,
     /// The file's write sequence (read-ahead windows of it are stale after a write).
     pub(super) writes: FileWrites,
+    /// The bytes the process moved to and from the file (shared by its descriptions).
+    pub(super) tally: Arc<Tally>,
 }
 
 impl Desc {
@@ -72,14 +75,21 @@ impl Drop for Desc {
     fn drop(&mut self) {
         // Counted also for a description whose twin was given up, so the file's count stays right.
         let last = OPEN_FILES.closing(self.ident);
-        let Some(t) = self.twin() else { return };
-        self.behind.drop_cached(t);
-        // A mapped file's footprint is the mapping engine's (`crate::mapped`): dropping it
-        // here would make a loader that maps the file anew for each batch read it all again.
-        if let Some(cached_at_open) = last.filter(|_| !crate::mapped::knows(self.ident)) {
-            drop_unseen(t, cached_at_open);
+        let twin = self.twin();
+        if let Some(t) = twin {
+            self.behind.drop_cached(t);
         }
-        if !*self.keep_twin.get_mut() {
+        if let Some(f) = last {
+            // A mapped file's footprint is the mapping engine's (`crate::mapped`): dropping
+            // it here would make a loader that maps the file anew for each batch read it
+            // all again.
+            let unseen = match twin {
+                Some(t) if !crate::mapped::knows(self.ident) => drop_unseen(t, f.cached_at_open),
+                _ => 0,
+            };
+            f.record(Event::Close, unseen);
+        }
+        if let Some(t) = twin.filter(|_| !*self.keep_twin.get_mut()) {
             libfd::close(t);
         }
     }
@@ -93,8 +103,27 @@ struct OpenFiles {
     files: UnsafeCell<Vec<OpenFile>>,
 }
 
-/// A file's (st_dev, st_ino), its managed descriptions, its pages cached at the first open.
-type OpenFile = ((u64, u64), u32, u64);
+/// A matched file open in the process.
+struct OpenFile {
+    /// (st_dev, st_ino)
+    ident: (u64, u64),
+    /// Its managed descriptions.
+    descs: u32,
+    /// Its pages in the page cache at the first open.
+    cached_at_open: u64,
+    /// Its path when first opened (for its line in the files log).
+    path: Vec<u8>,
+    tally: Arc<Tally>,
+}
+
+impl OpenFile {
+    /// The file's line in the files log.
+    fn record(&self, ev: Event, cached_unseen: u64) {
+        if crate::statsdir::keeps_files() {
+            filelog::append(&filelog::line(ev, &self.path, self.ident, Some(&self.tally), cached_unseen));
+        }
+    }
+}
 
 // SAFETY: `files` is only touched with `lock` held.
 unsafe impl Sync for OpenFiles {}
@@ -102,56 +131,106 @@ unsafe impl Sync for OpenFiles {}
 static OPEN_FILES: OpenFiles = OpenFiles { lock: FutexMutex::new(), files: UnsafeCell::new(Vec::new()) };
 
 impl OpenFiles {
-    /// A description of `ident` is opened; `cached` gives the file's cached pages if it is
-    /// the first.
-    fn opening(&self, ident: (u64, u64), cached: impl FnOnce() -> u64) {
+    /// A description of `ident` is opened; `first` gives the file's cached pages and path
+    /// if it is the first. Returns the file's tally.
+    fn opening(&self, ident: (u64, u64), first: impl FnOnce() -> (u64, Vec<u8>)) -> Arc<Tally> {
         let _g = self.lock.lock();
         // SAFETY: the lock is held.
         let files = unsafe { &mut *self.files.get() };
-        match files.iter_mut().find(|f| f.0 == ident) {
-            Some(f) => f.1 += 1,
-            None => files.push((ident, 1, cached())),
+        match files.iter_mut().find(|f| f.ident == ident) {
+            Some(f) => {
+                f.descs += 1;
+                f.tally.clone()
+            }
+            None => {
+                let (cached_at_open, path) = first();
+                let tally = Arc::new(Tally::default());
+                files.push(OpenFile { ident, descs: 1, cached_at_open, path, tally: tally.clone() });
+                tally
+            }
         }
     }
 
-    /// A description of `ident` is closed: its pages cached at the first open when this was
-    /// the file's last.
-    fn closing(&self, ident: (u64, u64)) -> Option<u64> {
+    /// A description of `ident` is closed: the file, when this was its last.
+    fn closing(&self, ident: (u64, u64)) -> Option<OpenFile> {
         let _g = self.lock.lock();
         // SAFETY: the lock is held.
         let files = unsafe { &mut *self.files.get() };
-        let i = files.iter().position(|f| f.0 == ident)?;
-        files[i].1 -= 1;
-        (files[i].1 == 0).then(|| files.swap_remove(i).2)
+        let i = files.iter().position(|f| f.ident == ident)?;
+        files[i].descs -= 1;
+        (files[i].descs == 0).then(|| files.swap_remove(i))
+    }
+
+    /// Every file still open, forgotten (the process image is ending).
+    fn take_all(&self) -> Vec<OpenFile> {
+        let _g = self.lock.lock();
+        // SAFETY: the lock is held.
+        std::mem::take(unsafe { &mut *self.files.get() })
     }
 }
 
 /// In a fork child: the lock may have been held by a thread that is gone; the child has the
-/// same descriptions open.
+/// same descriptions open, and counts its own bytes of them.
 pub(super) fn reset_after_fork() {
     OPEN_FILES.lock.reset_after_fork();
+    // SAFETY: the child has one thread, and the lock was just reset.
+    unsafe { &*OPEN_FILES.files.get() }.iter().for_each(|f| f.tally.reset());
+    filelog::reset_after_fork();
+}
+
+/// At exit (`exiting`) and before exec: what I/O the library did not serve left in the page
+/// cache of the files still open is counted and dropped, as at their last close, and each
+/// gets its line in the files log. Their later closes (after a failed exec) write none.
+pub(super) fn at_end(exiting: bool) {
+    let files = OPEN_FILES.take_all();
+    if files.is_empty() {
+        return;
+    }
+    let mut twins: Vec<((u64, u64), i32)> = Vec::new();
+    FDS.for_each(|_, d| {
+        if let Some(t) = d.twin() {
+            twins.push((d.ident, t));
+        }
+    });
+    for f in files {
+        let twin = twins.iter().find(|(i, _)| *i == f.ident).map(|&(_, t)| t);
+        let unseen = match twin {
+            Some(t) if !crate::mapped::knows(f.ident) => drop_unseen(t, f.cached_at_open),
+            _ => 0,
+        };
+        f.record(if exiting { Event::Exit } else { Event::Exec }, unseen);
+    }
 }
 
 /// Counts and drops what I/O the library did not serve (Linux AIO, io_uring, raw system
 /// calls, stdio streams glibc made on the program's descriptor, mappings) left in the page
-/// cache of the file, beyond what was cached when it was opened.
-fn drop_unseen(t: i32, cached_at_open: u64) {
-    let Ok((cached, dirty)) = sys::cachestat(t) else { return };
+/// cache of the file, beyond what was cached when it was opened. Returns the bytes counted.
+fn drop_unseen(t: i32, cached_at_open: u64) -> u64 {
+    let Ok((cached, dirty)) = sys::cachestat(t) else { return 0 };
     if cached <= cached_at_open {
-        return;
+        return 0;
     }
-    STATS.add(Counter::CachedUnseenBytes, (cached - cached_at_open) * crate::align::page_size() as u64);
+    let unseen = (cached - cached_at_open) * crate::align::page_size() as u64;
+    STATS.add(Counter::CachedUnseenBytes, unseen);
     if dirty > 0 {
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         let _ = sys::sync_file_range(t, 0, 0, flags);
     }
     let _ = sys::fadvise(t, 0, 0, libc::POSIX_FADV_DONTNEED);
+    unseen
 }
 
 /// Starts managing the program's `fd` of the file `st` describes, served through `twin`.
 pub(super) fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, append: bool, twin: i32) {
     let ident = (st.st_dev, st.st_ino);
-    OPEN_FILES.opening(ident, || sys::cachestat(twin).map_or(0, |(c, _)| c));
+    let tally = OPEN_FILES.opening(ident, || {
+        let mut p = [0u8; 4096];
+        let path = match crate::statsdir::keeps_files() {
+            true => sys::fd_path(fd, &mut p).map_or(Vec::new(), |n| p[..n].to_vec()),
+            false => Vec::new(), // no files log to name it in
+        };
+        (sys::cachestat(twin).map_or(0, |(c, _)| c), path)
+    });
     FDS.insert(
         fd,
         Arc::new(Desc {
@@ -166,6 +245,7 @@ pub(super) fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, a
             behind: Behind::new(),
             ra: Readahead::new(ident),
             writes: FileWrites::of(ident),
+            tally,
         }),
     );
 }

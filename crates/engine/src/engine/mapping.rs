@@ -4,6 +4,7 @@
 
 use super::{state, FDS, STATS};
 use crate::config::{LogLevel, MapMode};
+use crate::filelog::{self, Event};
 use crate::log::{self, Cause};
 use crate::mapped::{self, reclaim, Held, Mapping};
 use crate::stats::Counter;
@@ -142,7 +143,8 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
                 cow: !shared && writable,
                 dontfork: false,
             };
-            if f.fd >= 0 && reg.knows(f.ident) {
+            let first = !reg.knows(f.ident);
+            if f.fd >= 0 && !first {
                 libfd::close(f.fd);
             }
             reg.add(m, writable, f.fd, f.size);
@@ -150,6 +152,9 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
             HIGH.fetch_max(r + m.len, Ordering::Relaxed);
             STATS.add(Counter::MapMappings, 1);
             drop(h);
+            if first && f.fd >= 0 {
+                filelog::record_fd(Event::Mapped, f.fd);
+            }
             reclaim::ensure_running();
         }
         Some(f) if f.fd >= 0 && !reg.knows(f.ident) => libfd::close(f.fd),

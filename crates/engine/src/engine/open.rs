@@ -4,6 +4,7 @@ use super::desc::insert;
 use super::{active, state, FDS, NO_DIRECT_DEVS, STATS};
 use crate::align;
 use crate::config::{Config, LogLevel};
+use crate::filelog::{self, Event};
 use crate::log::{self, Cause};
 use crate::pathmatch;
 use crate::stats::{Counter, Fallback};
@@ -129,7 +130,7 @@ pub fn opened(fd: i32, plan: OpenPlan) {
         Placement::NotAFile => {}
         Placement::Fallback(why) => {
             STATS.add(Counter::OpensMatched, 1);
-            fallback(why);
+            fallback(fd, why);
         }
         Placement::Direct => {
             STATS.add(Counter::OpensMatched, 1);
@@ -138,9 +139,11 @@ pub fn opened(fd: i32, plan: OpenPlan) {
     }
 }
 
-fn fallback(why: Fallback) {
+/// The program's `fd` of a matched file stays buffered: counted, and the file's line.
+fn fallback(fd: i32, why: Fallback) {
     STATS.add(Counter::OpensFallback, 1);
     STATS.fallback(why);
+    filelog::record_fd(Event::Fallback(why), fd);
 }
 
 fn dev_refuses_direct(dev: u64) -> bool {
@@ -168,14 +171,14 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, twin_flag
             Cause::FileNoDirect,
             format_args!("a matched file cannot do O_DIRECT (statx); it stays buffered"),
         );
-        fallback(Fallback::FileNoDirect);
+        fallback(fd, Fallback::FileNoDirect);
         return;
     }
     let ident = (st.st_dev, st.st_ino);
     // Opening the twin closes a descriptor of the file on the way (the reopen's first
     // number): with a POSIX record lock of the process on the file that would drop it.
     if locks::may_hold_any() && locks::holds_posix_locks(ident) {
-        fallback(Fallback::Locked);
+        fallback(fd, Fallback::Locked);
         return;
     }
     match twin::open(fd, accmode, append, twin_flags, ident) {
@@ -195,16 +198,16 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, twin_flag
                 Cause::FsNoDirect,
                 format_args!("the filesystem of a matched file refuses O_DIRECT; such files stay buffered"),
             );
-            fallback(Fallback::FsNoDirect);
+            fallback(fd, Fallback::FsNoDirect);
         }
-        Err(libc::EMFILE) | Err(libc::ENFILE) => fallback(Fallback::NoDescriptor),
+        Err(libc::EMFILE) | Err(libc::ENFILE) => fallback(fd, Fallback::NoDescriptor),
         Err(e) => {
             log::once(
                 LogLevel::Info,
                 Cause::NoTwin,
                 format_args!("cannot reopen a matched file through /proc (errno {e}); it stays buffered"),
             );
-            fallback(Fallback::NoTwin);
+            fallback(fd, Fallback::NoTwin);
         }
     }
 }

@@ -25,6 +25,7 @@ fn inherited_by_exec(fd: i32) -> bool {
 /// them would drop the locks, which survive exec without the library (the new image's
 /// library keeps them as its own).
 pub fn before_exec() -> ExecToken {
+    super::desc::at_end(false);
     write_stats(false);
     let mut kept = Vec::new();
     // The mappings end with the image: their pages go now; descriptors of files the
@@ -100,6 +101,7 @@ pub fn at_exit() {
             d.behind.drop_cached(t);
         }
     });
+    super::desc::at_end(true);
     mapped::at_end();
     write_stats(true);
 }

@@ -1,7 +1,7 @@
 //! The read and write families on managed fds (plain, positional, vector): dispatch to the
 //! read and write paths, the file position kept as the kernel keeps it, and statistics.
 
-use super::desc::locked;
+use super::desc::{locked, Desc};
 use super::{managed_direct, managed_unchecked, stale, state, verified, Served, STATS};
 use crate::config::LogLevel;
 use crate::io::Outcome;
@@ -11,8 +11,8 @@ use crate::sys::{self, SysResult};
 use crate::{read_path, usercopy, write_path};
 use std::sync::atomic::Ordering;
 
-/// Applies what a path call reported: reused fd, statistics.
-fn settle(fd: i32, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
+/// Applies what a path call reported: reused fd, statistics (the process's and the file's).
+fn settle(fd: i32, d: &Desc, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
     if *r == Err(libc::ESTALE) {
         stale(fd);
         return false;
@@ -47,6 +47,7 @@ fn settle(fd: i32, o: &Outcome, write: bool, r: &SysResult<usize>) -> bool {
         }
     }
     let b = o.bounced_bytes + o.buffered_bytes;
+    d.tally.count(write, r.map_or(0, |n| n as u64), b);
     if b > 0 {
         STATS.add(bcalls, 1);
         STATS.add(bbytes, b);
@@ -111,7 +112,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
         let r = at_offset(fd, len, |pos| unsafe { read_path::pread(&io, buf, len, pos, &mut o) });
         (o, r)
     })?;
-    settle(fd, &o, false, &r).then_some(r)
+    settle(fd, &d, &o, false, &r).then_some(r)
 }
 
 /// `pread(2)` on a managed fd.
@@ -129,7 +130,7 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
     let r = unsafe { read_path::pread(&d.io(fd, t, &state().pool, nowait), buf, len, off as u64, &mut o) };
-    settle(fd, &o, false, &r).then_some(r)
+    settle(fd, &d, &o, false, &r).then_some(r)
 }
 
 /// `write(2)` on a managed fd.
@@ -168,7 +169,7 @@ pub unsafe fn write(fd: i32, buf: *const u8, len: usize, nowait: bool) -> Served
         let r = at_offset(fd, len, |pos| unsafe { write_path::pwrite(&io, buf, len, pos, &mut o) });
         (o, r)
     })?;
-    settle(fd, &o, true, &r).then_some(r)
+    settle(fd, &d, &o, true, &r).then_some(r)
 }
 
 /// `pwrite(2)` on a managed fd.
@@ -186,7 +187,7 @@ pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64, nowait: bool
     let mut o = Outcome::default();
     // SAFETY: forwarded from the caller.
     let r = unsafe { write_path::pwrite(&d.io(fd, t, &state().pool, nowait), buf, len, off as u64, &mut o) };
-    settle(fd, &o, true, &r).then_some(r)
+    settle(fd, &d, &o, true, &r).then_some(r)
 }
 
 /// The program's iovecs, read through the kernel, and their total length, when the engine
@@ -245,7 +246,7 @@ pub fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool)
     } else {
         locked(&d, nowait, || at_offset(fd, total, |pos| run(pos, &mut o)))?
     };
-    settle(fd, &o, false, &r).then_some(r)
+    settle(fd, &d, &o, false, &r).then_some(r)
 }
 
 /// `writev`/`pwritev`/`pwritev2` on a managed fd; `off == -1` means at the file position.

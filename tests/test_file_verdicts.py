@@ -1,0 +1,116 @@
+"""`run`'s summary names, per matched file, what happened to it, over every process of the
+job (the files logs of the statistics directory, merged): a file read direct, one left
+buffered on ramfs (which refuses O_DIRECT), one written through Linux AIO and raw system
+calls (cached by I/O the library did not see), one read through np.memmap (mapped, bounded,
+never "direct"), and one still open when the process execs; across a fork and an exec.
+The verdicts are checked against the kernel's truth where it has one: the page cache of the
+AIO file is empty afterwards, the mapped file was really mapped (its pages were cached
+while the child read it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from conftest import REPO, bin_path, cached_bytes, make_file
+
+CLI = REPO / "target" / "release" / "s3dlio-direct"
+MiB = 1 << 20
+
+# parent: reads DIRECT whole and closes it, reads RAM, keeps OPEN open; a fork child maps
+# MAPPED with np.memmap, sums it and leaves with _exit; then the parent execs rawio on AIO.
+DRIVER = r"""
+import os, sys
+import numpy as np
+direct, ram, kept, mapped, rawio, aio = sys.argv[1:]
+def read_whole(fd):
+    n = 0
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return n
+        n += len(b)
+for p in (direct, ram):
+    fd = os.open(p, os.O_RDONLY)
+    read_whole(fd)
+    os.close(fd)
+keep = os.open(kept, os.O_RDONLY)
+read_whole(keep)
+pid = os.fork()
+if pid == 0:
+    m = np.memmap(mapped, dtype=np.uint8, mode="r")
+    total = int(m.sum(dtype=np.uint64))
+    print("mapped sum", total, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+sys.stdout.flush()
+os.execv(rawio, [rawio, aio])
+"""
+
+
+def summary_lines(stderr: bytes) -> list[str]:
+    return stderr.decode(errors="replace").splitlines()
+
+
+def named(lines: list[str], label: str, path) -> list[str]:
+    """The summary lines that name `path` under a verdict label."""
+    return [l for l in lines if f" {label} " in l and (f" {path}:" in l or l.endswith(f" {path}"))]
+
+
+def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
+    assert CLI.is_file(), f"{CLI} is missing: build it with `make build`"
+    d = strict_fs.new_dir("files")
+    direct, kept, mapped, aio = d / "direct.bin", d / "kept.bin", d / "mapped.bin", d / "aio.bin"
+    make_file(direct, 3 * MiB + 4096)
+    make_file(kept, 2 * MiB)
+    make_file(mapped, 4 * MiB)
+    ram = ramfs / "ram.bin"
+    make_file(ram, MiB + 7)
+    st = d.parent / "st"
+    r = run([str(CLI), "run", "--paths", f"{d}:{ramfs.path}", "--stats", str(st), "--",
+             sys.executable, "-c", DRIVER, direct, ram, kept, mapped, bin_path("rawio"), aio], shim=False)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert b"mapped sum" in r.stdout and b"aio read match 1" in r.stdout, r.stdout
+    lines = summary_lines(r.stderr)
+    text = "\n".join(lines)
+
+    # the kernel's side: what AIO and raw calls cached was dropped at the last close
+    assert cached_bytes(aio) == 0, "the AIO file's pages were left in the page cache"
+
+    files = [l for l in lines if l.strip().startswith("files ")]
+    assert len(files) == 1, text
+    assert "1 mapped, bounded (not direct)" in files[0], text
+    assert "buffered" in files[0] and "cached by I/O the library did not see" in files[0], text
+
+    (dl,) = named(lines, "direct", direct)
+    assert "read 3.0 MiB" in dl, dl
+    (kl,) = named(lines, "direct", kept)  # open at exec: counted then
+    assert "read 2.0 MiB" in kl, kl
+    (rl,) = named(lines, "buffered", ram)
+    assert "filesystem does not support O_DIRECT" in rl, rl
+    (al,) = named(lines, "cached", aio)
+    assert "cached by I/O the library did not serve" in al, al
+    (ml,) = named(lines, "mapped", mapped)
+    assert not named(lines, "direct", mapped), f"a mapped file called direct:\n{text}"
+    verdict = [l for l in lines if l.strip().startswith("verdict ")]
+    assert verdict and "partly:" in verdict[0] and "not direct" in verdict[0], text
+
+    # stats --json lists every file with its verdict; bytes are the program's
+    s = run([str(CLI), "stats", "--json", str(st)], shim=False)
+    assert s.returncode == 0, s.stderr
+    by = {f["path"]: f for f in json.loads(s.stdout)["files"]}
+    assert by[str(direct)]["verdict"] == "direct" and by[str(direct)]["read"] == os.path.getsize(direct), by
+    assert by[str(kept)]["verdict"] == "direct" and by[str(kept)]["read"] == os.path.getsize(kept), by
+    assert by[str(ram)]["verdict"] == "buffered" and by[str(ram)]["fallbacks"] == {"fs_no_odirect": 1}, by
+    assert by[str(aio)]["verdict"] == "cached_unseen" and by[str(aio)]["cached_unseen"] > 0, by
+    assert by[str(mapped)]["verdict"] == "mapped" and by[str(mapped)]["mapped"] >= 1, by
+    # `stats DIR` names them the same way
+    t = run([str(CLI), "stats", str(st)], shim=False)
+    assert t.returncode == 0, t.stderr
+    assert named(summary_lines(t.stdout), "mapped", mapped) and named(summary_lines(t.stdout), "cached", aio), t.stdout
+    # one files log per process image that matched a file: the parent (python, then rawio
+    # in the same pid and start time: one log) and the fork child
+    logs = sorted(st.glob("*.files"))
+    assert len(logs) == 2, logs
