@@ -731,3 +731,20 @@ def ext4_noextent():
     """ext4 made with -O ^extent on a loop device with 4096-byte logical sectors:
     rejects misaligned O_DIRECT like strict_fs, and has no fallocate(2) (EOPNOTSUPP)."""
     yield from _mount_fixture("noextent", _setup_ext4_noextent, "ext4 without extents on a 4096-sector loop device")
+
+
+def assert_same_files_and_opens(dirs, plain, shimmed, what, names=("data", "data.2")):
+    """The files `names` each run left in its directory (`dirs["plain"]`, `dirs["shim"]`), byte
+    for byte, and the opens the program reported on stderr (fdinfo lines of fileno(f)), in the
+    same order in both runs and never O_DIRECT in the plain one. Returns the two runs' fdinfo
+    lines."""
+    for name in names:
+        p, s = dirs["plain"] / name, dirs["shim"] / name
+        assert p.exists() == s.exists(), f"{what}: {name} exists in one run only"
+        if p.exists():
+            assert_same_file(p, s, f"{what}: {name}")
+    pl, sl = fdinfo_lines(plain.stderr), fdinfo_lines(shimmed.stderr)
+    assert [lab for lab, _fd, _fl in pl] == [lab for lab, _fd, _fl in sl], (
+        f"{what}: different opens\n{diff_text(plain.stderr, shimmed.stderr)}")
+    assert not any(is_direct(fl) for _lab, _fd, fl in pl), f"{what}: O_DIRECT in the plain run"
+    return pl, sl

@@ -344,13 +344,20 @@ def squatted_marks(request):
     assert not left, f"a mark was made through a symbolic link: {left}"
 
 
-def test_as_nobody_one_line(run, strict_fs):
+def cat_chain_as_nobody(run, strict_fs):
+    """A malformed variable through a shell that runs cat twice and a nested shell that runs
+    it twice more, as nobody; returns the run, the data directory and the command."""
     d = strict_fs.new_dir("data")
     make_file(d / "f", 100_000)
     os.chmod(d / "f", 0o644)
     cmd = f"cat {d}/f > /dev/null"
     r = run(["sh", "-c", f"{cmd}; {cmd}; sh -c '{cmd}; {cmd}'"], paths=str(d), env=BAD, user="nobody")
     assert r.returncode == 0, r.stderr
+    return r, d, cmd
+
+
+def test_as_nobody_one_line(run, strict_fs):
+    r, _d, _cmd = cat_chain_as_nobody(run, strict_fs)
     assert len(bad_lines(r.stderr)) == 1, r.stderr.decode()
     md = [mark_dir(b, NOBODY) for b in ("/dev/shm", "/tmp") if mark_dir(b, NOBODY).is_dir()]
     assert md, "no directory of marks for nobody"
@@ -361,12 +368,7 @@ def test_as_nobody_one_line(run, strict_fs):
 def test_no_mark_possible_top_of_each_tree_prints(run, strict_fs, squatted_marks):
     """No usable directory: never silent, never a line per worker; the top process of the
     tree prints, once per image (an exec'd image cannot know its predecessor printed)."""
-    d = strict_fs.new_dir("data")
-    make_file(d / "f", 100_000)
-    os.chmod(d / "f", 0o644)
-    cmd = f"cat {d}/f > /dev/null"
-    r = run(["sh", "-c", f"{cmd}; {cmd}; sh -c '{cmd}; {cmd}'"], paths=str(d), env=BAD, user="nobody")
-    assert r.returncode == 0, r.stderr
+    r, d, cmd = cat_chain_as_nobody(run, strict_fs)
     lines = bad_lines(r.stderr)
     assert len(lines) == 1, r.stderr.decode()
     assert "could not be marked" in lines[0] and squatted_marks in lines[0], lines[0]

@@ -27,6 +27,7 @@ from conftest import (
     _setup_strict,
     _text,
     assert_same_file,
+    assert_same_files_and_opens,
     assert_same_run,
     bin_path,
     chown_tree,
@@ -60,16 +61,7 @@ def run_stdioerr(run, fs, seed, n, user=None):
     assert plain.returncode == 0, f"{what}: the plain run failed: {_text(plain.stderr)[-2000:]}"
     assert b"final A size=" in plain.stdout, f"{what}: the plain run printed no final lines"
     assert_same_run(plain, shimmed, what)
-    for name in ("data", "data.2"):
-        p, s = dirs["plain"] / name, dirs["shim"] / name
-        assert p.exists() == s.exists(), f"{what}: {name} exists in one run only"
-        if p.exists():
-            assert_same_file(p, s, f"{what}: {name}")
-
-    pl, sl = fdinfo_lines(plain.stderr), fdinfo_lines(shimmed.stderr)
-    assert [lab for lab, _fd, _fl in pl] == [lab for lab, _fd, _fl in sl], (
-        f"{what}: different opens\n{diff_text(plain.stderr, shimmed.stderr)}")
-    assert not any(is_direct(fl) for _lab, _fd, fl in pl), f"{what}: O_DIRECT in the plain run?"
+    _pl, sl = assert_same_files_and_opens(dirs, plain, shimmed, what)
     # read-only "m" streams are glibc's own (it reads them through a mapping); all others direct
     served = [(lab, fl) for lab, _fd, fl in sl if "(rm)" not in lab]
     mapped = [lab for lab, _fd, _fl in sl if "(rm)" in lab]

@@ -22,6 +22,7 @@ from conftest import (
     NOBODY,
     _text,
     assert_same_file,
+    assert_same_files_and_opens,
     assert_same_run,
     bin_path,
     cached_bytes,
@@ -91,16 +92,8 @@ def run_streamseq(run, fs, seed, fork=False, user=None, n=N_STEPS, direct=True):
     assert plain.returncode == 0, f"{what}: the plain run failed: {_text(plain.stderr)[-2000:]}"
     assert_same_run(plain, shimmed, what)
     check_stderr(plain, shimmed, what)
-    for fname in ("data", "data.2"):
-        p, s = dirs["plain"] / fname, dirs["shim"] / fname
-        assert p.exists() == s.exists(), f"{what}: {fname} exists in one run only"
-        if p.exists():
-            assert_same_file(p, s, f"{what}: {fname}")
-
-    # the kernel's view of fileno(f) after every open, in the same order in both runs
-    pl, sl = fdinfo_lines(plain.stderr), fdinfo_lines(shimmed.stderr)
-    assert [lab for lab, _fd, _fl in pl] == [lab for lab, _fd, _fl in sl], f"{what}: different opens"
-    assert not any(is_direct(fl) for _l, _fd, fl in pl), "the plain run has O_DIRECT on a stream?"
+    # the files, and the kernel's view of fileno(f) after every open in the same order
+    _pl, sl = assert_same_files_and_opens(dirs, plain, shimmed, what)
     served = [(lab, fl) for lab, _fd, fl in sl
               if lab.startswith(STREAM_OPENS) or (lab.startswith("child-") and "-freopen" not in lab)]
     opens = [lab for lab, _fl in served if not lab.startswith("child-")]
