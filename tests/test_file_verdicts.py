@@ -114,3 +114,58 @@ def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
     # in the same pid and start time: one log) and the fork child
     logs = sorted(st.glob("*.files"))
     assert len(logs) == 2, logs
+
+
+
+# the library's own small writes (write-behind keeps their pages cached for a while), then an
+# exec with the description still open
+WRITE_EXEC = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+for _ in range(300):
+    os.write(fd, b"x" * 1000)
+os.execv("/bin/true", ["true"])
+"""
+
+# writes the library cannot see (a raw pwrite64 system call), a fork child that exits with
+# the description open, then the parent's own last close
+RAW_FORK = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+buf = ctypes.create_string_buffer(b"y" * 300_000)
+assert libc.syscall(18, fd, buf, 300_000, ctypes.c_long(0)) == 300_000  # SYS_pwrite64
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.getpid(), pid)
+os.close(fd)
+"""
+
+
+def test_the_librarys_own_pages_are_never_unseen(run, strict_fs):
+    """What the library's small writes cached is its own, not I/O it could not see: an exec
+    with the description still open does not count it as cached_unseen."""
+    d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
+    r = run([sys.executable, "-c", WRITE_EXEC, d / "out"], paths=str(d),
+            env={"S3DLIO_DIRECT_STATS": st / "s-%p.json"})
+    assert r.returncode == 0, r.stderr
+    assert (d / "out").stat().st_size == 300_000
+    objs = [json.loads(p.read_text()) for p in st.glob("s-*.json")]
+    assert sum(o.get("write_bytes", 0) for o in objs) == 300_000, "the writes were not the library's"
+    assert sum(o.get("cached_unseen_bytes", 0) for o in objs) == 0, [o.get("cached_unseen_bytes") for o in objs]
+
+
+def test_a_fork_child_does_not_judge_its_parents_description(run, strict_fs):
+    """Pages that I/O the library did not see cached through a description shared with a fork
+    child are counted by the process whose last close it is (the parent), not by the child
+    exiting with its copy."""
+    d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
+    r = run([sys.executable, "-c", RAW_FORK, d / "raw"], paths=str(d),
+            env={"S3DLIO_DIRECT_STATS": st / "s-%p.json"})
+    assert r.returncode == 0, r.stderr
+    parent, child = (int(x) for x in r.stdout.split())
+    by_pid = {o["pid"]: o for o in (json.loads(p.read_text()) for p in st.glob("s-*.json"))}
+    assert by_pid.get(child, {}).get("cached_unseen_bytes", 0) == 0, by_pid.get(child)
+    assert by_pid[parent].get("cached_unseen_bytes", 0) >= 300_000, by_pid[parent]

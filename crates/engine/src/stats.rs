@@ -78,7 +78,7 @@ counters! {
     ReadDeviceBytes => "read_device_bytes";
     /// Bytes of reads served by copies from read-ahead windows (not counted as bounced).
     ReadaheadCopiedBytes => "read_ahead_copied_bytes";
-    /// Bytes of matched files found in the page cache at their last close (or at exit or exec, still open) beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made), then dropped; a file mapped in the process is left to the mapping budget.
+    /// Bytes of matched files found in the page cache at their last close (or at exit or exec, still open and shared with no other process) beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made), then dropped; a file mapped in the process is left to the mapping budget.
     CachedUnseenBytes => "cached_unseen_bytes";
     /// Mappings (`mmap`) of matched files: their footprint in the page cache is kept within `S3DLIO_DIRECT_MAP_BUDGET`; read through the page cache, not direct.
     MapMappings => "map_mappings";

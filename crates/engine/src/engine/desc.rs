@@ -179,7 +179,8 @@ pub(super) fn reset_after_fork() {
 }
 
 /// At exit (`exiting`) and before exec: what I/O the library did not serve left in the page
-/// cache of the files still open is counted and dropped, as at their last close, and each
+/// cache of the files still open (and shared with no other process) is counted and dropped,
+/// as at their last close, and each
 /// gets its line in the files log. Their later closes (after a failed exec) write none.
 pub(super) fn at_end(exiting: bool) {
     let files = OPEN_FILES.take_all();
@@ -187,15 +188,22 @@ pub(super) fn at_end(exiting: bool) {
         return;
     }
     let mut twins: Vec<((u64, u64), i32)> = Vec::new();
+    let mut shared: Vec<(u64, u64)> = Vec::new();
     FDS.for_each(|_, d| {
         if let Some(t) = d.twin() {
             twins.push((d.ident, t));
         }
+        if d.shared.load(Ordering::Relaxed) {
+            shared.push(d.ident);
+        }
     });
     for f in files {
         let twin = twins.iter().find(|(i, _)| *i == f.ident).map(|&(_, t)| t);
+        // A description another process also holds (a fork child's inherited ones, its
+        // parent's after the fork) is not this process's to judge: the other may have cached
+        // pages through it, and closes it later, when its own last close counts them.
         let unseen = match twin {
-            Some(t) if !crate::mapped::knows(f.ident) => drop_unseen(t, f.cached_at_open),
+            Some(t) if !crate::mapped::knows(f.ident) && !shared.contains(&f.ident) => drop_unseen(t, f.cached_at_open),
             _ => 0,
         };
         f.record(if exiting { Event::Exit } else { Event::Exec }, unseen);

@@ -25,6 +25,13 @@ fn inherited_by_exec(fd: i32) -> bool {
 /// them would drop the locks, which survive exec without the library (the new image's
 /// library keeps them as its own).
 pub fn before_exec() -> ExecToken {
+    // The buffered pieces' own pages first: what is left after them is what I/O the library
+    // did not serve cached, which `at_end` counts.
+    FDS.for_each(|_, d| {
+        if let Some(t) = d.twin() {
+            d.behind.drop_cached(t);
+        }
+    });
     super::desc::at_end(false);
     write_stats(false);
     let mut kept = Vec::new();
@@ -37,7 +44,6 @@ pub fn before_exec() -> ExecToken {
     }
     FDS.for_each(|_, d| {
         let Some(t) = d.twin() else { return };
-        d.behind.drop_cached(t);
         if locks::may_hold_any()
             && !kept.contains(&t)
             && locks::holds_posix_locks(d.ident)
