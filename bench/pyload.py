@@ -160,9 +160,7 @@ def main(argv):
         want, path = int(argv[1]), argv[2]
         rng = numpy.random.default_rng(3)
         save_file({f"t{i:02d}": rng.standard_normal(want // 4 // 16, dtype=numpy.float32) for i in range(16)}, path)
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        _fsync_path(path)
         return
     elif verb == "mkh5":
         want, path = int(argv[1]), argv[2]
@@ -173,9 +171,7 @@ def main(argv):
             for r in range(0, rows, 4):
                 block[0, :8] = numpy.frombuffer(r.to_bytes(8, "little"), dtype=numpy.uint8)
                 ds[r:r + 4] = block
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        _fsync_path(path)
         return
     elif verb == "mklmdb":
         want, path = int(argv[1]), argv[2]
@@ -191,6 +187,13 @@ def main(argv):
     else:
         sys.exit(f"pyload: unknown verb {verb}")
     print(f"bytes={total} secs={time.monotonic() - t0:.6f} calls={calls}")
+
+
+def _fsync_path(path):
+    """Makes a data file a maker wrote durable, so that dropping its cache leaves it cold."""
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 
 
 def _batches(paths, n, seed, tmax):
