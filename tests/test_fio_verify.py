@@ -124,6 +124,19 @@ def _fio_argv(fio: str, f: Path, opts: str, size: int) -> list[str]:
     return [fio, "--name=job", f"--filename={f}", *opts.split(), f"--size={size}", *VERIFY, "--output-format=json"]
 
 
+def _side(strict_fs, side: str, label: str):
+    """One side ("plain" or "shim") of a paired fio run: whether it runs under the library,
+    fio's file in a fresh data directory, the statistics directory, a label for messages, and
+    the run's keyword arguments (the library matches the data directory, fio runs in it)."""
+    shim = side == "shim"
+    d = strict_fs.new_dir(f"data-{side}")
+    sd = strict_fs.new_dir(f"stats-{side}")
+    what = f"fio {label} ({side}{' ' + str(SHIM_ENV) if shim and SHIM_ENV else ''})"
+    kw = {"shim": shim, "paths": str(d) if shim else None, "cwd": str(d),
+          "env": {"S3DLIO_DIRECT_STATS": str(sd / "s-%p.json")} if shim else None}
+    return shim, d / "fio.bin", sd, what, kw
+
+
 @pytest.mark.parametrize("job", list(JOBS))
 def test_fio_async_engines_verify(run, strict_fs, job):
     fio = fio_binary()
@@ -132,13 +145,8 @@ def test_fio_async_engines_verify(run, strict_fs, job):
         need_io_uring(fio)
     results = {}
     for side in ("plain", "shim"):
-        shim = side == "shim"
-        d = strict_fs.new_dir(f"data-{side}")
-        sd = strict_fs.new_dir(f"stats-{side}")
-        f = d / "fio.bin"
-        what = f"fio {job} ({side}{' ' + str(SHIM_ENV) if shim and SHIM_ENV else ''})"
-        r = run(_fio_argv(fio, f, opts, size), shim=shim, paths=str(d) if shim else None,
-                env={"S3DLIO_DIRECT_STATS": str(sd / "s-%p.json")} if shim else None, cwd=str(d), timeout=300)
+        shim, f, sd, what, kw = _side(strict_fs, side, job)
+        r = run(_fio_argv(fio, f, opts, size), **kw, timeout=300)
         res = _fio_result(what, r)
         res["size"] = f.stat().st_size
         cached = cached_bytes(f)
@@ -209,14 +217,8 @@ def test_fio_sync_direct_left_alone(run, strict_fs):
     opts = "--ioengine=sync --direct=1 --rw=write --bs=4096 --thinktime=1000"
     results = {}
     for side in ("plain", "shim"):
-        shim = side == "shim"
-        d = strict_fs.new_dir(f"data-{side}")
-        sd = strict_fs.new_dir(f"stats-{side}")
-        f = d / "fio.bin"
-        what = f"fio sync direct=1 ({side}{' ' + str(SHIM_ENV) if shim and SHIM_ENV else ''})"
-        p = run.popen(_fio_argv(fio, f, opts, size), shim=shim, paths=str(d) if shim else None,
-                      env={"S3DLIO_DIRECT_STATS": str(sd / "s-%p.json")} if shim else None, cwd=str(d),
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        shim, f, sd, what, kw = _side(strict_fs, side, "sync direct=1")
+        p = run.popen(_fio_argv(fio, f, opts, size), **kw, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # fio opens the file more than once (to create it, then for the job): the job's
         # descriptor is the one whose position moves
         samples, writing = [], []
