@@ -192,7 +192,7 @@ impl Behind {
         if self.inferred.swap(false, Ordering::Relaxed) {
             // Where the unplaced writes landed is not known exactly: all of the file.
             self.unplaced.store(0, Ordering::Relaxed);
-            drop_all(twin);
+            drop_all(twin, true);
             return;
         }
         for (l, h) in ranges.into_iter().flatten() {
@@ -239,11 +239,13 @@ fn start_writeback(fd: i32, lo: u64, hi: u64) {
     let _ = sys::sync_file_range(fd, lo, hi.next_multiple_of(page) - lo, libc::SYNC_FILE_RANGE_WRITE);
 }
 
-/// Writes back all of the file and asks the kernel to drop it (a length of 0 reaches end of
-/// file in both calls).
-fn drop_all(fd: i32) {
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    let _ = sys::sync_file_range(fd, 0, 0, flags);
+/// Writes back all of the file (when it may be `dirty`) and asks the kernel to drop it (a
+/// length of 0 reaches end of file in both calls).
+pub fn drop_all(fd: i32, dirty: bool) {
+    if dirty {
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let _ = sys::sync_file_range(fd, 0, 0, flags);
+    }
     let _ = sys::fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
 }
 

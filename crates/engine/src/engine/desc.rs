@@ -220,11 +220,7 @@ fn drop_unseen(t: i32, cached_at_open: u64) -> u64 {
     }
     let unseen = (cached - cached_at_open) * crate::align::page_size() as u64;
     STATS.add(Counter::CachedUnseenBytes, unseen);
-    if dirty > 0 {
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        let _ = sys::sync_file_range(t, 0, 0, flags);
-    }
-    let _ = sys::fadvise(t, 0, 0, libc::POSIX_FADV_DONTNEED);
+    crate::behind::drop_all(t, dirty > 0);
     unseen
 }
 

@@ -13,7 +13,7 @@ pub mod reclaim;
 pub mod vma;
 
 use crate::lock::{FutexGuard, FutexMutex};
-use crate::{libfd, locks, sys};
+use crate::{libfd, locks};
 use policy::Chunk;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -416,12 +416,7 @@ pub fn at_end() -> Vec<i32> {
         if f.fd < 0 {
             continue;
         }
-        if f.shared_write {
-            let flags =
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            let _ = sys::sync_file_range(f.fd, 0, 0, flags);
-        }
-        let _ = sys::fadvise(f.fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+        crate::behind::drop_all(f.fd, f.shared_write);
         if locks::may_hold_any() && locks::holds_posix_locks(f.ident) {
             locked.push(f.fd);
         }
