@@ -82,6 +82,8 @@ static int copy_mode(const char *in, const char *out)
         }
         memmove(buf, buf + done, pend - done);
         pend -= done;
+        /* bytes that could not be written would pile up past the buffer's end */
+        if (bad) break;
         if (got < want) {
             if (ferror(fi)) { printf("fread error %s\n", errname(errno)); bad = 1; }
             break;
