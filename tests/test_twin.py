@@ -125,11 +125,12 @@ def _lock_held_after(run, strict_fs, action, prefix=(), env=None):
     return load_stats(st)
 
 
-# Where the library keeps its twins: above the soft RLIMIT_NOFILE (the default as root, and
-# with a small limit), or just below it (the process cannot raise the limit: CAP_SYS_RESOURCE
-# dropped, soft = hard), where the program's dup2 and its own descriptors can reach them.
+# The limits a test program runs with: the environment's own, a small one, and one that puts
+# the library's twins just below the soft RLIMIT_NOFILE (the process cannot raise the limit:
+# CAP_SYS_RESOURCE dropped, soft = hard), where the program's dup2 and its own descriptors
+# reach them. (Where the process may raise the limit, the twins live above it.)
 WHERE = {
-    "above": [],
+    "default": [],
     "nofile64": ["prlimit", "--nofile=64:64"],
     "zone": ["setpriv", "--bounding-set=-sys_resource", "--inh-caps=-sys_resource", "--",
              "prlimit", "--nofile=64:64"],
@@ -268,7 +269,7 @@ SQLITE_STEPS = textwrap.dedent(
 SQLITE_LOCK_BYTES = (0x40000000, 512)  # sqlite's PENDING, RESERVED and SHARED bytes
 
 
-@pytest.mark.parametrize("where", ["above", "zone"])
+@pytest.mark.parametrize("where", ["default", "zone"])
 def test_sqlite_locks_after_each_library_action(run, strict_fs, where):
     """sqlite3 in a process under the library holds an exclusive transaction while the library
     acts for it (I/O, the program's dup2 onto the numbers its twins had, fork, spawn, another
