@@ -152,7 +152,7 @@ pub fn locking(fd: i32, nowait: bool) {
         return;
     }
     let mut gave_up = false;
-    FDS.for_each(|_, d| {
+    FDS.for_each_try(nowait, |_, d| {
         if d.ident == ident {
             if let Some(t) = give_up(d, Fallback::PosixLocks) {
                 libfd::close(t);
