@@ -133,7 +133,7 @@ macro_rules! fcntl_hooks {
                     r
                 }
                 libc::F_SETLK | libc::F_SETLKW => {
-                    engine::lock_taken();
+                    before_lock(fd);
                     // SAFETY: forwarding the program's arguments.
                     unsafe { real(fd, cmd, arg) }
                 }
@@ -385,13 +385,26 @@ pub unsafe extern "C" fn inotify_init1(flags: c_int) -> c_int {
     created(|| unsafe { real!(inotify_init1: unsafe extern "C" fn(c_int) -> c_int)(flags) })
 }
 
+/// Before a POSIX record lock through `fd`: the library closes its own descriptors of the
+/// file first (closing them once the lock exists would drop it).
+fn before_lock(fd: c_int) {
+    if engine::lock_taken() {
+        let saved = errno();
+        in_engine(|nowait| {
+            engine::fdops::locking(fd, nowait);
+            Some(())
+        });
+        set_errno(saved);
+    }
+}
+
 /// Hooks for `lockf`: glibc takes the POSIX record lock with an internal fcntl no hook sees.
 macro_rules! lockf_hooks {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, cmd: c_int, len: off_t) -> c_int {
             if cmd != libc::F_TEST {
-                engine::lock_taken();
+                before_lock(fd);
             }
             // SAFETY: forwarding the program's arguments.
             unsafe { real!($name: unsafe extern "C" fn(c_int, c_int, off_t) -> c_int)(fd, cmd, len) }

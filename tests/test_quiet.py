@@ -106,7 +106,7 @@ CASES = [
     ("strict_fs", "ccs", {}, ("fallback", "fdopen_stream")),
     ("strict_fs", "freopen", {}, ("fallback", "fdopen_stream")),
     ("strict_fs", "stale", {}, ("fallback", "stale_fd")),
-    ("strict_fs", "locked", {}, ("fallback", "locked")),
+    ("strict_fs", "locked", {}, ("fallback", "posix_locks")),
     ("strict_fs", "nofile", {}, ("fallback", "no_descriptor")),
     ("strict_fs", "read", {"S3DLIO_DIRECT_MIN_SIZE": "1G"}, ("fallback", "below_min_size")),
     ("strict_fs", "read", {"S3DLIO_DIRECT_ALIGN": "512"}, None),

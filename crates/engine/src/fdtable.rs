@@ -130,7 +130,14 @@ impl<T> FdTable<T> {
     }
 
     /// Calls `f(fd, state)` for every managed fd, in fd order.
-    pub fn for_each(&self, mut f: impl FnMut(i32, &Arc<T>)) {
+    pub fn for_each(&self, f: impl FnMut(i32, &Arc<T>)) {
+        self.for_each_try(false, f)
+    }
+
+    /// [`Self::for_each`]; with `try_only` (in a signal handler, which may have interrupted a
+    /// writer of the table on this thread) entries that cannot be read without waiting are
+    /// skipped.
+    pub fn for_each_try(&self, try_only: bool, mut f: impl FnMut(i32, &Arc<T>)) {
         for (ci, top) in self.top.iter().enumerate() {
             let chunk = top.load(Ordering::Acquire);
             if chunk.is_null() {
@@ -138,7 +145,7 @@ impl<T> FdTable<T> {
             }
             for i in 0..CHUNK {
                 let fd = (ci << CHUNK_BITS | i) as i32;
-                if let Some(v) = self.get(fd, false) {
+                if let Some(v) = self.get(fd, try_only) {
                     f(fd, &v);
                 }
             }

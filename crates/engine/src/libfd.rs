@@ -90,6 +90,12 @@ pub fn adopt(fd: i32) {
     }
 }
 
+/// True if the library holds any descriptor of its own (one atomic load).
+#[inline]
+pub fn holds_any() -> bool {
+    LOWEST.load(Ordering::Acquire) != i32::MAX
+}
+
 /// True if `fd` is one of the library's own descriptors.
 #[inline]
 pub fn is_ours(fd: i32) -> bool {

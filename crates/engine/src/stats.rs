@@ -159,8 +159,8 @@ fallbacks! {
     StaleFd => "stale_fd", "a tracked descriptor number was reused by another file";
     /// No descriptor number was left for the twin, or taking one would have left the program fewer than it would have had; the file stayed buffered.
     NoDescriptor => "no_descriptor", "no descriptor number left for the library";
-    /// The process held POSIX record locks on the file when it opened it again: opening the twin closes a descriptor of the file on the way, which would have dropped them.
-    Locked => "locked", "the process held record locks on the file";
+    /// The process takes POSIX record locks (fcntl `F_SETLK`, `lockf`) on the file: the library keeps no descriptor of its own of such a file (closing any descriptor of a file, also the program's `dup2` onto one's number, drops the process's locks on it), so at the first lock it gives up the file's twins and opens none for it again in the process; counted per description.
+    PosixLocks => "posix_locks", "the process takes POSIX record locks on the file";
     store_only:
     /// The caller did not ask for direct I/O.
     NotRequested => "not_requested", "direct I/O not requested";
@@ -566,7 +566,7 @@ mod tests {
              \"read_ahead_copied_bytes\":0,\"cached_unseen_bytes\":0,\"map_mappings\":0,\"map_faulted_bytes\":0,\
              \"map_given_back_bytes\":0,\"map_peak_bytes\":0,\
              \"fallbacks\":{{\"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_twin\":0,\
-             \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"locked\":0}}}}\n",
+             \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"posix_locks\":0}}}}\n",
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(j, want);

@@ -30,10 +30,6 @@ pub struct Desc {
     /// the file position go to the program's description, where the kernel moves the offset
     /// atomically for all of them.
     pub(super) shared: AtomicBool,
-    /// Keep the twin open when the description is forgotten while the program still has it
-    /// open (it asked for O_DIRECT itself): closing any descriptor of the file would drop the
-    /// program's POSIX record locks on it.
-    pub(super) keep_twin: AtomicBool,
     pub(super) behind: Behind,
     pub(super) ra: Readahead,
     /// The file's write sequence (read-ahead windows of it are stale after a write).
@@ -70,8 +66,8 @@ impl Desc {
 impl Drop for Desc {
     /// The description's last descriptor is being closed (or was closed behind the engine's
     /// back): what its buffered pieces and any I/O the library did not see left in the page
-    /// cache is dropped, and the twin is closed. Closing the twin is safe for the program's
-    /// record locks only because the program is closing a descriptor of the file itself.
+    /// cache is dropped, and the twin is closed. No POSIX record lock of the process can be
+    /// on the file: the first one retires its twins (`crate::locks`).
     fn drop(&mut self) {
         // Counted also for a description whose twin was given up, so the file's count stays right.
         let last = OPEN_FILES.closing(self.ident);
@@ -89,7 +85,7 @@ impl Drop for Desc {
             };
             f.record(Event::Close, unseen);
         }
-        if let Some(t) = twin.filter(|_| !*self.keep_twin.get_mut()) {
+        if let Some(t) = twin {
             libfd::close(t);
         }
     }
@@ -245,7 +241,6 @@ pub(super) fn insert(fd: i32, st: &libc::stat, align: Alignment, accmode: i32, a
             accmode,
             append: AtomicBool::new(append),
             shared: AtomicBool::new(false),
-            keep_twin: AtomicBool::new(false),
             behind: Behind::new(),
             ra: Readahead::new(ident),
             writes: FileWrites::of(ident),

@@ -2,8 +2,9 @@
 //! copy_file_range/sendfile/splice, which the kernel runs on the program's own buffered
 //! descriptions (with its own checks and errors) and whose page cache the engine drops.
 
-use super::desc::locked;
+use super::desc::{locked, Desc};
 use super::{managed_direct, FDS, STATS};
+use crate::filelog::{self, Event};
 use crate::stats::{Counter, Fallback};
 use crate::sys::{self, Errno};
 use crate::{libfd, locks, twin, usercopy};
@@ -96,9 +97,7 @@ pub fn created(fd: i32, err: Errno, min: i32) -> Created {
         return Created::Keep;
     }
     if let Some(d) = &owner {
-        d.behind.drop_cached(z);
-        d.twin.store(-1, Ordering::Release);
-        STATS.fallback(Fallback::NoDescriptor);
+        give_up(d, Fallback::NoDescriptor);
     }
     libfd::forget(z);
     if fd < 0 {
@@ -124,12 +123,47 @@ pub fn created(fd: i32, err: Errno, min: i32) -> Created {
 pub fn library_fd_taken(newfd: i32) {
     FDS.for_each(|_, d| {
         if d.twin() == Some(newfd) {
-            d.behind.drop_cached(newfd);
-            d.twin.store(-1, Ordering::Release);
-            STATS.fallback(Fallback::NoDescriptor);
+            give_up(d, Fallback::NoDescriptor);
         }
     });
     libfd::forget(newfd);
+}
+
+/// The description `d` goes on without its twin (counted as `why`): its calls go to the
+/// kernel as they are from now on. Returns the twin (the caller closes or forgets it).
+fn give_up(d: &Desc, why: Fallback) -> Option<i32> {
+    let t = d.twin.swap(-1, Ordering::AcqRel);
+    if t < 0 {
+        return None;
+    }
+    d.behind.drop_cached(t);
+    STATS.fallback(why);
+    Some(t)
+}
+
+/// Before the program takes a POSIX record lock through `fd` (fcntl F_SETLK/F_SETLKW,
+/// lockf), where `super::lock_taken` says the library may hold descriptors: the first time on a file, the library closes its own descriptors of it (twins,
+/// the descriptor of a mapped file) while no lock of the process can be on it yet, and opens
+/// none again (`crate::locks`): closing one later, or the program's `dup2` onto its number,
+/// would drop the program's locks.
+pub fn locking(fd: i32, nowait: bool) {
+    let Ok(ident) = sys::ident(fd) else { return };
+    if !locks::retire(ident, nowait) {
+        return;
+    }
+    let mut gave_up = false;
+    FDS.for_each_try(nowait, |_, d| {
+        if d.ident == ident {
+            if let Some(t) = give_up(d, Fallback::PosixLocks) {
+                libfd::close(t);
+                gave_up = true;
+            }
+        }
+    });
+    crate::mapped::retire(ident, nowait);
+    if gave_up {
+        filelog::record_fd(Event::Fallback(Fallback::PosixLocks), fd);
+    }
 }
 
 /// The program hands `fd` to another process (SCM_RIGHTS): calls at the description's file
@@ -156,12 +190,10 @@ pub fn with_offset_lock<R>(fd: i32, nowait: bool, f: impl FnOnce() -> R) -> Opti
 }
 
 /// After the program's `fcntl(F_SETFL, arg)` succeeded on a managed `fd`: O_APPEND follows
-/// on the twin; O_DIRECT asked for by the program makes the descriptor its own (the twin is
-/// kept open: closing it would drop the program's record locks on the file).
+/// on the twin; O_DIRECT asked for by the program makes the descriptor its own.
 pub fn setfl(fd: i32, arg: i32) {
     let Some(d) = FDS.get(fd, true) else { return };
     if arg & libc::O_DIRECT != 0 {
-        d.keep_twin.store(true, Ordering::Relaxed);
         forget(fd);
         return;
     }

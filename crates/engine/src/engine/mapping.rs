@@ -67,6 +67,8 @@ pub struct NewFile {
     /// The library's new descriptor of it (-1: the registry has one, or none could be had).
     fd: i32,
     size: u64,
+    /// Held while `fd` is not in the registry yet (see `crate::locks::open_own`).
+    _opening: Option<crate::locks::Opening>,
 }
 
 /// What `before_mmap` prepared: the registry held across the real call, and the file.
@@ -114,8 +116,8 @@ fn matched_file(fd: i32) -> Option<NewFile> {
     };
     let size = sys::fstat(fd).map_or(0, |st| st.st_size.max(0) as u64);
     let known = mapped::lock(false).is_some_and(|mut h| h.reg().knows(ident));
-    let fd = if known { -1 } else { mapped::open_file_fd(fd, ident) };
-    Some(NewFile { ident, fd, size })
+    let (fd, _opening) = if known { (-1, None) } else { mapped::open_file_fd(fd, ident) };
+    Some(NewFile { ident, fd, size, _opening })
 }
 
 /// After the real `mmap` returned `r` (MAP_FAILED or the address).

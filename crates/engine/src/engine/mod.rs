@@ -121,11 +121,13 @@ pub fn is_library_fd(fd: i32) -> bool {
     crate::libfd::is_ours(fd)
 }
 
-/// The program is taking a POSIX record lock (fcntl F_SETLK/F_SETLKW, lockf): from now on
-/// the library checks for locks before it closes a descriptor of a file early.
+/// The program is about to take a POSIX record lock (fcntl F_SETLK/F_SETLKW, lockf): true
+/// if the library may hold descriptors of its own of the file, which `fdops::locking` must
+/// then close first (two atomic loads otherwise).
 #[inline]
-pub fn lock_taken() {
+pub fn lock_taken() -> bool {
     crate::locks::note_lock_taken();
+    crate::libfd::holds_any() || crate::locks::opening_any()
 }
 
 /// True if the result of a descriptor-creating call that takes the lowest free number at or

@@ -175,12 +175,12 @@ fn enable_direct(fd: i32, st: &libc::stat, accmode: i32, append: bool, twin_flag
         return;
     }
     let ident = (st.st_dev, st.st_ino);
-    // Opening the twin closes a descriptor of the file on the way (the reopen's first
-    // number): with a POSIX record lock of the process on the file that would drop it.
-    if locks::may_hold_any() && locks::holds_posix_locks(ident) {
-        fallback(fd, Fallback::Locked);
+    // Not for a file the process takes record locks on (see `crate::locks`); the guard lives
+    // until the twin is in the table, where a lock taken meanwhile finds it.
+    let Some(_opening) = locks::open_own(ident) else {
+        fallback(fd, Fallback::PosixLocks);
         return;
-    }
+    };
     match twin::open(fd, accmode, append, twin_flags, ident) {
         Ok(t) => {
             insert(fd, st, align, accmode, append, t);

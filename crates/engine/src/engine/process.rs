@@ -21,9 +21,10 @@ fn inherited_by_exec(fd: i32) -> bool {
 
 /// Before exec replaces the process: write the statistics and drop what buffered pieces
 /// cached. The program's descriptions go to the new image exactly as it opened them. Twins
-/// close at exec, except those of files the process holds POSIX record locks on: closing
-/// them would drop the locks, which survive exec without the library (the new image's
-/// library keeps them as its own).
+/// close at exec, except those of files the process holds POSIX record locks on (only locks
+/// the hooks did not see, as a file's first seen lock retires its twins): closing them would
+/// drop the locks, which survive exec without the library (the new image's library keeps
+/// them as its own).
 pub fn before_exec() -> ExecToken {
     // The buffered pieces' own pages first: what is left after them is what I/O the library
     // did not serve cached, which `at_end` counts.

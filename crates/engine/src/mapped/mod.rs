@@ -349,15 +349,30 @@ pub(crate) fn close_file_fd(f: &File) -> bool {
 }
 
 /// Opens the library's own read-only descriptor of the file behind the program's `fd`
-/// (at the library's numbers), or -1: not where the process may hold record locks on the
-/// file (moving the new descriptor to the library's numbers closes one of the file's).
-pub fn open_file_fd(fd: i32, ident: (u64, u64)) -> i32 {
-    if locks::may_hold_any() && locks::holds_posix_locks(ident) {
-        return -1;
-    }
+/// (at the library's numbers), or -1: not for a file the process takes record locks on
+/// (`crate::locks`). Keep the guard until the descriptor is in the registry.
+pub fn open_file_fd(fd: i32, ident: (u64, u64)) -> (i32, Option<locks::Opening>) {
+    let Some(g) = locks::open_own(ident) else { return (-1, None) };
     match crate::twin::reopen(fd, libc::O_RDONLY, false, 0, ident) {
-        Ok(t) => libfd::place(t).unwrap_or(-1),
-        Err(_) => -1,
+        Ok(t) => (libfd::place(t).unwrap_or(-1), Some(g)),
+        Err(_) => (-1, None),
+    }
+}
+
+/// The process is about to take its first POSIX record lock on the file `ident`: the
+/// library's descriptor of it is closed now (residency is measured with mincore from now on).
+/// Not when `nowait` finds the registry held (a signal handler that interrupted its holder).
+pub fn retire(ident: (u64, u64), nowait: bool) {
+    if !has_files() {
+        return;
+    }
+    let Some(mut h) = lock(nowait) else { return };
+    if let Some(f) = h.reg().file(ident) {
+        if f.fd >= 0 {
+            libfd::close(f.fd);
+            f.fd = -1;
+            f.cachestat = false;
+        }
     }
 }
 
