@@ -36,11 +36,13 @@ async fn sync_writes_keep_o_direct() {
             })
             .await;
             // The kernel's view: the object's descriptor has O_DIRECT *and* O_SYNC (04010000).
+            // O_DIRECT comes by F_SETFL after the open, so a sample may catch the descriptor
+            // with O_SYNC alone in between: the word with both must be seen where the
+            // filesystem takes O_DIRECT, and never elsewhere.
             let with_sync: Vec<u32> = seen.iter().copied().filter(|f| f & FDINFO_O_SYNC == FDINFO_O_SYNC).collect();
             assert!(!with_sync.is_empty(), "{}: no O_SYNC descriptor: {}", fs.name(), common::oct(&seen));
-            for f in &with_sync {
-                assert_eq!(f & FDINFO_O_DIRECT != 0, fs.direct_expected, "{}: fdinfo flags 0{f:o}", fs.name());
-            }
+            let direct_seen = with_sync.iter().any(|f| f & FDINFO_O_DIRECT != 0);
+            assert_eq!(direct_seen, fs.direct_expected, "{}: fdinfo flags {}", fs.name(), common::oct(&with_sync));
             for r in reports.into_inner().unwrap() {
                 assert_eq!(r.fd_flags & libc::O_SYNC, libc::O_SYNC, "{r:?}");
                 assert_eq!(r.direct, fs.direct_expected, "{}: {r:?}", fs.name());
