@@ -174,11 +174,23 @@ static void op_madvise(void)
     int si = pick(1);
     if (si < 0) return;
     struct slot *s = &slots[si];
-    static const int adv[] = {MADV_DONTNEED, MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL};
-    static const char *an[] = {"DONTNEED", "WILLNEED", "SEQUENTIAL", "RANDOM", "NORMAL"};
-    int i = (int)rng_below(&R, 5);
+    static const int adv[] = {MADV_DONTNEED, MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL,
+                              MADV_DONTDUMP, MADV_DODUMP};
+    static const int padv[] = {POSIX_MADV_DONTNEED, POSIX_MADV_WILLNEED, POSIX_MADV_SEQUENTIAL,
+                               POSIX_MADV_RANDOM, POSIX_MADV_NORMAL};
+    static const char *an[] = {"DONTNEED", "WILLNEED", "SEQUENTIAL", "RANDOM", "NORMAL", "DONTDUMP", "DODUMP"};
+    int i = (int)rng_below(&R, 7);
+    /* any part of the slot, so that advice splits its VMAs and later advice merges them */
     size_t a = rng_below(&R, s->len / page) * page;
-    size_t n = s->len - a;
+    size_t n = (1 + rng_below(&R, (s->len - a) / page)) * page;
+    if (i < 5 && rng_pct(&R, 30)) {
+        /* glibc's posix_madvise makes the system call itself and returns the error number */
+        int e = posix_madvise(s->p + a, n, padv[i]);
+        say("posix_madvise slot%d %s +%zu %zu = %s\n", si, an[i], a, n, e ? errname(e) : "0");
+        e = posix_madvise(s->p + a + 1, page, padv[i]);
+        say("posix_madvise slot%d %s unaligned = %s\n", si, an[i], e ? errname(e) : "0");
+        return;
+    }
     int r = madvise(s->p + a, n, adv[i]);
     say("madvise slot%d %s +%zu %zu = %d %s\n", si, an[i], a, n, r, r ? errname(errno) : "0");
     r = madvise(s->p + a + 1, page, adv[i]);
@@ -239,11 +251,13 @@ static void op_maps(void)
     unsigned long long poff = 0;
     char pperm[8] = "";
     size_t o = 0;
+    int vmas = 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long long a, b, off;
         char perm[8];
         if (sscanf(line, "%llx-%llx %7s %llx", &a, &b, perm, &off) != 4) continue;
         if (b <= lo || a >= hi) continue;
+        vmas++;
         if (a < lo) { off += lo - a; a = lo; }
         if (b > hi) b = hi;
         if (pend == a && strcmp(perm, pperm) == 0 && poff + (pend - pstart) == off) {
@@ -257,7 +271,8 @@ static void op_maps(void)
     }
     if (pend) snprintf(out + o, sizeof out - o, " [+%zu,+%zu %s %llu]", (size_t)(pstart - lo), (size_t)(pend - lo), pperm, poff);
     fclose(f);
-    say("maps slot%d:%s\n", si, out);
+    /* and how many VMAs the kernel has there: advice splits and merges them */
+    say("maps slot%d: %d vmas%s\n", si, vmas, out);
 }
 
 static void op_fork(void)
