@@ -367,6 +367,25 @@ static void op_truncate(off_t full)
     if (r == 0) fsize = full;
 }
 
+/* Random touches over the whole file, paced so that the library gives pages back between
+ * them and sees them read again soon after: it then switches the process's mappings to
+ * MADV_RANDOM (README, "Mapped files"), and the rest of the sequence runs in that mode. */
+static void op_thrash(void)
+{
+    char *p = mmap(NULL, (size_t)fsize, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        say("thrash mmap = %s\n", errname(errno));
+        return;
+    }
+    uint64_t h = FNV_INIT;
+    for (int i = 0; i < 300; i++) {
+        unsigned char c = (unsigned char)p[rng_below(&R, (uint64_t)fsize)];
+        h = fnv1a(h, &c, 1);
+        usleep(5000);
+    }
+    say("thrash %016llx = %d\n", (unsigned long long)h, munmap(p, (size_t)fsize));
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -389,6 +408,8 @@ int main(int argc, char **argv)
     sa.sa_sigaction = on_sigbus;
     sa.sa_flags = SA_SIGINFO;
     sigaction(SIGBUS, &sa, NULL);
+    /* even seeds run in the mode a thrashing process is switched to, odd ones in the first */
+    if (R.s % 2 == 0) op_thrash();
     for (int i = 0; i < steps; i++) {
         int op = (int)rng_below(&R, 17);
         switch (op) {
