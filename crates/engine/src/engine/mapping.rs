@@ -150,7 +150,7 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
                 libfd::close(f.fd);
             }
             reg.add(m, writable, f.fd, f.size);
-            advice::apply_new(&m, reg.random(m.ident));
+            advice::apply_new(&m, reg.random);
             LOW.fetch_min(r, Ordering::Relaxed);
             HIGH.fetch_max(r + m.len, Ordering::Relaxed);
             STATS.add(Counter::MapMappings, 1);
@@ -236,8 +236,9 @@ pub fn advised(held: Option<Held>, addr: usize, len: usize, advice: i32, applied
         reg.set(addr, pages(len), |m| m.dontfork = advice == libc::MADV_DONTFORK);
         return;
     }
+    let random = reg.random;
     for (before, after) in reg.set(addr, pages(len), |m| advice::record(m, advice)) {
-        advice::fix(&before, &after, advice, reg.random(after.ident));
+        advice::fix(&before, &after, advice, random);
     }
 }
 

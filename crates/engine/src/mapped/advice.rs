@@ -2,16 +2,16 @@
 //! without advice reads the device's whole read-around window (read_ahead_kb, 8 MiB on
 //! common disks) around the page: over data larger than the budget, read at random, every
 //! touch refills the budget with pages given back before the program comes back for them.
-//! A file whose pages are read again soon after being given back (the reclaimer counts it)
-//! is switched, once and for all its mappings, to a second one-to-one image of what the
-//! program advised, in which no advice becomes MADV_RANDOM (no read-around; the library reads
-//! ahead itself for in-order scans, see [`super::stream`]), MADV_SEQUENTIAL stays, MADV_RANDOM
-//! stays but is marked MADV_DONTDUMP, and the two states left, which only a program that
-//! excludes a file mapping from core dumps reaches, get what is left. Until then the kernel
-//! is told what the program advised. Either image is one to one, and VMAs merge only within
-//! one file: ranges the program advised differently stay different VMAs and ranges it
-//! advised alike merge, so what /proc/self/maps lists and where mremap fails with EFAULT
-//! stay the plain run's.
+//! A process that reads pages again soon after they were given back (the reclaimer counts
+//! it) is switched, once and for every mapping of a matched file it has or makes, to a
+//! second one-to-one image of what the program advised, in which no advice becomes
+//! MADV_RANDOM (no read-around; the library reads ahead itself for in-order scans, see
+//! [`super::stream`]), MADV_SEQUENTIAL stays, MADV_RANDOM stays but is marked MADV_DONTDUMP,
+//! and the two states left, which only a program that excludes a file mapping from core
+//! dumps reaches, get what is left. Until then the kernel is told what the program advised.
+//! Either image is one to one, and all mappings switch at once: ranges the program advised
+//! differently stay different VMAs and ranges it advised alike merge, so what
+//! /proc/self/maps lists and where mremap fails with EFAULT stay the plain run's.
 
 use super::Mapping;
 use crate::sys;
@@ -48,8 +48,8 @@ pub fn record(m: &mut Mapping, advice: i32) {
     }
 }
 
-/// What the kernel is told of mapping `m` of a file switched to random reads (`random`) or
-/// not: its access-pattern advice, and whether it is excluded from core dumps.
+/// What the kernel is told of mapping `m` in a process switched to random reads (`random`)
+/// or not: its access-pattern advice, and whether it is excluded from core dumps.
 pub fn kernel(m: &Mapping, random: bool) -> (i32, bool) {
     let asked = match m.advice {
         Pattern::Normal => libc::MADV_NORMAL,
@@ -68,7 +68,7 @@ pub fn kernel(m: &Mapping, random: bool) -> (i32, bool) {
     }
 }
 
-/// True where the program gave no advice and the kernel is told MADV_RANDOM (in a file
+/// True where the program gave no advice and the kernel is told MADV_RANDOM (in a process
 /// switched to random reads): the library reads ahead itself for in-order scans there.
 pub fn reads_ahead_itself(m: &Mapping) -> bool {
     m.advice == Pattern::Normal && !m.nodump
@@ -95,7 +95,7 @@ fn set(m: &Mapping, from: (i32, bool), to: (i32, bool)) {
     }
 }
 
-/// A new mapping `m` (no advice yet) of a file switched to random reads or not.
+/// A new mapping `m` (no advice yet) in a process switched to random reads or not.
 pub fn apply_new(m: &Mapping, random: bool) {
     set(m, (libc::MADV_NORMAL, false), kernel(m, random));
 }
@@ -106,7 +106,7 @@ pub fn fix(before: &Mapping, after: &Mapping, advice: i32, random: bool) {
     set(after, after_raw(before, advice, random), kernel(after, random));
 }
 
-/// Mapping `m` of a file now switched to random reads.
+/// Mapping `m` in a process now switched to random reads.
 pub fn switch(m: &Mapping) {
     set(m, kernel(m, false), kernel(m, true));
 }

@@ -92,8 +92,6 @@ pub struct File {
     pub drop_retries: u32,
     /// The device's read-ahead window in bytes (0: not looked up yet).
     pub ra: u64,
-    /// The kernel is told its unadvised mappings are read at random (see [`advice`]).
-    pub random: bool,
 }
 
 impl File {
@@ -223,12 +221,6 @@ impl Registry {
         self.files.iter_mut().find(|f| f.ident == ident)
     }
 
-    /// True if the kernel is told that the unadvised mappings of file `ident` are read at
-    /// random (see [`advice`]).
-    pub fn random(&self, ident: (u64, u64)) -> bool {
-        self.files.iter().any(|f| f.ident == ident && f.random)
-    }
-
     /// True if the file `ident` is in the registry.
     pub fn knows(&self, ident: (u64, u64)) -> bool {
         self.files.iter().any(|f| f.ident == ident)
@@ -254,7 +246,6 @@ impl Registry {
                     cachestat: fd >= 0,
                     drop_retries: 0,
                     ra: 0,
-                    random: self.random,
                 });
                 self.files.last_mut().expect("just pushed")
             }

@@ -215,11 +215,7 @@ fn account(r: &mut Registry, measured: Vec<Measured>, now: u32) -> stream::Ahead
     r.refaults = r.refaults.saturating_add(refaults);
     if !r.random && r.refaults >= THRASH {
         r.random = true;
-        for f in r.files.iter_mut().filter(|f| !f.random) {
-            f.random = true;
-            let id = f.ident;
-            r.maps.iter().filter(|m| m.ident == id).for_each(super::advice::switch);
-        }
+        r.maps.iter().for_each(super::advice::switch);
     }
     let mut pm = Pagemap::new();
     stream::detect(r, &mut pm, now);

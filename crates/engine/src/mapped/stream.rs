@@ -150,14 +150,15 @@ fn off_at(m: &Mapping, addr: usize) -> u64 {
     m.off + (addr - m.start) as u64
 }
 
-/// Looks for new scans among the chunks that grew at pass `now`.
+/// Looks for new scans among the chunks that grew at pass `now` (once the process was
+/// switched to random reads: before, the kernel reads ahead).
 pub fn detect(r: &mut Registry, pm: &mut Pagemap, now: u32) {
     let page = align::page_size();
     for fi in 0..r.files.len() {
-        let f = &r.files[fi];
-        if !f.random {
-            continue;
+        if !r.random {
+            break;
         }
+        let f = &r.files[fi];
         let csize = 1u64 << f.shift;
         let followed = |ci: usize| {
             r.streams.iter().filter(|s| s.map.ident == f.ident).any(|s| {
@@ -294,7 +295,6 @@ mod tests {
             cachestat: false,
             drop_retries: 0,
             ra,
-            random: true,
         };
         let page = align::page_size() as u64;
         assert_eq!(window(&f(128 << 10), 1 << 20), 512 << 10, "four device windows");
@@ -329,7 +329,7 @@ mod tests {
         let mut r = Registry::default();
         r.add(map, false, -1, 4 << 20);
         r.files[0].ra = 128 << 10;
-        r.files[0].random = true;
+        r.random = true;
         let touch = |from: usize, to: usize| (from..to).step_by(page).map(|a| m[a]).sum::<u8>();
         let mut pm = Pagemap::new();
         // a few pages touched at random: no scan
