@@ -174,11 +174,23 @@ static void op_madvise(void)
     int si = pick(1);
     if (si < 0) return;
     struct slot *s = &slots[si];
-    static const int adv[] = {MADV_DONTNEED, MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL};
-    static const char *an[] = {"DONTNEED", "WILLNEED", "SEQUENTIAL", "RANDOM", "NORMAL"};
-    int i = (int)rng_below(&R, 5);
+    static const int adv[] = {MADV_DONTNEED, MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL,
+                              MADV_DONTDUMP, MADV_DODUMP};
+    static const int padv[] = {POSIX_MADV_DONTNEED, POSIX_MADV_WILLNEED, POSIX_MADV_SEQUENTIAL,
+                               POSIX_MADV_RANDOM, POSIX_MADV_NORMAL};
+    static const char *an[] = {"DONTNEED", "WILLNEED", "SEQUENTIAL", "RANDOM", "NORMAL", "DONTDUMP", "DODUMP"};
+    int i = (int)rng_below(&R, 7);
+    /* any part of the slot, so that advice splits its VMAs and later advice merges them */
     size_t a = rng_below(&R, s->len / page) * page;
-    size_t n = s->len - a;
+    size_t n = (1 + rng_below(&R, (s->len - a) / page)) * page;
+    if (i < 5 && rng_pct(&R, 30)) {
+        /* glibc's posix_madvise makes the system call itself and returns the error number */
+        int e = posix_madvise(s->p + a, n, padv[i]);
+        say("posix_madvise slot%d %s +%zu %zu = %s\n", si, an[i], a, n, e ? errname(e) : "0");
+        e = posix_madvise(s->p + a + 1, page, padv[i]);
+        say("posix_madvise slot%d %s unaligned = %s\n", si, an[i], e ? errname(e) : "0");
+        return;
+    }
     int r = madvise(s->p + a, n, adv[i]);
     say("madvise slot%d %s +%zu %zu = %d %s\n", si, an[i], a, n, r, r ? errname(errno) : "0");
     r = madvise(s->p + a + 1, page, adv[i]);
@@ -239,11 +251,13 @@ static void op_maps(void)
     unsigned long long poff = 0;
     char pperm[8] = "";
     size_t o = 0;
+    int vmas = 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long long a, b, off;
         char perm[8];
         if (sscanf(line, "%llx-%llx %7s %llx", &a, &b, perm, &off) != 4) continue;
         if (b <= lo || a >= hi) continue;
+        vmas++;
         if (a < lo) { off += lo - a; a = lo; }
         if (b > hi) b = hi;
         if (pend == a && strcmp(perm, pperm) == 0 && poff + (pend - pstart) == off) {
@@ -257,7 +271,8 @@ static void op_maps(void)
     }
     if (pend) snprintf(out + o, sizeof out - o, " [+%zu,+%zu %s %llu]", (size_t)(pstart - lo), (size_t)(pend - lo), pperm, poff);
     fclose(f);
-    say("maps slot%d:%s\n", si, out);
+    /* and how many VMAs the kernel has there: advice splits and merges them */
+    say("maps slot%d: %d vmas%s\n", si, vmas, out);
 }
 
 static void op_fork(void)
@@ -352,6 +367,25 @@ static void op_truncate(off_t full)
     if (r == 0) fsize = full;
 }
 
+/* Random touches over the whole file, paced so that the library gives pages back between
+ * them and sees them read again soon after: it then switches the process's mappings to
+ * MADV_RANDOM (README, "Mapped files"), and the rest of the sequence runs in that mode. */
+static void op_thrash(void)
+{
+    char *p = mmap(NULL, (size_t)fsize, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        say("thrash mmap = %s\n", errname(errno));
+        return;
+    }
+    uint64_t h = FNV_INIT;
+    for (int i = 0; i < 300; i++) {
+        unsigned char c = (unsigned char)p[rng_below(&R, (uint64_t)fsize)];
+        h = fnv1a(h, &c, 1);
+        usleep(5000);
+    }
+    say("thrash %016llx = %d\n", (unsigned long long)h, munmap(p, (size_t)fsize));
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -374,6 +408,8 @@ int main(int argc, char **argv)
     sa.sa_sigaction = on_sigbus;
     sa.sa_flags = SA_SIGINFO;
     sigaction(SIGBUS, &sa, NULL);
+    /* even seeds run in the mode a thrashing process is switched to, odd ones in the first */
+    if (R.s % 2 == 0) op_thrash();
     for (int i = 0; i < steps; i++) {
         int op = (int)rng_below(&R, 17);
         switch (op) {

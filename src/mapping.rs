@@ -1,4 +1,4 @@
-//! mmap, munmap, mremap, mprotect and madvise (the engine tracks mappings of matched files
+//! mmap, munmap, mremap, mprotect, madvise and posix_madvise (the engine tracks mappings of matched files
 //! and keeps their footprint in the page cache within the budget), readahead advice and
 //! posix_fallocate on direct descriptors (readahead requests are swallowed, and what
 //! posix_fallocate's emulation cached is dropped).
@@ -105,17 +105,44 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         // SAFETY: forwarding the program's arguments.
         return unsafe { real!(madvise: F)(addr, len, advice) };
     }
-    let len_passed = in_engine(|_| map::advice_len(addr as usize, len, advice)).unwrap_or(len);
-    // SAFETY: forwarding the program's arguments (a WILLNEED range possibly shortened).
-    let r = unsafe { real!(madvise: F)(addr, len_passed, advice) };
-    if r == 0 {
-        let saved = errno();
-        in_engine(|nowait| {
-            map::advised(addr as usize, len, advice, nowait);
-            Some(())
-        });
-        set_errno(saved);
+    advise(addr, len, advice, |n| {
+        // SAFETY: forwarding the program's arguments (a WILLNEED range possibly shortened).
+        let r = unsafe { real!(madvise: F)(addr, n, advice) };
+        (r, if r == 0 { 0 } else { errno() })
+    })
+}
+
+/// glibc's `posix_madvise` makes the madvise system call itself (no hook sees it), and
+/// returns the error number instead of setting errno.
+#[no_mangle]
+pub unsafe extern "C" fn posix_madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    type F = unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int;
+    if !map::concerns_range(addr as usize, len) {
+        // SAFETY: forwarding the program's arguments.
+        return unsafe { real!(posix_madvise: F)(addr, len, advice) };
     }
+    // glibc ignores POSIX_MADV_DONTNEED (MADV_DONTNEED would discard private copies), so it
+    // is never seen as advice here.
+    let seen = if advice == libc::POSIX_MADV_DONTNEED { -1 } else { advice };
+    advise(addr, len, seen, |n| {
+        // SAFETY: forwarding the program's arguments (a WILLNEED range possibly shortened).
+        let r = unsafe { real!(posix_madvise: F)(addr, n, advice) };
+        (r, r)
+    })
+}
+
+/// An advice call on a range that may be tracked: `call(len)` makes the real call and says
+/// what it returned and its error number (0: none).
+fn advise(addr: *mut c_void, len: size_t, advice: c_int, call: impl FnOnce(size_t) -> (c_int, c_int)) -> c_int {
+    let len_passed = in_engine(|_| map::advice_len(addr as usize, len, advice)).unwrap_or(len);
+    let held = in_engine(|nowait| map::before_advice(advice, nowait));
+    let (r, err) = call(len_passed);
+    let saved = errno();
+    in_engine(|_| {
+        map::advised(held, addr as usize, len, advice, err == 0 || err == libc::ENOMEM);
+        Some(())
+    });
+    set_errno(saved);
     r
 }
 

@@ -133,6 +133,7 @@ symbols!(
     mremap,
     mprotect,
     madvise,
+    posix_madvise,
     posix_fadvise,
     posix_fadvise64,
     readahead,

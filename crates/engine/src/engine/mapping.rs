@@ -6,7 +6,7 @@ use super::{state, FDS, STATS};
 use crate::config::{LogLevel, MapMode};
 use crate::filelog::{self, Event};
 use crate::log::{self, Cause};
-use crate::mapped::{self, reclaim, Held, Mapping};
+use crate::mapped::{self, advice, reclaim, Held, Mapping};
 use crate::stats::Counter;
 use crate::{align, libfd, sys};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -144,12 +144,15 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
                 shared,
                 cow: !shared && writable,
                 dontfork: false,
+                advice: advice::Pattern::Normal,
+                nodump: false,
             };
             let first = !reg.knows(f.ident);
             if f.fd >= 0 && !first {
                 libfd::close(f.fd);
             }
             reg.add(m, writable, f.fd, f.size);
+            advice::apply_new(&m, reg.random);
             LOW.fetch_min(r, Ordering::Relaxed);
             HIGH.fetch_max(r + m.len, Ordering::Relaxed);
             STATS.add(Counter::MapMappings, 1);
@@ -209,13 +212,35 @@ pub fn advice_len(addr: usize, len: usize, advice: i32) -> Option<usize> {
     Some(window)
 }
 
-/// After a successful `madvise(addr, len, advice)`: MADV_DONTFORK and MADV_DOFORK decide
-/// which mappings a fork child has.
-pub fn advised(addr: usize, len: usize, advice: i32, nowait: bool) {
+/// Before `madvise(addr, len, advice)` on a range [`concerns_range`] said may be tracked:
+/// the registry, held across the real call, for advice whose effect on the kernel's state of
+/// a tracked mapping the library sets right afterwards (see `mapped::advice`).
+pub fn before_advice(advice: i32, nowait: bool) -> Option<Held> {
+    if advice::concerns(advice) || advice == libc::MADV_DONTFORK || advice == libc::MADV_DOFORK {
+        lock_for_change(nowait)
+    } else {
+        None
+    }
+}
+
+/// After `madvise(addr, len, advice)` (or `posix_madvise`) reached the kernel, with the
+/// registry `held` since before; `applied`: it succeeded, or failed with ENOMEM (a hole in
+/// the range), which the kernel says after advising every mapping in it. MADV_DONTFORK and
+/// MADV_DOFORK decide which mappings a fork child has; access-pattern and dump advice is
+/// recorded as the program's, and the kernel is told its image (`mapped::advice`).
+pub fn advised(held: Option<Held>, addr: usize, len: usize, advice: i32, applied: bool) {
+    let Some(mut h) = held else { return };
+    if !applied {
+        return;
+    }
+    let reg = h.reg();
     if advice == libc::MADV_DONTFORK || advice == libc::MADV_DOFORK {
-        if let Some(mut h) = lock_for_change(nowait) {
-            h.reg().set_dontfork(addr, pages(len), advice == libc::MADV_DONTFORK);
-        }
+        reg.set(addr, pages(len), |m| m.dontfork = advice == libc::MADV_DONTFORK);
+        return;
+    }
+    let random = reg.random;
+    for (before, after) in reg.set(addr, pages(len), |m| advice::record(m, advice)) {
+        advice::fix(&before, &after, advice, random);
     }
 }
 

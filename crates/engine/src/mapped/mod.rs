@@ -7,9 +7,11 @@
 //! so it never advises memory that is no longer the file's. The at-fork handlers take it, so
 //! a fork child never inherits it held or the registry half-changed.
 
+pub mod advice;
 pub mod budget;
 pub mod policy;
 pub mod reclaim;
+pub mod stream;
 pub mod vma;
 
 use crate::lock::{FutexGuard, FutexMutex};
@@ -46,6 +48,11 @@ pub struct Mapping {
     pub cow: bool,
     /// MADV_DONTFORK: a fork child does not have it.
     pub dontfork: bool,
+    /// What the program advised of its access pattern (the kernel is told
+    /// [`advice::kernel`] of it).
+    pub advice: advice::Pattern,
+    /// The program advised MADV_DONTDUMP.
+    pub nodump: bool,
 }
 
 impl Mapping {
@@ -83,6 +90,8 @@ pub struct File {
     /// Passes left in which pages written through a shared mapping, unmapped since, are
     /// written back and dropped.
     pub drop_retries: u32,
+    /// The device's read-ahead window in bytes (0: not looked up yet).
+    pub ra: u64,
 }
 
 impl File {
@@ -107,6 +116,14 @@ pub struct Registry {
     pub maps: Vec<Mapping>,
     /// Files with mappings, and files mapped before whose pages are not all given back.
     pub files: Vec<File>,
+    /// In-order scans the library reads ahead for.
+    pub streams: Vec<stream::Stream>,
+    /// Chunks read again within [`reclaim::REFAULT_PASSES`] of being given back.
+    pub refaults: u32,
+    /// The process read pages again soon after giving them back ([`reclaim::THRASH`]
+    /// times): every mapped file, and every file mapped from now on, is switched to random
+    /// reads (see [`advice`]).
+    pub random: bool,
     /// The reclaimer's pass counter (chunk ages count in passes).
     pub pass: u32,
 }
@@ -196,7 +213,7 @@ fn shift_for(size: u64) -> u32 {
 
 impl Registry {
     const fn new() -> Self {
-        Registry { maps: Vec::new(), files: Vec::new(), pass: 0 }
+        Registry { maps: Vec::new(), files: Vec::new(), streams: Vec::new(), refaults: 0, random: false, pass: 0 }
     }
 
     /// The file `ident`, if known.
@@ -228,6 +245,7 @@ impl Registry {
                     idle_since: pass,
                     cachestat: fd >= 0,
                     drop_retries: 0,
+                    ra: 0,
                 });
                 self.files.last_mut().expect("just pushed")
             }
@@ -240,6 +258,25 @@ impl Registry {
     /// Addresses `[start, start+len)` are no longer mapped as the registry says (munmap,
     /// or replaced): the mappings there are cut out. Returns the parts cut out.
     pub fn cut(&mut self, start: usize, len: usize) -> Vec<Mapping> {
+        let gone = self.take(start, len);
+        for g in &gone {
+            let still = self.maps.iter().any(|m| m.ident == g.ident);
+            let pass = self.pass;
+            if let Some(f) = self.file(g.ident) {
+                if !still {
+                    f.idle_since = pass;
+                }
+                if g.shared && f.shared_write {
+                    f.drop_retries = reclaim::DROP_RETRIES;
+                }
+            }
+        }
+        gone
+    }
+
+    /// Takes the parts of the mappings at `[start, start+len)` out of the registry, leaving
+    /// the parts on either side.
+    fn take(&mut self, start: usize, len: usize) -> Vec<Mapping> {
         let end = start.saturating_add(len);
         let mut gone = Vec::new();
         let mut kept = Vec::with_capacity(self.maps.len() + 1);
@@ -258,33 +295,57 @@ impl Registry {
             }
         }
         self.maps = kept;
-        for g in &gone {
-            let still = self.maps.iter().any(|m| m.ident == g.ident);
-            let pass = self.pass;
-            if let Some(f) = self.file(g.ident) {
-                if !still {
-                    f.idle_since = pass;
-                }
-                if g.shared && f.shared_write {
-                    f.drop_retries = reclaim::DROP_RETRIES;
-                }
-            }
-        }
         gone
     }
 
     /// mremap moved or resized `[old, old+old_len)` to `[new, new+new_len)`; `keep_old`
-    /// (old_len 0, or MREMAP_DONTUNMAP) leaves the old range mapped.
+    /// (old_len 0, or MREMAP_DONTUNMAP) leaves the old range mapped. The parts of the old
+    /// range keep what the program advised of each (a shrinking mremap may span several);
+    /// what grows (or a duplicate, old_len 0) continues the part at the old range's end.
     pub fn moved(&mut self, old: usize, old_len: usize, new: usize, new_len: usize, keep_old: bool) {
-        let Some(m) = self.maps.iter().find(|m| m.start <= old && old < m.end()).copied() else {
+        let keep = old_len.min(new_len);
+        let mut parts: Vec<Mapping> = self
+            .maps
+            .iter()
+            .filter(|m| m.start < old + keep && old < m.end())
+            .map(|m| m.part(m.start.max(old), m.end().min(old + keep)))
+            .collect();
+        parts.sort_by_key(|m| m.start);
+        if new_len > keep {
+            let at = old + keep;
+            let from = if keep == 0 {
+                self.maps.iter().find(|m| m.start <= old && old < m.end()).copied()
+            } else {
+                parts.last().copied()
+            };
+            if let Some(m) = from {
+                parts.push(Mapping { start: at, len: new_len - keep, off: m.off + (at - m.start) as u64, ..m });
+            }
+        }
+        if parts.is_empty() {
             self.cut(new, new_len);
             return;
-        };
-        let base = Mapping { start: new, len: new_len, off: m.off + (old - m.start) as u64, ..m };
+        }
+        let mut moved: Vec<Mapping> = Vec::with_capacity(parts.len());
+        for p in parts {
+            let p = Mapping { start: p.start - old + new, ..p };
+            match moved.last_mut() {
+                Some(q)
+                    if q.end() == p.start
+                        && q.off + q.len as u64 == p.off
+                        && Mapping { start: q.start, len: q.len, off: q.off, ..p } == *q =>
+                {
+                    q.len += p.len;
+                }
+                _ => moved.push(p),
+            }
+        }
         if !keep_old {
             self.cut(old, old_len);
         }
-        self.add(base, false, -1, 0);
+        for m in moved {
+            self.add(m, false, -1, 0);
+        }
     }
 
     /// mprotect gave `[start, start+len)` protection `prot`: a private mapping made
@@ -309,15 +370,21 @@ impl Registry {
         }
     }
 
-    /// madvise(MADV_DONTFORK or MADV_DOFORK) on `[start, start+len)`.
-    pub fn set_dontfork(&mut self, start: usize, len: usize, on: bool) {
-        let end = start.saturating_add(len);
-        let mut parts = Vec::new();
-        for m in self.maps.iter().filter(|m| m.start < end && start < m.end()) {
-            parts.push(Mapping { dontfork: on, ..m.part(m.start.max(start), m.end().min(end)) });
-        }
-        self.cut(start, len);
-        self.maps.extend(parts);
+    /// madvise on `[start, start+len)` changed what `change` changes of the tracked
+    /// mappings there: they are split at the range's ends and changed. Returns each part as
+    /// it was and as it is.
+    pub fn set(&mut self, start: usize, len: usize, change: impl Fn(&mut Mapping)) -> Vec<(Mapping, Mapping)> {
+        let parts: Vec<(Mapping, Mapping)> = self
+            .take(start, len)
+            .into_iter()
+            .map(|b| {
+                let mut a = b;
+                change(&mut a);
+                (b, a)
+            })
+            .collect();
+        self.maps.extend(parts.iter().map(|p| p.1));
+        parts
     }
 
     /// True if every page of `[start, start+len)` lies in tracked mappings.
@@ -444,7 +511,17 @@ mod tests {
     use super::*;
 
     fn m(start: usize, len: usize, off: u64) -> Mapping {
-        Mapping { start, len, ident: (1, 2), off, shared: false, cow: false, dontfork: false }
+        Mapping {
+            start,
+            len,
+            ident: (1, 2),
+            off,
+            shared: false,
+            cow: false,
+            dontfork: false,
+            advice: advice::Pattern::Normal,
+            nodump: false,
+        }
     }
 
     #[test]
@@ -473,6 +550,23 @@ mod tests {
     }
 
     #[test]
+    fn a_shrinking_mremap_keeps_each_part_s_advice() {
+        let mut r = Registry::new();
+        r.add(m(0x10000, 0x8000, 0), false, -1, 1 << 20);
+        r.set(0x12000, 0x2000, |m| m.nodump = true);
+        r.moved(0x10000, 0x8000, 0x10000, 0x5000, false);
+        let mut maps = r.maps.clone();
+        maps.sort_by_key(|m| m.start);
+        let nodump = Mapping { nodump: true, ..m(0x12000, 0x2000, 0x2000) };
+        assert_eq!(maps, vec![m(0x10000, 0x2000, 0), nodump, m(0x14000, 0x1000, 0x4000)]);
+        // moved and grown: the growth continues the last part
+        r.moved(0x10000, 0x5000, 0x40000, 0x6000, false);
+        let mut maps = r.maps.clone();
+        maps.sort_by_key(|m| m.start);
+        assert_eq!(maps, vec![m(0x40000, 0x2000, 0), Mapping { start: 0x42000, ..nodump }, m(0x44000, 0x2000, 0x4000)]);
+    }
+
+    #[test]
     fn mprotect_write_marks_private_copies_possible() {
         let mut r = Registry::new();
         r.add(m(0x10000, 0x4000, 0), false, -1, 1 << 20);
@@ -486,7 +580,8 @@ mod tests {
     fn dontfork_parts_are_marked() {
         let mut r = Registry::new();
         r.add(m(0x10000, 0x4000, 0), false, -1, 1 << 20);
-        r.set_dontfork(0x11000, 0x1000, true);
+        let parts = r.set(0x11000, 0x1000, |m| m.dontfork = true);
+        assert_eq!(parts, vec![(m(0x11000, 0x1000, 0x1000), Mapping { dontfork: true, ..m(0x11000, 0x1000, 0x1000) })]);
         assert_eq!(r.maps.iter().filter(|m| m.dontfork).count(), 1);
         assert!(r.covers(0x10000, 0x4000));
         r.maps.retain(|m| !m.dontfork);

@@ -24,6 +24,8 @@ pub struct Chunk {
     pub resident: u32,
     /// The pass at which `resident` last grew.
     pub stamp: u32,
+    /// The pass at which its pages were last given back (0: never, or grown since).
+    pub given: u32,
 }
 
 /// The footprint the reclaimer brings a process down to once it is over `budget` (pages).
@@ -61,7 +63,7 @@ mod tests {
     use super::*;
 
     fn c(resident: u32, stamp: u32) -> Chunk {
-        Chunk { resident, stamp }
+        Chunk { resident, stamp, given: 0 }
     }
 
     #[test]

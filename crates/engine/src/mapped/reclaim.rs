@@ -7,6 +7,7 @@
 //! still map). It makes raw system calls only, so it never enters the library's hooks.
 
 use super::policy::{self, Chunk};
+use super::stream::{self, Pagemap};
 use super::vma::Checker;
 use super::{close_file_fd, has_files, lock, unsure, File, Mapping, Registry, SUPER};
 use crate::stats::{Counter, Stats};
@@ -16,6 +17,16 @@ use std::time::Duration;
 
 /// How often the footprint is measured.
 pub const INTERVAL: Duration = Duration::from_millis(5);
+/// How often the fronts of scans are followed (see [`stream`]) between two measures.
+const STEP: Duration = Duration::from_millis(1);
+/// Passes (about a second) within which a chunk read again after being given back counts as
+/// a refault.
+pub const REFAULT_PASSES: u32 = 200;
+/// Refaults after which the process's mapped files are switched to random reads (see
+/// [`super::advice`]): a scan never reads back soon what it gave back; reads at random over
+/// more than the budget do within a few batches, and each batch until then reads the kernel's
+/// read-around window per touch.
+pub const THRASH: u32 = 1;
 /// Passes (about a second) in which pages written through a shared mapping that was unmapped
 /// are written back and dropped.
 pub const DROP_RETRIES: u32 = 200;
@@ -82,8 +93,25 @@ fn run() {
             continue;
         }
         let _ = std::panic::catch_unwind(pass);
-        std::thread::sleep(INTERVAL);
+        let mut left = INTERVAL;
+        while stream::active() && left > STEP {
+            std::thread::sleep(STEP);
+            left -= STEP;
+            let _ = std::panic::catch_unwind(follow);
+        }
+        std::thread::sleep(left);
     }
+}
+
+/// Between two measures: moves the scans' fronts and reads ahead of them.
+fn follow() {
+    let ahead = {
+        let Some(mut h) = lock(false) else { return };
+        let r = h.reg();
+        let now = r.pass;
+        stream::step(r, &mut Pagemap::new(), BUDGET_PAGES.load(Ordering::Relaxed), now)
+    };
+    stream::issue(&ahead);
 }
 
 /// Drops the page table entries of `[a, a+len)` of mapping `m` with advice that loses no data:
@@ -142,9 +170,17 @@ fn pass() {
     };
     let measured: Vec<Measured> = snaps.iter().map(measure).collect();
     let Some(mut h) = lock(false) else { return };
-    let r = h.reg();
+    let ahead = account(h.reg(), measured, now);
+    drop(h);
+    stream::issue(&ahead);
+}
+
+/// What a pass measured goes into the registry; scans are looked for and followed, and past
+/// the budget the oldest chunks are given back. Returns the read-ahead to issue.
+fn account(r: &mut Registry, measured: Vec<Measured>, now: u32) -> stream::Ahead {
     let page = align::page_size() as u64;
     let mut faulted = 0u64;
+    let mut refaults = 0u32;
     for m in measured {
         let Some(f) = r.file(m.ident) else { continue };
         if m.fd_lost {
@@ -164,12 +200,27 @@ fn pass() {
             if n > c.resident {
                 faulted += u64::from(n - c.resident);
                 c.stamp = now;
+                if c.given != 0 && now.wrapping_sub(c.given) < REFAULT_PASSES {
+                    refaults += 1;
+                }
+                c.given = 0;
             }
             c.resident = n;
         }
     }
-    let total: u64 = r.files.iter().flat_map(|f| f.chunks.iter()).map(|c| u64::from(c.resident)).sum();
     let budget = BUDGET_PAGES.load(Ordering::Relaxed);
+    for f in r.files.iter_mut().filter(|f| f.ra == 0) {
+        f.ra = stream::device_window(f.ident.0);
+    }
+    r.refaults = r.refaults.saturating_add(refaults);
+    if !r.random && r.refaults >= THRASH {
+        r.random = true;
+        r.maps.iter().for_each(super::advice::switch);
+    }
+    let mut pm = Pagemap::new();
+    stream::detect(r, &mut pm, now);
+    let ahead = stream::step(r, &mut pm, budget, now);
+    let total: u64 = r.files.iter().flat_map(|f| f.chunks.iter()).map(|c| u64::from(c.resident)).sum();
     let victims = policy::choose(
         r.files.iter().enumerate().flat_map(|(fi, f)| f.chunks.iter().enumerate().map(move |(ci, c)| ((fi, ci), *c))),
         total,
@@ -188,6 +239,7 @@ fn pass() {
         s.add(Counter::MapGivenBackBytes, given * page);
         s.raise(Counter::MapPeakBytes, total.max(after) * page);
     }
+    ahead
 }
 
 /// Measures a file's chunks: cachestat of the whole span, then of superchunks, then of the
@@ -269,6 +321,7 @@ fn by_mincore(s: &Snap, out: &mut Measured) {
 
 /// Gives back chunk `ci` of file `fi`; returns the pages that left the page cache.
 fn give_back(r: &mut Registry, fi: usize, ci: usize, vmas: &mut Checker) -> u64 {
+    let r_pass = r.pass;
     let f = &r.files[fi];
     let csize = 1u64 << f.shift;
     let (lo, hi) = (ci as u64 * csize, (ci as u64 + 1) * csize);
@@ -288,7 +341,7 @@ fn give_back(r: &mut Registry, fi: usize, ci: usize, vmas: &mut Checker) -> u64 
         }
     }
     let f = &mut r.files[fi];
-    f.chunks[ci] = Chunk { resident: left, stamp: f.chunks[ci].stamp };
+    f.chunks[ci] = Chunk { resident: left, stamp: f.chunks[ci].stamp, given: r_pass.max(1) };
     if let Some(s) = f.supers.get_mut(ci / SUPER) {
         *s = u64::MAX;
     }
