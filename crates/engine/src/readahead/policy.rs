@@ -161,9 +161,10 @@ impl Policy {
             self.size = 0;
             if first && off == 0 && !covered && !big && !direct {
                 // The start of the file: the kernel reads its initial window at once, and
-                // the next read, at the window's marker, asks for the next one.
+                // the next read, at the window's marker, asks for the next one, grown from
+                // the initial window's full size (what is read of it is capped).
                 self.reach = g.at_start(len);
-                self.size = self.reach;
+                self.size = self.reach.max(g.up(len.saturating_add(g.first_extra(len))));
                 self.marker = end;
                 return Plan::Windows { reach: self.reach };
             }
