@@ -116,6 +116,8 @@ READER = textwrap.dedent("""
     print(after - before, got, rounded, h.hexdigest())
 """)
 
+# the patterns whose first read is at the start of the file, and its size
+FIRST_AT_START = {"single": 4096, "strided": 65536}
 # the patterns with a sequential run, where one window beyond the run is allowed
 SEQUENTIAL = {"run_jump", "sequential"}
 PATTERNS = ["single", "single_mid", "random4k", "random64k", "random_large", "chunks", "strided", "lmdb",
@@ -162,7 +164,13 @@ def test_device_bytes_within_the_bound(run, request, fs, pattern):
     assert stats_total(stats, "read_bytes") == got
     ahead = stats_total(stats, "read_ahead_bytes")
     if pattern in ("single", "single_mid", "random4k", "random64k", "strided"):
-        assert ahead == 0, f"{pattern}: {ahead} bytes read ahead\n{summary}"
+        # no read continues a run: nothing is read ahead but, for a first read at the start of
+        # the file, the kernel's initial window (at most 64 KiB past the read)
+        first = FIRST_AT_START.get(pattern, 0)
+        assert ahead <= (first and -(-(first + 64 * KiB) // align) * align), (
+            f"{pattern}: {ahead} bytes read ahead\n{summary}")
+        if first:
+            assert ahead > first, f"{pattern}: the first read at the start read no window\n{summary}"
     if pattern == "sequential":
         assert ahead > SIZE // 2, f"sequential reads were not read ahead\n{summary}"
         assert stats_total(stats, "read_ahead_copied_bytes") > SIZE // 2, summary

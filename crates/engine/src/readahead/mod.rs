@@ -184,7 +184,7 @@ impl Readahead {
         let g = src.geometry();
         let Some(seq) = self.writes.quiet() else {
             s.discard();
-            let _ = s.pol.plan(&g, off, len as u64, false, false);
+            let _ = s.pol.plan(&g, off, len as u64, false, false, false);
             s.pol.done(off, len as u64);
             return None;
         };
@@ -196,7 +196,7 @@ impl Readahead {
         // copy, and the device moves exactly what was asked for.
         let direct = len >= DIRECT_REQUEST && src.align.read_ok(buf as usize, off, len);
         let big = !direct && len >= 2 * p.window;
-        let reach = match s.pol.plan(&g, off, len as u64, s.find(off).is_some(), big) {
+        let reach = match s.pol.plan(&g, off, len as u64, s.find(off).is_some(), big, direct) {
             Plan::Windows { reach } => reach,
             Plan::Ordinary => {
                 s.pol.done(off, len as u64);
@@ -334,7 +334,7 @@ impl Readahead {
             }
         };
         let g = src.geometry();
-        let reach = match s.pol.plan(&g, pos, len as u64, true, false) {
+        let reach = match s.pol.plan(&g, pos, len as u64, true, false, false) {
             Plan::Windows { reach } => reach,
             Plan::Ordinary => 0,
         };
@@ -377,8 +377,10 @@ impl State {
     /// Releases the windows the reader has passed, then starts reading windows from
     /// `frontier` on, as long as they start before `reach` and end of file and a window is
     /// free (allocating it from the budget), each at most half a window and never past
-    /// `reach`. Without AIO only the window `pos` needs is read. `fetched` grows by what is
-    /// asked of the device.
+    /// `reach`. Without AIO only the window `pos` needs is read; a description without a
+    /// context reads the one window it needs now (a file's first window) synchronously: the
+    /// reader waits for it anyway, and a context is taken only to read ahead of the reader.
+    /// `fetched` grows by what is asked of the device.
     #[allow(clippy::too_many_arguments)]
     fn top_up(&mut self, src: &Source, g: &Geometry, pos: u64, reach: u64, now: Now, size: u64, fetched: &mut u64) {
         let p = src.params;
@@ -411,19 +413,20 @@ impl State {
             }) else {
                 break;
             };
-            // A context only for a description that has a window to read: contexts count
-            // against the system's aio-max-nr, which other programs need too.
-            if self.ctx == 0 && !self.no_aio {
+            let ask = self.pol.request(g).min(reach - self.frontier);
+            let sync = self.no_aio || (self.ctx == 0 && self.frontier <= pos && self.frontier + ask >= reach);
+            // A context only for a description that has a window to read ahead: contexts
+            // count against the system's aio-max-nr, which other programs need too.
+            if self.ctx == 0 && !sync {
                 match spares::take_context(MAX_WINDOWS) {
                     Some(c) => self.ctx = c,
                     None => self.no_aio = true,
                 }
             }
-            let ask = self.pol.request(g).min(reach - self.frontier);
             let w = &mut self.wins[k];
             let m = w.buf.as_mut().expect("allocated");
             (w.off, w.len, w.eof, w.made) = (self.frontier, ask as usize, false, now);
-            if self.no_aio {
+            if sync || self.no_aio {
                 // SAFETY: the window is at least `ask` bytes of page-aligned private memory.
                 match unsafe { sys::pread(src.fd, m.as_mut_ptr(), ask as usize, w.off) } {
                     Ok(got) => {
@@ -639,14 +642,14 @@ mod tests {
     }
 
     #[test]
-    fn sequential_small_reads_come_from_windows_after_the_first() {
+    fn sequential_small_reads_come_from_windows() {
         let data = pattern(3 * WINDOW + 1234, 1);
         let f = file("seq", &data);
         let mut fetched = 0u64;
-        // the first read of the file reads no window: the ordinary path serves it
-        assert!(f.read(0, 4097, &mut fetched).is_none());
-        assert_eq!(fetched, 0);
-        let mut got = data[..4097].to_vec();
+        // the first read, at the start, is read as the kernel's first window: a little more
+        let mut got = f.read(0, 4097, &mut fetched).expect("the first read at the start is a window");
+        let a = f.align.read_offset as u64;
+        assert!(fetched > 4097 && fetched <= (4097 + 65536u64).next_multiple_of(a), "{fetched}");
         let mut off = 4097u64;
         loop {
             let b = f.read(off, 4097, &mut fetched).expect("sequential reads are served");
@@ -657,9 +660,8 @@ mod tests {
             got.extend(b);
         }
         assert!(got == data, "bytes differ");
-        // from the first window's start to end of file, each byte read from the device once
-        let a = f.align.read_offset as u64;
-        assert_eq!(fetched, (data.len() as u64).next_multiple_of(a) - 4097 / a * a);
+        // each byte of the file read from the device once
+        assert_eq!(fetched, (data.len() as u64).next_multiple_of(a));
     }
 
     #[test]
@@ -667,7 +669,7 @@ mod tests {
         let data = pattern(16 * WINDOW, 15);
         let f = file("asked", &data);
         let mut fetched = 0u64;
-        assert!(f.read(0, 65536, &mut fetched).is_none());
+        assert!(f.read(0, 65536, &mut fetched).unwrap() == data[..65536]);
         let mut off = 65536u64;
         for _ in 0..100 {
             let b = f.read(off, 65536, &mut fetched).expect("sequential reads are served");
@@ -698,7 +700,7 @@ mod tests {
         let data = pattern(WINDOW, 3);
         let f = file("stale", &data);
         let mut fetched = 0u64;
-        assert!(f.read(0, 4096, &mut fetched).is_none());
+        assert_eq!(f.read(0, 4096, &mut fetched).unwrap(), data[..4096]);
         assert_eq!(f.read(4096, 4096, &mut fetched).unwrap(), data[4096..8192]);
         let filled = fetched;
         // another writer changes bytes the window holds
@@ -719,11 +721,11 @@ mod tests {
         let data = pattern(10_000, 4);
         let f = file("eof", &data);
         let mut fetched = 0u64;
-        assert!(f.read(0, 4096, &mut fetched).is_none());
+        assert_eq!(f.read(0, 4096, &mut fetched).unwrap(), data[..4096]);
         let sizes: Vec<usize> = (1..3).map(|i| f.read(i * 4096, 4096, &mut fetched).unwrap().len()).collect();
         assert_eq!(sizes, [4096, 1808]);
         let a = f.align.read_offset as u64;
-        assert_eq!(fetched, 10_000u64.next_multiple_of(a) - 4096, "nothing past the last block of the file");
+        assert_eq!(fetched, 10_000u64.next_multiple_of(a), "nothing past the last block of the file");
         assert_eq!(f.read(10_000, 4096, &mut fetched).unwrap().len(), 0, "the next read is at end of file");
         assert!(f.read(12_288, 4096, &mut fetched).is_none(), "past the end, out of sequence: the kernel answers");
     }
@@ -747,8 +749,9 @@ mod tests {
         let f = file("ramp", &data);
         let mut fetched = 0u64;
         let step = 300_001usize;
-        assert!(f.read(0, step, &mut fetched).is_none(), "the first read reads no window");
-        let mut got = data[..step].to_vec();
+        let mut got = f.read(0, step, &mut fetched).expect("the first read at the start is a window");
+        let a = f.align.read_offset as u64;
+        assert!(fetched <= (step as u64 + 65536).next_multiple_of(a), "{fetched} asked for the first read");
         let mut off = step as u64;
         let mut sizes = Vec::new();
         loop {
@@ -764,13 +767,11 @@ mod tests {
             assert!(fetched <= off + WINDOW as u64, "{fetched} asked at {off}");
         }
         assert!(got == data, "bytes differ");
-        // the first window is sized from the request, later ones are half a window each
+        // the next window is sized from the request, later reads ask for a window at most
         assert!(sizes[0] <= 5 * step as u64, "{sizes:?}");
-        assert!(sizes[1..].iter().all(|&n| n <= WINDOW as u64 / 2), "{sizes:?}");
-        // Every byte from the first window on was read from the device once, nothing past
-        // the end.
-        let a = f.align.read_offset as u64;
-        assert_eq!(fetched, (data.len() as u64).next_multiple_of(a) - step as u64 / a * a);
+        assert!(sizes[1..].iter().all(|&n| n <= WINDOW as u64), "{sizes:?}");
+        // Every byte was read from the device once, nothing past the end.
+        assert_eq!(fetched, (data.len() as u64).next_multiple_of(a));
     }
 
     #[test]
@@ -856,7 +857,7 @@ mod tests {
         let st = sys::fstat(f.fd).unwrap();
         let other = Readahead::new((st.st_dev, st.st_ino));
         let mut fetched = 0u64;
-        assert!(f.read(0, 4096, &mut fetched).is_none());
+        assert_eq!(f.read(0, 4096, &mut fetched).unwrap(), data[..4096]);
         assert_eq!(f.read(4096, 4096, &mut fetched).unwrap(), data[4096..8192]);
         let filled = fetched;
         let w = other.writes.begin();
@@ -876,7 +877,7 @@ mod tests {
         let data = pattern(2 * WINDOW, 13);
         let f = file("mapped", &data);
         let mut fetched = 0u64;
-        assert!(f.read(0, 4096, &mut fetched).is_none());
+        assert!(f.read(0, 4096, &mut fetched).is_some());
         assert!(f.read(4096, 4096, &mut fetched).is_some());
         f.ra.writes.mapped(false);
         assert!(f.read(8192, 4096, &mut fetched).is_some(), "a private or read-only mapping stops nothing");
@@ -896,7 +897,7 @@ mod tests {
         let mut fetched = 0u64;
         let first = {
             let f = file2("idle1", &data);
-            assert!(f.read(0, 4096, &mut fetched).is_none());
+            assert!(f.read(0, 4096, &mut fetched).is_some());
             assert!(f.read(4096, 4096, &mut fetched).is_some());
             // SAFETY: no other reference to the state exists in this test.
             unsafe { (*f.ra.st.get()).wins.iter().find_map(|w| w.buf.as_ref().map(|m| m.as_ptr() as usize)) }.unwrap()
@@ -904,7 +905,7 @@ mod tests {
         let in_use = spares::in_use();
         assert!(in_use >= WINDOW / 2, "idle windows stay counted");
         let f = file2("idle2", &data);
-        assert!(f.read(0, 4096, &mut fetched).is_none());
+        assert!(f.read(0, 4096, &mut fetched).is_some());
         assert!(f.read(4096, 4096, &mut fetched).is_some());
         // SAFETY: as above.
         let again = unsafe {

@@ -3,9 +3,13 @@
 //! I/O in it, so that every access pattern can be checked here for the bytes it would make
 //! the device move.
 //!
-//! - Nothing is read ahead for a read that does not continue a run: the first read of a file,
-//!   a random read, a jump. (A single read of two windows or more is read as windows in
-//!   flight, but nothing past its end.)
+//! - Nothing is read ahead for a read that does not continue a run: a random read, a jump.
+//!   (A single read of two windows or more is read as windows in flight, but nothing past its
+//!   end.) A description's first read, at the start of the file, is the exception, as in the
+//!   kernel: it is read as the run's first window, the kernel's initial one
+//!   (`get_init_ra_size`) but never more than 64 KiB past the request, so that a program
+//!   reading a small file whole streams from its first read while a single read costs no
+//!   more than the page cache's.
 //! - A run shows itself with a read that starts where the previous one ended. Its first
 //!   window holds that read and a little more, sized from the request like the kernel's first
 //!   readahead (`get_init_ra_size`: four times a small request, twice a medium one, a window
@@ -63,6 +67,12 @@ impl Geometry {
         x - x % self.align
     }
 
+    /// The first window of a read of `len` bytes at the start of the file: the kernel's
+    /// initial one, at most [`FIRST_SLACK`] past the request (rounded out).
+    fn at_start(&self, len: u64) -> u64 {
+        self.up(len.saturating_add(self.first_extra(len).min(FIRST_SLACK)))
+    }
+
     /// The kernel's `get_init_ra_size`, in bytes: what the first window of a run holds beyond
     /// a request of `len` bytes.
     fn first_extra(&self, len: u64) -> u64 {
@@ -91,6 +101,10 @@ impl Geometry {
 
 /// No read yet.
 const NONE: u64 = u64::MAX;
+
+/// What a read at the start of the file may have read beyond it: the slack of issue 14's bound
+/// (1.1 × what a plain cold read fetches + 64 KiB), whatever the device's own readahead.
+const FIRST_SLACK: u64 = 64 * 1024;
 
 /// The read-ahead state of one description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,11 +144,12 @@ impl Policy {
     }
 
     /// Plans a read of `len` bytes at `off`. `covered`: a window (read or being read) holds
-    /// `off`; `big`: the read alone is worth reading as windows (two windows or more, and not
-    /// one the kernel can take straight into the program's buffer).
-    pub fn plan(&mut self, g: &Geometry, off: u64, len: u64, covered: bool, big: bool) -> Plan {
+    /// `off`; `big`: the read alone is worth reading as windows (two windows or more);
+    /// `direct`: the kernel can take the read straight into the program's buffer.
+    pub fn plan(&mut self, g: &Geometry, off: u64, len: u64, covered: bool, big: bool, direct: bool) -> Plan {
         let end = off.saturating_add(len);
         let seq = off == self.next;
+        let first = self.next == NONE;
         if !seq {
             // A jump: the run and the sequence end here; a new run may start. Windows that
             // reached beyond where the reader left them were (in part) never used.
@@ -144,6 +159,15 @@ impl Policy {
             self.run = 0;
             self.from_start = off == 0;
             self.size = 0;
+            if first && off == 0 && !covered && !big && !direct {
+                // The start of the file: the kernel reads its initial window at once, and
+                // the next read, at the window's marker, asks for the next one, grown from
+                // the initial window's full size (what is read of it is capped).
+                self.reach = g.at_start(len);
+                self.size = self.reach.max(g.up(len.saturating_add(g.first_extra(len))));
+                self.marker = end;
+                return Plan::Windows { reach: self.reach };
+            }
         }
         if self.size == 0 && seq && self.run > 0 {
             // The run has shown itself: the first window, from the request's size.
@@ -301,7 +325,7 @@ mod tests {
             let covered = self.find(off);
             let direct = len >= M && off.is_multiple_of(4096) && len.is_multiple_of(4096);
             let big = !direct && len >= 2 * self.g.window;
-            let Plan::Windows { reach } = self.pol.plan(&self.g, off, len, covered, big) else {
+            let Plan::Windows { reach } = self.pol.plan(&self.g, off, len, covered, big, direct) else {
                 self.asked += self.g.up(end) - self.g.down(off);
                 self.requests += 1;
                 self.delivered += end - off;
@@ -351,13 +375,33 @@ mod tests {
     }
 
     #[test]
-    fn the_first_read_of_a_file_reads_no_window() {
-        for len in [1, 4096, 65536, M, 4 * M - 1] {
+    fn a_first_read_at_the_start_reads_the_kernels_first_window_at_most() {
+        for len in [1, 4096, 65536, 100_000, M + 1, 4 * M - 1] {
             let mut m = Model::new(512 * M);
             m.read(0, len);
-            assert_eq!(m.ahead, 0, "a first read of {len} bytes read ahead");
-            assert_eq!(m.asked, G.up(len));
+            // the kernel's initial readahead: four times a small request, twice a medium one
+            let kernel = if G.up(len) <= 128 * K { 4 * G.up(len) } else { 2 * G.up(len) };
+            assert!(m.asked > G.up(len), "a first read of {len} bytes at 0 read no window");
+            assert!(m.asked <= kernel.min(G.up(len) + 64 * K), "a first read of {len} bytes at 0: {} asked", m.asked);
         }
+    }
+
+    #[test]
+    fn other_first_reads_read_no_window() {
+        for len in [1, 4096, 65536, M, 4 * M - 1] {
+            let mut m = Model::new(512 * M);
+            m.read(8 * M + 100, len);
+            assert_eq!(m.ahead, 0, "a first read of {len} bytes inside the file read ahead");
+            assert_eq!(m.asked, G.up(8 * M + 100 + len) - 8 * M);
+        }
+        // back at the start later: only what is asked for
+        let mut m = Model::new(512 * M);
+        m.read(100 * M, 4096);
+        m.read(0, 4096);
+        assert_eq!(m.ahead, 0);
+        // an aligned large first read goes straight into the program's buffer
+        let mut p = Policy::default();
+        assert_eq!(p.plan(&G, 0, 2 * M, false, false, true), Plan::Ordinary);
     }
 
     #[test]
@@ -388,13 +432,13 @@ mod tests {
     }
 
     #[test]
-    fn strided_reads_read_no_window() {
+    fn strided_reads_read_no_window_after_the_first() {
         let mut m = Model::new(512 * M);
         for k in 0..400 {
             m.read(k * M, 64 * K);
         }
-        assert_eq!(m.ahead, 0);
-        assert_eq!(m.asked, m.rounded);
+        assert_eq!(m.ahead, 128 * K, "the first read's window only");
+        assert_eq!(m.asked, m.rounded + 64 * K);
     }
 
     #[test]
@@ -478,9 +522,9 @@ mod tests {
     #[test]
     fn unused_windows_make_the_next_runs_start_smaller() {
         fn run_of_two(p: &mut Policy, at: u64) -> u64 {
-            let _ = p.plan(&G, at, 4096, false, false);
+            let _ = p.plan(&G, at, 4096, false, false, false);
             p.done(at, 4096);
-            let Plan::Windows { reach } = p.plan(&G, at + 4096, 4096, false, false) else { panic!("no window") };
+            let Plan::Windows { reach } = p.plan(&G, at + 4096, 4096, false, false, false) else { panic!("no window") };
             p.done(at + 4096, 4096);
             reach - at
         }
@@ -499,11 +543,11 @@ mod tests {
         // a run that reaches full windows restores the start
         let mut off = 8192;
         while p.size < G.piece {
-            let _ = p.plan(&G, off, 65536, false, false);
+            let _ = p.plan(&G, off, 65536, false, false, false);
             p.done(off, 65536);
             off += 65536;
         }
-        let _ = p.plan(&G, off, 65536, false, false);
+        let _ = p.plan(&G, off, 65536, false, false, false);
         assert_eq!(p.miss, 0);
         p.done(off, 65536);
         assert_eq!(run_of_two(&mut p, 0), second, "one miss: the jump left windows unused");
@@ -515,9 +559,13 @@ mod tests {
     fn one_large_read_is_windows_up_to_its_end() {
         let mut p = Policy::default();
         assert_eq!(
-            p.plan(&G, 1000, 3 * G.window + 5000, false, true),
+            p.plan(&G, 1000, 3 * G.window + 5000, false, true, false),
             Plan::Windows { reach: G.up(3 * G.window + 6000) }
         );
-        assert_eq!(p.plan(&G, 0, 3 * G.window, false, false), Plan::Ordinary, "an aligned large read goes direct");
+        assert_eq!(
+            p.plan(&G, 0, 3 * G.window, false, false, true),
+            Plan::Ordinary,
+            "an aligned large read goes direct"
+        );
     }
 }
