@@ -8,6 +8,7 @@
 //! a fork child never inherits it held or the registry half-changed.
 
 pub mod budget;
+pub mod direct;
 pub mod policy;
 pub mod reclaim;
 pub mod vma;

@@ -1,0 +1,242 @@
+//! The handler thread of the direct mappings: all signals blocked, it reads the userfaultfd
+//! and fills each missing page with an O_DIRECT read of the file (reading further ahead, up to
+//! [`MAX_WINDOW`], while faults come in order; only the touched page otherwise), copies it
+//! in with UFFDIO_COPY, frees the pages filled longest ago past the budget (a hole punched in
+//! the memfd: they fault and are read again if touched), and polls the read leases (a file
+//! someone opens for writing is served from the page cache again before the lease goes).
+//! It takes no lock but the table's, which no thread holds while it can fault, and makes raw
+//! system calls only.
+
+use super::{lease, release_file, stats, uffd, with};
+use crate::stats::Counter;
+use crate::{align, sys};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The largest read ahead of in-order faults.
+pub const MAX_WINDOW: usize = 8 << 20;
+/// How often the leases are polled (a writer opening a direct-mapped file waits about this).
+const LEASE_POLL_MS: i64 = 2;
+
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Starts the thread if it does not run yet; false if it cannot be started.
+pub fn ensure_running() -> bool {
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return true;
+    }
+    // SAFETY: sigset_t is plain data; the masks are valid for the calls.
+    let spawned = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // The thread inherits the full mask: no signal of the program is ever delivered to it.
+        let r = std::thread::Builder::new().name("s3dlio-uffd".into()).stack_size(256 << 10).spawn(run);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r.is_ok()
+    };
+    if !spawned {
+        RUNNING.store(false, Ordering::Release);
+    }
+    spawned
+}
+
+/// In a fork child, which has no handler thread.
+pub(super) fn after_fork_child() {
+    RUNNING.store(false, Ordering::Release);
+}
+
+/// Punches `[off, off+len)` out of a memfd: its pages are freed and missing again.
+pub(super) fn punch(memfd: i32, off: u64, len: u64) -> sys::SysResult<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_fallocate, memfd, mode, off, len) };
+    if r < 0 {
+        Err(sys::errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// An aligned buffer of the handler's own, not inherited by fork children.
+struct Buf {
+    p: *mut u8,
+}
+
+impl Buf {
+    fn new() -> Option<Buf> {
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::syscall(
+                libc::SYS_mmap,
+                0usize,
+                MAX_WINDOW,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p < 0 && p > -4096 {
+            return None;
+        }
+        let _ = sys::madvise(p as usize, MAX_WINDOW, libc::MADV_DONTFORK);
+        Some(Buf { p: p as *mut u8 })
+    }
+}
+
+fn run() {
+    let Some(buf) = Buf::new() else {
+        return;
+    };
+    loop {
+        let _ = std::panic::catch_unwind(|| turn(&buf));
+    }
+}
+
+/// One turn: waits for faults (or the next lease poll), serves them, polls the leases.
+fn turn(buf: &Buf) {
+    let (ufd, leases) = with(|t| (t.uffd, !t.files.is_empty()));
+    if ufd < 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        return;
+    }
+    let mut pfd = libc::pollfd { fd: ufd, events: libc::POLLIN, revents: 0 };
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: if leases { LEASE_POLL_MS * 1_000_000 } else { 50_000_000 } };
+    // SAFETY: one pollfd, a timespec and no signal mask, all valid for the call.
+    unsafe {
+        libc::syscall(libc::SYS_ppoll, &mut pfd as *mut libc::pollfd, 1, &ts as *const libc::timespec, 0usize, 0usize)
+    };
+    while let Some(m) = uffd::read_msg(ufd) {
+        if m.event == uffd::EVENT_PAGEFAULT {
+            fill(ufd, m.address as usize, buf);
+        }
+    }
+    poll_leases();
+}
+
+/// What one fill reads: the file, its memfd generation, the file range, where it goes.
+struct Plan {
+    rfd: i32,
+    ident: (u64, u64),
+    gen: u64,
+    at: usize,
+    foff: u64,
+    len: usize,
+    size: u64,
+}
+
+fn fill(ufd: i32, addr: usize, buf: &Buf) {
+    let page = align::page_size();
+    let a = addr & !(page - 1);
+    let plan = with(|t| {
+        let cap = (t.budget / 4).clamp(page, MAX_WINDOW) & !(page - 1);
+        let r = t.regions.iter_mut().find(|r| r.start <= a && a < r.end())?;
+        let win = if a == r.next { (r.win * 2).min(cap) } else { page };
+        let len = win.min(r.end() - a);
+        r.next = a + len;
+        r.win = win;
+        let (ident, foff) = (r.ident, r.off + (a - r.start) as u64);
+        let f = t.files.iter().find(|f| f.ident == ident && f.memfd >= 0)?;
+        Some(Plan { rfd: f.rfd, ident, gen: f.memgen, at: a, foff, len, size: f.size })
+    });
+    let Some(p) = plan else {
+        // Not a region (any more): the thread faults again on whatever is there now.
+        uffd::wake(ufd, a, page);
+        return;
+    };
+    let want = usize::try_from(p.size.saturating_sub(p.foff)).unwrap_or(usize::MAX).min(p.len);
+    let mut got = 0usize;
+    while got < want {
+        // SAFETY: `buf` is writable for MAX_WINDOW >= p.len bytes; offsets and lengths stay
+        // page-aligned until the end of the file.
+        let rlen = (p.len - got).next_multiple_of(page);
+        match unsafe { sys::pread(p.rfd, buf.p.add(got), rlen, p.foff + got as u64) } {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    if let Some(s) = stats() {
+        s.add(Counter::MapDirectReadBytes, got as u64);
+    }
+    if got < want {
+        // The device failed or the file is not what the lease said: the file mapping again,
+        // where the kernel gives its own answer (its bytes, or its SIGBUS).
+        with(|t| super::convert(t, a, page));
+        uffd::wake(ufd, a, page);
+        return;
+    }
+    // The tail of the last page past the end of the file reads as zeros, as the kernel's does.
+    if got > want {
+        got = want;
+    }
+    // SAFETY: `buf` is writable for MAX_WINDOW bytes.
+    unsafe { std::ptr::write_bytes(buf.p.add(got), 0, p.len - got) };
+    with(|t| {
+        let still = t.regions.iter().any(|r| {
+            r.ident == p.ident
+                && r.start <= p.at
+                && p.at + p.len <= r.end()
+                && r.off + (p.at - r.start) as u64 == p.foff
+        }) && t.files.iter().any(|f| f.ident == p.ident && f.memgen == p.gen && f.memfd >= 0);
+        if still {
+            let end = p.at + p.len;
+            let mut at = p.at;
+            while at < end {
+                // SAFETY: the source lies within `buf`, readable for MAX_WINDOW bytes.
+                match unsafe { uffd::copy(ufd, at, buf.p.add(at - p.at), end - at) } {
+                    Ok(n) if n == end - at => at = end,
+                    // A page there is present already (filled through another mapping of the file).
+                    Ok(n) => at += n + page,
+                    Err(libc::EEXIST) => at += page,
+                    Err(_) => break,
+                }
+            }
+            t.filled.push_back((p.ident, p.gen, p.foff, p.len));
+            t.filled_bytes += p.len;
+            evict(t);
+        }
+    });
+    uffd::wake(ufd, a, page);
+}
+
+/// Frees the ranges filled longest ago while the filled bytes pass the budget (the newest
+/// range stays: the thread that faulted on it has not read it yet).
+fn evict(t: &mut super::Table) {
+    let mut given = 0u64;
+    while t.filled_bytes > t.budget && t.filled.len() > 1 {
+        let Some((ident, gen, off, len)) = t.filled.pop_front() else { break };
+        t.filled_bytes -= len.min(t.filled_bytes);
+        if let Some(f) = t.files.iter().find(|f| f.ident == ident && f.memgen == gen && f.memfd >= 0) {
+            if punch(f.memfd, off, len as u64).is_ok() {
+                given += len as u64;
+            }
+        }
+    }
+    if given > 0 {
+        if let Some(s) = stats() {
+            s.add(Counter::MapDirectGivenBackBytes, given);
+        }
+    }
+}
+
+/// Files whose lease is being broken (a writer waits), or that no region maps any more, are
+/// given up: their regions become file mappings again first.
+fn poll_leases() {
+    with(|t| {
+        let mut fi = 0;
+        while fi < t.files.len() {
+            let f = &t.files[fi];
+            let mapped = t.regions.iter().any(|r| r.ident == f.ident);
+            if f.memfd >= 0 && mapped && lease::held(f.rfd) {
+                fi += 1;
+                continue;
+            }
+            release_file(t, fi);
+            let f = t.files.remove(fi);
+            for fd in [f.rfd, f.mfd] {
+                crate::libfd::close(fd);
+            }
+        }
+    });
+}
