@@ -295,3 +295,39 @@ def test_lmdb_writer_beside_a_direct_reader(run, strict_fs):
     assert stats_total(stats, "map_direct_mappings") >= 1, stats_summary(stats)
     assert stats_total(stats, "map_direct_converted") >= 1, (
         f"the writer's open must have turned the reader's mapping back\n{stats_summary(stats)}")
+
+
+RAW_MUNMAP = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.syscall.restype = ctypes.c_long
+libc.syscall.argtypes = [ctypes.c_long] + [ctypes.c_ulong] * 6
+SYS_MMAP, SYS_MUNMAP = {"x86_64": (9, 11), "aarch64": (222, 215)}[os.uname().machine]
+path, n = sys.argv[1], 8 << 20
+fd = os.open(path, os.O_RDONLY)
+p = libc.mmap(None, n, 1, 1, fd, 0)
+ctypes.string_at(p, 4096)
+print('direct' if 'memfd:s3dlio-direct' in open('/proc/self/maps').read() else 'not direct', flush=True)
+# behind the hooks: the mapping goes, anonymous memory of the program's takes its place
+libc.syscall(SYS_MUNMAP, p, n, 0, 0, 0, 0)
+q = libc.syscall(SYS_MMAP, p, n, 3, 0x32, (1 << 64) - 1, 0)
+assert q == p, (q, p)
+ctypes.memset(p, 0xAB, n)
+os.close(os.open(path, os.O_WRONLY))  # a writer: the library gives up the lease and converts
+time.sleep(0.1)
+print('intact' if ctypes.string_at(p, n) == b'\xab' * n else 'damaged', flush=True)
+"""
+
+
+def test_memory_behind_a_raw_munmap_is_not_mapped_over(run, strict_fs):
+    """A direct mapping unmapped with a raw system call and its addresses reused for the
+    program's anonymous memory: when a writer makes the library give the file's regions back
+    to the page cache, it must not map the file over the program's memory (the kernel is asked
+    first whether the range is still the library's memfd)."""
+    d = strict_fs.new_dir("data")
+    path = d / "f"
+    make_file(path, 16 * MiB, seed=5)
+    r = run([sys.executable, "-c", RAW_MUNMAP, path], paths=str(d), env=DIRECT)
+    assert r.returncode == 0 and r.stdout == b"direct\nintact\n", (r.stdout, r.stderr.decode()[-2000:])

@@ -80,7 +80,7 @@ counters! {
     ReadaheadCopiedBytes => "read_ahead_copied_bytes";
     /// Bytes of matched files found in the page cache at their last close (or at exit or exec, still open and shared with no other process) beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made), then dropped; a file mapped in the process is left to the mapping budget.
     CachedUnseenBytes => "cached_unseen_bytes";
-    /// Mappings (`mmap`) of matched files: their footprint in the page cache is kept within `S3DLIO_DIRECT_MAP_BUDGET`; read through the page cache, not direct.
+    /// Mappings (`mmap`) of matched files. Those not served direct (`map_direct_mappings`) are read through the page cache, their footprint there kept within `S3DLIO_DIRECT_MAP_BUDGET`.
     MapMappings => "map_mappings";
     /// Bytes of mapped matched files that came into the page cache while mapped (faults and the kernel's read-around: what the device was asked for, unless another process had them cached).
     MapFaultedBytes => "map_faulted_bytes";

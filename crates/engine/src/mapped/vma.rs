@@ -103,6 +103,14 @@ impl Checker {
     }
 }
 
+/// True if this kernel answers `PROCMAP_QUERY` (asked once, about this function's own code).
+pub fn supported() -> bool {
+    if SUPPORTED.load(Ordering::Relaxed) == 0 {
+        let _ = Checker::new().is_file_range(supported as *const () as usize, 1, (0, 0), 0, false);
+    }
+    SUPPORTED.load(Ordering::Relaxed) == YES
+}
+
 impl Drop for Checker {
     fn drop(&mut self) {
         if self.fd >= 0 {

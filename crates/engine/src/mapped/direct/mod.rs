@@ -15,6 +15,7 @@ pub mod handler;
 pub mod lease;
 pub mod uffd;
 
+use super::vma::{self, Checker};
 use crate::lock::FutexMutex;
 use crate::stats::{Fallback, Stats};
 use crate::{align, libfd, sys, twin};
@@ -92,6 +93,9 @@ pub(crate) struct DFile {
     pub mfd: i32,
     /// The memfd whose pages the regions map, at the file's offsets (-1: none, no lease).
     pub memfd: i32,
+    /// The memfd's (st_dev, st_ino): what the kernel must say is mapped at a region before
+    /// the region is mapped over.
+    pub mident: (u64, u64),
     /// Bumped at every new memfd: fills recorded for an older one are not punched in this.
     pub memgen: u64,
     /// The file's size when the lease was taken (it cannot change while it is held).
@@ -188,7 +192,10 @@ fn ensure_uffd(t: &mut Table) -> Result<i32, uffd::Refusal> {
     if UFFD_STATE.load(Ordering::Acquire) == REFUSED {
         return Err(refusal());
     }
-    let placed = uffd::open().and_then(|fd| libfd::place(fd).map_err(|_| uffd::Refusal::Kernel));
+    // Without PROCMAP_QUERY (Linux 6.11+) a region could not be told from memory a raw munmap
+    // behind the hooks gave the program, so none is made.
+    let placed = if vma::supported() { uffd::open() } else { Err(uffd::Refusal::Kernel) }
+        .and_then(|fd| libfd::place(fd).map_err(|_| uffd::Refusal::Kernel));
     match placed {
         Ok(fd) => {
             t.uffd = fd;
@@ -307,7 +314,7 @@ fn open_file(fd: i32, ident: (u64, u64)) -> Result<DFile, NotDirect> {
             return Err(NotDirect::NoResource);
         }
     };
-    Ok(DFile { ident, rfd, mfd, memfd: -1, memgen: 0, size: 0 })
+    Ok(DFile { ident, rfd, mfd, memfd: -1, mident: (0, 0), memgen: 0, size: 0 })
 }
 
 /// Takes the read lease of file `fi` and a memfd of its size for its pages.
@@ -320,16 +327,18 @@ fn lease_file(t: &mut Table, fi: usize) -> Result<(), NotDirect> {
     // SAFETY: memfd_create reads the NUL-terminated name.
     let m = unsafe { libc::syscall(libc::SYS_memfd_create, c"s3dlio-direct".as_ptr(), libc::MFD_CLOEXEC) };
     let placed = (m >= 0).then(|| libfd::place(m as i32).ok()).flatten();
-    match (size, placed) {
-        (Ok(size), Some(memfd)) if sys::ftruncate(memfd, page_up(size)).is_ok() => {
+    let mident = placed.map(sys::ident);
+    match (size, placed, mident) {
+        (Ok(size), Some(memfd), Some(Ok(mident))) if sys::ftruncate(memfd, page_up(size)).is_ok() => {
             t.memgen += 1;
             let f = &mut t.files[fi];
             f.memfd = memfd;
+            f.mident = mident;
             f.memgen = t.memgen;
             f.size = size;
             Ok(())
         }
-        (_, placed) => {
+        (_, placed, _) => {
             if let Some(m) = placed {
                 libfd::close(m);
             }
@@ -366,9 +375,16 @@ fn cut(t: &mut Table, start: usize, len: usize) -> bool {
 fn convert(t: &mut Table, start: usize, len: usize) {
     let end = start.saturating_add(len);
     let hit: Vec<Region> = t.regions.iter().filter(|r| r.start < end && start < r.end()).copied().collect();
+    let mut vmas = Checker::new();
     for r in hit {
-        let mfd = t.files.iter().find(|f| f.ident == r.ident).map_or(-1, |f| f.mfd);
+        let (mfd, mident) = t.files.iter().find(|f| f.ident == r.ident).map_or((-1, (0, 0)), |f| (f.mfd, f.mident));
         let sh = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        if !vmas.is_file_range(r.start, r.len, mident, r.off, true) {
+            // Not the region any more (a raw munmap behind the hooks, and the program's own
+            // memory there now): left alone.
+            cut(t, r.start, r.len);
+            continue;
+        }
         if raw_mmap(r.start, r.len, libc::PROT_READ, sh | libc::MAP_FIXED, mfd, r.off).is_err() {
             // Never zeros: without the file mapping, a touch there is a SIGSEGV.
             let _ = raw_mmap(

@@ -31,6 +31,20 @@ pub enum Refusal {
     Kernel,
 }
 
+impl Refusal {
+    /// Why, for people.
+    pub const fn text(self) -> &'static str {
+        match self {
+            Refusal::Privilege => {
+                "no userfaultfd that serves the kernel's faults (not root: vm.unprivileged_userfaultfd=0 and no \
+                 access to /dev/userfaultfd)"
+            }
+            Refusal::Seccomp => "a seccomp filter refuses userfaultfd (containers' default profiles)",
+            Refusal::Kernel => "this kernel has no userfaultfd or no PROCMAP_QUERY (Linux 6.11+)",
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct Api {
