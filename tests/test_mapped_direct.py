@@ -331,3 +331,39 @@ def test_memory_behind_a_raw_munmap_is_not_mapped_over(run, strict_fs):
     make_file(path, 16 * MiB, seed=5)
     r = run([sys.executable, "-c", RAW_MUNMAP, path], paths=str(d), env=DIRECT)
     assert r.returncode == 0 and r.stdout == b"direct\nintact\n", (r.stdout, r.stderr.decode()[-2000:])
+
+
+RAW_MREMAP = r"""
+import ctypes, hashlib, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.syscall.restype = ctypes.c_long
+libc.syscall.argtypes = [ctypes.c_long] + [ctypes.c_ulong] * 6
+SYS_MREMAP = {"x86_64": 25, "aarch64": 216}[os.uname().machine]
+path, n = sys.argv[1], 4 << 20
+fd = os.open(path, os.O_RDONLY)
+p = libc.mmap(None, n, 1, int(sys.argv[2]), fd, 0)
+print(hashlib.sha256(ctypes.string_at(p, 1 << 20)).hexdigest())  # some pages filled, the rest not
+maps = open('/proc/self/maps').read()
+# behind the hooks: moved and grown to 12 MiB (MREMAP_MAYMOVE)
+q = libc.syscall(SYS_MREMAP, p, n, 3 * n, 1, 0, 0)
+assert q > 0, ctypes.get_errno()
+print(hashlib.sha256(ctypes.string_at(q, 3 * n)).hexdigest())
+print('direct' if 'memfd:s3dlio-direct' in maps else 'not direct', file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("flags", [1, 2], ids=["shared", "private"])
+def test_a_direct_mapping_moved_behind_the_hooks_reads_the_file(run, strict_fs, flags):
+    """A raw mremap system call (no hook sees it) moves and grows a direct mapping: the moved
+    range stays registered (UFFD_FEATURE_EVENT_REMAP), and the next touch there makes it the
+    file mapping again: the bytes are the file's, never zeros."""
+    d = strict_fs.new_dir("data")
+    path = d / "f"
+    make_file(path, 16 * MiB, seed=6)
+    a = run([sys.executable, "-c", RAW_MREMAP, path, flags], shim=False)
+    b = run([sys.executable, "-c", RAW_MREMAP, path, flags], paths=str(d), env=DIRECT)
+    assert a.returncode == 0, a.stderr
+    assert b.stderr.decode().strip().endswith("direct") and "not direct" not in b.stderr.decode(), b.stderr
+    assert a.stdout == b.stdout, (a.stdout, b.stdout)

@@ -108,8 +108,10 @@ fn turn(buf: &Buf) {
         libc::syscall(libc::SYS_ppoll, &mut pfd as *mut libc::pollfd, 1, &ts as *const libc::timespec, 0usize, 0usize)
     };
     while let Some(m) = uffd::read_msg(ufd) {
-        if m.event == uffd::EVENT_PAGEFAULT {
-            fill(ufd, m.address as usize, buf);
+        match m.event {
+            uffd::EVENT_PAGEFAULT => fill(ufd, m.arg[1] as usize, buf),
+            uffd::EVENT_REMAP => with(|t| super::moved(t, m.arg[0] as usize, m.arg[1] as usize, m.arg[2] as usize)),
+            _ => {}
         }
     }
     poll_leases();
@@ -141,7 +143,9 @@ fn fill(ufd: i32, addr: usize, buf: &Buf) {
         Some(Plan { rfd: f.rfd, ident, gen: f.memgen, at: a, foff, len, size: f.size })
     });
     let Some(p) = plan else {
-        // Not a region (any more): the thread faults again on whatever is there now.
+        // Not a region (any more): if it is the library's memory still (moved behind the
+        // hooks), the file mapping again; the thread faults again on whatever is there now.
+        with(|t| super::convert_stray(t, a));
         uffd::wake(ufd, a, page);
         return;
     };

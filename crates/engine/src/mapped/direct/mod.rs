@@ -406,6 +406,30 @@ fn convert(t: &mut Table, start: usize, len: usize) {
     }
 }
 
+/// A registered range `[from, from+len)` was moved to `to` by an `mremap` the hooks did not
+/// see: the regions there are forgotten and what is now at `to` becomes the file mapping.
+pub(crate) fn moved(t: &mut Table, from: usize, to: usize, len: usize) {
+    cut(t, from, len);
+    convert_stray(t, to);
+}
+
+/// The mapping at `x` is one of the library's memfds but no region (moved or grown behind the
+/// hooks): it becomes the file mapping, whose offsets are the memfd's (private: a read-only
+/// mapping reads the same either way), and its waiters are woken.
+pub(crate) fn convert_stray(t: &mut Table, x: usize) {
+    let Some(v) = Checker::new().at(x) else { return };
+    let Some(mfd) = t.files.iter().find(|f| f.memfd >= 0 && f.mident == v.ident).map(|f| f.mfd) else { return };
+    let len = v.end - v.start;
+    cut(t, v.start, len);
+    if raw_mmap(v.start, len, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_FIXED, mfd, v.offset).is_err() {
+        let _ =
+            raw_mmap(v.start, len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0);
+    }
+    if t.uffd >= 0 {
+        uffd::wake(t.uffd, v.start, len);
+    }
+}
+
 /// Converts every region of file `fi` and gives its lease and memfd up (a writer waits for it).
 pub(crate) fn release_file(t: &mut Table, fi: usize) {
     let ident = t.files[fi].ident;

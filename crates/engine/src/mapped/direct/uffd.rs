@@ -19,6 +19,11 @@ const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xaa00;
 const REGISTER_MODE_MISSING: u64 = 1;
 /// `UFFD_EVENT_PAGEFAULT`.
 pub const EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_EVENT_REMAP`: a registered range was moved by an `mremap` the hooks did not see.
+pub const EVENT_REMAP: u8 = 0x14;
+/// `UFFD_FEATURE_EVENT_REMAP`: a moved range stays registered (without it, the moved pages
+/// would be filled with zeros by the kernel on the next touch).
+const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 
 /// Why this process cannot have a userfaultfd that serves the kernel's own faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +92,8 @@ pub struct Msg {
     reserved1: u8,
     reserved2: u16,
     reserved3: u32,
-    flags: u64,
-    /// The faulting address.
-    pub address: u64,
-    ptid: u32,
-    pad: u32,
+    /// The event's arguments: a page fault's flags and address; a remap's from, to and length.
+    pub arg: [u64; 3],
 }
 
 fn ioctl<T>(fd: i32, req: libc::c_ulong, arg: &mut T) -> SysResult<()> {
@@ -136,7 +138,7 @@ pub fn open() -> Result<i32, Refusal> {
             Err(_) => return Err(Refusal::Privilege),
         }
     };
-    let mut api = Api { api: UFFD_API, ..Api::default() };
+    let mut api = Api { api: UFFD_API, features: FEATURE_EVENT_REMAP, ..Api::default() };
     if ioctl(fd, UFFDIO_API, &mut api).is_err() || api.ioctls & (1 << 0x3f) == 0 {
         let _ = sys::close(fd);
         return Err(Refusal::Kernel);
