@@ -12,7 +12,10 @@ memory), with the page cache of the file sampled during the run at most 1% of it
 - a mapped page handed to write(2), send(2) and a write to a matched file, as root (direct) and
   as nobody (bounded, the reason counted);
 - an lmdb reader mapping direct while a writer opens the database and commits: the reader
-  sees the commits, never a torn value."""
+  sees the commits, never a torn value;
+- what happens behind the hooks: a raw munmap (the library never maps over the program's new
+  memory), a raw mremap (the moved mapping reads the file), a child made with _Fork (SIGSEGV,
+  never other bytes); under a seccomp filter the mappings are bounded, the reason counted."""
 
 import os
 import subprocess
@@ -367,3 +370,77 @@ def test_a_direct_mapping_moved_behind_the_hooks_reads_the_file(run, strict_fs, 
     assert a.returncode == 0, a.stderr
     assert b.stderr.decode().strip().endswith("direct") and "not direct" not in b.stderr.decode(), b.stderr
     assert a.stdout == b.stdout, (a.stdout, b.stdout)
+
+
+SECCOMP_EXEC = r"""
+import ctypes, os, struct, sys
+UFFD, IOCTL = {"x86_64": (323, 16), "aarch64": (282, 29)}[os.uname().machine]
+EPERM = 0x00050000 | 1
+ALLOW = 0x7fff0000
+def ins(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+# userfaultfd(2) and ioctl(USERFAULTFD_IOC_NEW) refused with EPERM, as container profiles do
+prog = b"".join([
+    ins(0x20, 0, 0, 0), ins(0x15, 0, 1, UFFD), ins(0x06, 0, 0, EPERM),
+    ins(0x15, 0, 3, IOCTL), ins(0x20, 0, 0, 24), ins(0x15, 0, 1, 0xaa00), ins(0x06, 0, 0, EPERM),
+    ins(0x06, 0, 0, ALLOW)])
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+fbuf = ctypes.create_string_buffer(fprog)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, fbuf, 0, 0) == 0, ctypes.get_errno()
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_under_a_seccomp_filter_mappings_are_bounded_with_the_reason(run, strict_fs):
+    """A seccomp filter refusing userfaultfd (as Docker's and Kubernetes' default profiles do):
+    the same program gives the same bytes, its mappings bounded, counted as map_seccomp."""
+    d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
+    path = d / "f"
+    make_file(path, 24 * MiB + 321, seed=13)
+    sinks = [d / "sink-plain", d / "sink-shim"]
+    argv = lambda sink: [sys.executable, "-c", SECCOMP_EXEC, "/usr/bin/python3", "-c", SYSCALLS, path, sink]
+    a = run(argv(sinks[0]), shim=False, env={"PYTHONHASHSEED": "0"})
+    b = run(argv(sinks[1]), paths=str(d),
+            env={**DIRECT, "PYTHONHASHSEED": "0", "S3DLIO_DIRECT_STATS": st / "s-%p.json"})
+    assert a.returncode == 0, a.stderr.decode()[-2000:]
+    assert_same_run(a, b, "under seccomp")
+    assert sinks[0].read_bytes() == sinks[1].read_bytes()
+    stats = load_stats(st)
+    assert stats_total(stats, "map_direct_mappings") == 0, stats_summary(stats)
+    assert fallback_total(stats, "map_seccomp") >= 1, stats_summary(stats)
+
+
+RAW_FORK = r"""
+import ctypes, hashlib, mmap, os, sys
+path = sys.argv[1]
+f = open(path, 'rb')
+m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+m[:4096]  # the parent fills one page
+want = hashlib.sha256(f.read(1 << 20)).hexdigest()
+pid = ctypes.CDLL(None)._Fork()  # no at-fork handler runs: the library cannot fix the child up
+if pid == 0:
+    os._exit(0 if hashlib.sha256(m[:1 << 20]).hexdigest() == want else 7)
+_, st = os.waitpid(pid, 0)
+if os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0:
+    print('child read the file')
+elif os.WIFSIGNALED(st) and os.WTERMSIG(st) == 11:
+    print('child got SIGSEGV')
+else:
+    print('child read other bytes', st)
+"""
+
+
+def test_a_child_made_without_fork_fails_loudly_never_with_other_bytes(run, strict_fs):
+    """_Fork runs no at-fork handler: the child does not have the direct mapping's pages
+    (MADV_DONTFORK) and gets SIGSEGV touching them, where the plain run's child reads the file;
+    never bytes that are not the file's."""
+    d = strict_fs.new_dir("data")
+    path = d / "f"
+    make_file(path, 8 * MiB, seed=14)
+    a = run([sys.executable, "-c", RAW_FORK, path], shim=False)
+    b = run([sys.executable, "-c", RAW_FORK, path], paths=str(d), env=DIRECT)
+    assert a.stdout == b"child read the file\n", a.stdout
+    assert b.stdout == b"child got SIGSEGV\n", (b.stdout, b.stderr.decode()[-2000:])
