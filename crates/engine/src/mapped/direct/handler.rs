@@ -107,11 +107,26 @@ fn turn(buf: &Buf) {
     unsafe {
         libc::syscall(libc::SYS_ppoll, &mut pfd as *mut libc::pollfd, 1, &ts as *const libc::timespec, 0usize, 0usize)
     };
-    while let Some(m) = uffd::read_msg(ufd) {
-        match m.event {
-            uffd::EVENT_PAGEFAULT => fill(ufd, m.arg[1] as usize, buf),
-            uffd::EVENT_REMAP => with(|t| super::moved(t, m.arg[0] as usize, m.arg[1] as usize, m.arg[2] as usize)),
-            _ => {}
+    // Faults first; then, when one continued an in-order run, the next window is read ahead
+    // while the faulting thread reads what it asked for.
+    let mut ahead = None;
+    loop {
+        while let Some(m) = uffd::read_msg(ufd) {
+            match m.event {
+                uffd::EVENT_PAGEFAULT => {
+                    if let Some(n) = fill(ufd, m.arg[1] as usize, buf, false) {
+                        ahead = Some(n);
+                    }
+                }
+                uffd::EVENT_REMAP => with(|t| super::moved(t, m.arg[0] as usize, m.arg[1] as usize, m.arg[2] as usize)),
+                _ => {}
+            }
+        }
+        match ahead.take() {
+            Some(n) => {
+                fill(ufd, n, buf, true);
+            }
+            None => break,
         }
     }
     poll_leases();
@@ -126,28 +141,57 @@ struct Plan {
     foff: u64,
     len: usize,
     size: u64,
+    /// Bytes at the start read but not copied in: the marker page of a window read ahead,
+    /// whose fault says the program reached the window (and the next is read ahead).
+    skip: usize,
+    /// Where the next window starts, if this one continued an in-order run.
+    then: Option<usize>,
 }
 
-fn fill(ufd: i32, addr: usize, buf: &Buf) {
+/// Serves a fault at `addr` (or, `ahead`, reads the window at `addr` ahead of the faults);
+/// returns where to read ahead next, if anywhere.
+fn fill(ufd: i32, addr: usize, buf: &Buf, ahead: bool) -> Option<usize> {
     let page = align::page_size();
     let a = addr & !(page - 1);
     let plan = with(|t| {
         let cap = (t.budget / 4).clamp(page, MAX_WINDOW) & !(page - 1);
         let r = t.regions.iter_mut().find(|r| r.start <= a && a < r.end())?;
-        let win = if a == r.next { (r.win * 2).min(cap) } else { page };
-        let len = win.min(r.end() - a);
-        r.next = a + len;
-        r.win = win;
+        let (len, skip, then) = if ahead {
+            if a != r.next {
+                return Some(None);
+            }
+            let len = r.win.min(r.end() - a);
+            r.next = a + len;
+            r.marker = a;
+            (len, if len > page { page } else { 0 }, None)
+        } else if a == r.marker {
+            r.marker = usize::MAX;
+            r.win = (r.win * 2).min(cap).max(page);
+            (page, 0, Some(r.next))
+        } else {
+            let win = if a == r.next { (r.win * 2).min(cap).max(page) } else { page };
+            let len = win.min(r.end() - a);
+            let then = (a == r.next).then_some(a + len);
+            r.next = a + len;
+            r.win = win;
+            (len, 0, then)
+        };
+        let then = then.filter(|&n| n < r.end());
         let (ident, foff) = (r.ident, r.off + (a - r.start) as u64);
         let f = t.files.iter().find(|f| f.ident == ident && f.memfd >= 0)?;
-        Some(Plan { rfd: f.rfd, ident, gen: f.memgen, at: a, foff, len, size: f.size })
+        Some(Some(Plan { rfd: f.rfd, ident, gen: f.memgen, at: a, foff, len, size: f.size, skip, then }))
     });
-    let Some(p) = plan else {
+    if let Some(None) = plan {
+        return None;
+    }
+    let Some(p) = plan.flatten() else {
         // Not a region (any more): if it is the library's memory still (moved behind the
         // hooks), the file mapping again; the thread faults again on whatever is there now.
-        with(|t| super::convert_stray(t, a));
-        uffd::wake(ufd, a, page);
-        return;
+        if !ahead {
+            with(|t| super::convert_stray(t, a));
+            uffd::wake(ufd, a, page);
+        }
+        return None;
     };
     let want = usize::try_from(p.size.saturating_sub(p.foff)).unwrap_or(usize::MAX).min(p.len);
     let mut got = 0usize;
@@ -168,7 +212,7 @@ fn fill(ufd: i32, addr: usize, buf: &Buf) {
         // where the kernel gives its own answer (its bytes, or its SIGBUS).
         with(|t| super::convert(t, a, page));
         uffd::wake(ufd, a, page);
-        return;
+        return None;
     }
     // The tail of the last page past the end of the file reads as zeros, as the kernel's does.
     if got > want {
@@ -185,7 +229,7 @@ fn fill(ufd: i32, addr: usize, buf: &Buf) {
         }) && t.files.iter().any(|f| f.ident == p.ident && f.memgen == p.gen && f.memfd >= 0);
         if still {
             let end = p.at + p.len;
-            let mut at = p.at;
+            let mut at = p.at + p.skip;
             while at < end {
                 // SAFETY: the source lies within `buf`, readable for MAX_WINDOW bytes.
                 match unsafe { uffd::copy(ufd, at, buf.p.add(at - p.at), end - at) } {
@@ -201,7 +245,10 @@ fn fill(ufd: i32, addr: usize, buf: &Buf) {
             evict(t);
         }
     });
-    uffd::wake(ufd, a, page);
+    if !ahead {
+        uffd::wake(ufd, a, page);
+    }
+    p.then
 }
 
 /// Frees the ranges filled longest ago while the filled bytes pass the budget (the newest

@@ -74,6 +74,9 @@ pub(crate) struct Region {
     /// Where the last fill ended, and its length: the next fault there reads further ahead.
     pub next: usize,
     pub win: usize,
+    /// The page left missing at the start of the window read ahead last: its fault means the
+    /// program reached that window.
+    pub marker: usize,
 }
 
 impl Region {
@@ -277,7 +280,11 @@ pub fn adopt(
         if raw_mmap(start, n, libc::PROT_READ, flags, f.memfd, off).is_err() {
             return Err(NotDirect::NoResource);
         }
-        let registered = sys::madvise(start, n, libc::MADV_DONTFORK).is_ok() && uffd::register(uffd, start, n).is_ok();
+        // MADV_NOHUGEPAGE: khugepaged never collapses the memfd's holes into a huge page of
+        // zeros behind the handler's back.
+        let registered = sys::madvise(start, n, libc::MADV_DONTFORK).is_ok()
+            && sys::madvise(start, n, libc::MADV_NOHUGEPAGE).is_ok()
+            && uffd::register(uffd, start, n).is_ok();
         if !registered {
             // The file mapping again, as the program asked for it.
             let back = raw_mmap(start, n, libc::PROT_READ, sh | libc::MAP_FIXED, f.mfd, off);
@@ -294,7 +301,16 @@ pub fn adopt(
             return Err(NotDirect::NoResource);
         }
         cut(t, start, n);
-        t.regions.push(Region { start, len: n, ident, off, shared: ty == libc::MAP_SHARED, next: usize::MAX, win: 0 });
+        t.regions.push(Region {
+            start,
+            len: n,
+            ident,
+            off,
+            shared: ty == libc::MAP_SHARED,
+            next: usize::MAX,
+            win: 0,
+            marker: usize::MAX,
+        });
         Ok(n)
     })
 }
@@ -566,7 +582,7 @@ mod tests {
     use super::*;
 
     fn region(start: usize, len: usize, off: u64) -> Region {
-        Region { start, len, ident: (1, 2), off, shared: true, next: usize::MAX, win: 0 }
+        Region { start, len, ident: (1, 2), off, shared: true, next: usize::MAX, win: 0, marker: usize::MAX }
     }
 
     #[test]
