@@ -444,3 +444,35 @@ def test_a_child_made_without_fork_fails_loudly_never_with_other_bytes(run, stri
     b = run([sys.executable, "-c", RAW_FORK, path], paths=str(d), env=DIRECT)
     assert a.stdout == b"child read the file\n", a.stdout
     assert b.stdout == b"child got SIGSEGV\n", (b.stdout, b.stderr.decode()[-2000:])
+
+
+RAW_DOFORK = r"""
+import ctypes, hashlib, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.syscall.argtypes = [ctypes.c_long] + [ctypes.c_ulong] * 3
+SYS_MADVISE = {"x86_64": 28, "aarch64": 233}[os.uname().machine]
+f = open(sys.argv[1], 'rb')
+m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+maps = open('/proc/self/maps').read()
+line = next(l for l in maps.splitlines() if 'memfd:s3dlio-direct' in l)
+lo, hi = (int(x, 16) for x in line.split()[0].split('-'))
+assert libc.syscall(SYS_MADVISE, lo, hi - lo, 11) == 0  # MADV_DOFORK, behind the hooks
+want = hashlib.sha256(f.read()).hexdigest()
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if hashlib.sha256(m[:]).hexdigest() == want else 7)
+_, st = os.waitpid(pid, 0)
+print('child', os.waitstatus_to_exitcode(st), 'parent', hashlib.sha256(m[:]).hexdigest() == want)
+"""
+
+
+def test_a_fork_child_with_the_memfd_mapping_inherited_reads_the_file(run, strict_fs):
+    """MADV_DOFORK behind the hooks (a raw system call): the child inherits the memfd mapping,
+    which no userfaultfd serves there; the library's fork handler maps the file over it before
+    the child runs on, so neither the child nor the parent reads zeros."""
+    d = strict_fs.new_dir("data")
+    path = d / "f"
+    make_file(path, 8 * MiB + 5, seed=15)
+    r = run([sys.executable, "-c", RAW_DOFORK, path], paths=str(d), env=DIRECT)
+    assert r.stdout == b"child 0 parent True\n", (r.stdout, r.stderr.decode()[-2000:])

@@ -538,11 +538,17 @@ pub fn after_fork_child() {
     SHARED.lock.reset_after_fork();
     handler::after_fork_child();
     with(|t| {
+        let mut vmas = Checker::new();
         for r in &t.regions {
-            let mfd = t.files.iter().find(|f| f.ident == r.ident).map_or(-1, |f| f.mfd);
+            let (mfd, mident) = t.files.iter().find(|f| f.ident == r.ident).map_or((-1, (0, 0)), |f| (f.mfd, f.mident));
             let sh = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
             // If this fails the range stays unmapped: a touch there is a SIGSEGV, never zeros.
-            let _ = raw_mmap(r.start, r.len, libc::PROT_READ, sh | libc::MAP_FIXED_NOREPLACE, mfd, r.off);
+            let placed = raw_mmap(r.start, r.len, libc::PROT_READ, sh | libc::MAP_FIXED_NOREPLACE, mfd, r.off);
+            // The child has the memfd mapping after all (MADV_DOFORK behind the hooks): no
+            // userfaultfd serves it here, so it is replaced before anything touches it.
+            if placed == Err(libc::EEXIST) && vmas.is_file_range(r.start, r.len, mident, r.off, true) {
+                let _ = raw_mmap(r.start, r.len, libc::PROT_READ, sh | libc::MAP_FIXED, mfd, r.off);
+            }
         }
         t.regions.clear();
         for f in t.files.drain(..) {
