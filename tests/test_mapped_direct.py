@@ -21,12 +21,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import assert_same_run, bin_path, drop_cache, fallback_total, load_stats, make_file, stats_summary, stats_total
-from mapsample import Sampler
 from test_mapped import LOADER_CASES, LOADERS, MiB, run_sampled
 
 DIRECT = {"S3DLIO_DIRECT_MAP": "direct"}
