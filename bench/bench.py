@@ -30,7 +30,7 @@ under the shim, and the read-amplification bound of issue 14.
 
 Modes (columns), the list MODES below; add one with an extra environment variable, e.g.
     "dontcache": Mode("dontcache", "shim dontcache", shim_env={"S3DLIO_DIRECT_MODE": "dontcache"})
-and select with BENCH_MODES=cold,warm,direct,nocache,shim,dontcache.
+and select with BENCH_MODES=cold,warm,direct,nocache,shim,dontcache,mapdirect.
   cold     buffered, data evicted first (fsync + posix_fadvise(DONTNEED): no root needed)
   warm     buffered, data read into the page cache first
   direct   the same pattern done with O_DIRECT natively (C loader/writer opening with
@@ -129,6 +129,8 @@ MODES = {
     "shim": Mode("shim", "shim", shim_env={}),
     # the engine's RWF_DONTCACHE mode, once it exists (not in the default list):
     "dontcache": Mode("dontcache", "shim dontcache", shim_env={"S3DLIO_DIRECT_MODE": "dontcache"}),
+    # mappings served from the device (S3DLIO_DIRECT_MAP=direct; not in the default list)
+    "mapdirect": Mode("mapdirect", "shim, direct mappings", shim_env={"S3DLIO_DIRECT_MAP": "direct"}),
 }
 DEFAULT_MODES = "cold,warm,direct,nocache,shim"
 

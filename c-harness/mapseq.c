@@ -6,7 +6,10 @@
  * the file with SIGBUS caught, what /proc/self/maps says of a mapping, and pauses that let
  * the library give pages back.
  *
- * Usage: mapseq SEED FILE STEPS
+ * Usage: mapseq SEED FILE STEPS [ro]
+ * With `ro` the file is mapped through a read-only descriptor, every mapping is read-only (as
+ * the direct mode serves them), and each pwrite or ftruncate opens the file for writing for
+ * the moment of the call (a writer appearing beside read-only mappings).
  * Every line it prints depends only on SEED and the file's content: results, errno names,
  * offsets relative to the mapping (never addresses), FNV hashes of bytes read. */
 #include "common.h"
@@ -32,6 +35,8 @@ static struct slot slots[SLOTS];
 static size_t page;
 static off_t fsize; /* the file's size now */
 static int fd;
+static int ro;
+static const char *path;
 static rng_t R;
 
 static sigjmp_buf jb;
@@ -95,6 +100,7 @@ static void op_mmap(void)
     int si = pick(0);
     if (si < 0) return;
     enum kind k = (enum kind)rng_below(&R, KINDS);
+    if (ro && (k == PR_RW || k == SH_RW)) k = (enum kind)(k - 2);
     off_t pages = (fsize + page - 1) / page;
     off_t off = (off_t)rng_below(&R, pages) * page;
     size_t len = (1 + rng_below(&R, pages - off / page + 2)) * page; /* may reach past EOF */
@@ -342,7 +348,9 @@ static void op_pwrite(void)
     size_t n = sizeof b;
     if (off + (off_t)n > fsize) n = (size_t)(fsize - off);
     for (size_t i = 0; i < n; i++) b[i] = (unsigned char)rng_next(&R);
-    ssize_t w = pwrite(fd, b, n, off);
+    int wfd = ro ? open(path, O_RDWR) : fd;
+    ssize_t w = pwrite(wfd, b, n, off);
+    if (ro) close(wfd);
     say("pwrite off %lld n %zu = %zd\n", (long long)off, n, w);
     int si = pick(1);
     if (si >= 0) touch(si, 0, in_file(&slots[si]), "after-pwrite");
@@ -351,7 +359,8 @@ static void op_pwrite(void)
 static void op_truncate(off_t full)
 {
     off_t to = full - (off_t)rng_below(&R, (uint64_t)(full / 4));
-    int r = ftruncate(fd, to);
+    int wfd = ro ? open(path, O_RDWR) : fd;
+    int r = ftruncate(wfd, to);
     say("ftruncate %lld = %d %s\n", (long long)to, r, r ? errname(errno) : "0");
     if (r == 0) fsize = to;
     /* past the end now: every slot reaching past the new end's page faults there */
@@ -362,8 +371,9 @@ static void op_truncate(off_t full)
         if (eofpage > s->off && eofpage < s->off + (off_t)s->len)
             touch(i, (size_t)(eofpage - s->off), 1, "past-eof");
     }
-    r = ftruncate(fd, full);
+    r = ftruncate(wfd, full);
     say("ftruncate back %lld = %d %s\n", (long long)full, r, r ? errname(errno) : "0");
+    if (ro) close(wfd);
     if (r == 0) fsize = full;
 }
 
@@ -388,14 +398,16 @@ static void op_thrash(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: mapseq SEED FILE STEPS\n");
+    if (argc != 4 && !(argc == 5 && strcmp(argv[4], "ro") == 0)) {
+        fprintf(stderr, "usage: mapseq SEED FILE STEPS [ro]\n");
         return 2;
     }
     R.s = strtoull(argv[1], NULL, 0);
     int steps = atoi(argv[3]);
     page = (size_t)sysconf(_SC_PAGESIZE);
-    fd = open(argv[2], O_RDWR);
+    ro = argc == 5;
+    path = argv[2];
+    fd = open(argv[2], ro ? O_RDONLY : O_RDWR);
     if (fd < 0) {
         perror("open");
         return 1;

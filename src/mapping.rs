@@ -68,7 +68,7 @@ pub unsafe extern "C" fn mremap(
         // SAFETY: forwarding the program's arguments.
         return unsafe { real!(mremap: F)(old, old_len, new_len, flags, new) };
     }
-    let held = in_engine(map::before_change);
+    let held = in_engine(|nowait| map::before_remap(nowait, old as usize, old_len));
     // SAFETY: forwarding the program's arguments.
     let r = unsafe { real!(mremap: F)(old, old_len, new_len, flags, new) };
     if let Some(h) = held {
@@ -82,7 +82,7 @@ pub unsafe extern "C" fn mremap(
 #[no_mangle]
 pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
     type F = unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int;
-    if prot & libc::PROT_WRITE == 0 || !map::concerns_range(addr as usize, len) {
+    if prot & libc::PROT_WRITE == 0 && !map::direct_any() || !map::concerns_range(addr as usize, len) {
         // SAFETY: forwarding the program's arguments.
         return unsafe { real!(mprotect: F)(addr, len, prot) };
     }

@@ -215,10 +215,22 @@ fn mapping_text(cfg: &Config, p: &Pattern, file: Option<(i32, &Path)>) -> String
         Some(b) => (b, VAR_MAP_BUDGET.to_string()),
         None => (s3dlio_engine::mapped::budget::default_budget(), "the default for this process's memory limit".into()),
     };
-    let mut t = format!(
+    let bounded = format!(
         "bounded, not direct: served by the page cache, at most {} of it per process ({whence})",
         crate::units::human(budget)
     );
+    let mut t = match (cfg.map, s3dlio_engine::mapped::direct::available()) {
+        (MapMode::Direct, Ok(())) => format!(
+            "direct for a read-only mapping while no process has the file open for writing (userfaultfd: this \
+             user may), at most {} of memory per process; otherwise {bounded}",
+            crate::units::human(budget)
+        ),
+        (MapMode::Direct, Err(why)) => format!("{bounded}; not direct for this user: {}", why.text()),
+        (_, Ok(())) => {
+            format!("{bounded}; {VAR_MAP}=direct would serve read-only mappings from the device for this user")
+        }
+        (_, Err(_)) => bounded,
+    };
     if let Some((fd, path)) = file {
         if s3dlio_engine::sys::cachestat(fd).is_err() {
             t.push_str("; measured with mincore (cachestat is refused to a user who may not write the file)");

@@ -729,8 +729,27 @@ fn summary_text(c: &Collection, unreadable: &[String], pattern: &str, cmd: Optio
         )
     } else if direct == 0 {
         "every matched file stayed in the page cache (see fallbacks): `s3dlio-direct probe PATH` says why".to_string()
+    } else if t.get(Counter::MapDirectMappings) > 0 && t.get(Counter::MapDirectMappings) >= t.get(Counter::MapMappings)
+    {
+        format!(
+            "working: {direct} of {matched} matched opens went direct, and the {} mapping{} of matched files were served \
+             direct ({} read with O_DIRECT, none through the page cache)",
+            t.get(Counter::MapDirectMappings),
+            if t.get(Counter::MapDirectMappings) == 1 { "" } else { "s" },
+            human(t.get(Counter::MapDirectReadBytes))
+        )
     } else if mmaps > 0 || t.get(Counter::MapMappings) > 0 {
         let maps = t.get(Counter::MapMappings).max(mmaps);
+        let dmaps = t.get(Counter::MapDirectMappings);
+        let served = if dmaps > 0 {
+            format!(
+                ": {dmaps} of them served direct ({} read with O_DIRECT), the other {} not",
+                human(t.get(Counter::MapDirectReadBytes)),
+                maps.saturating_sub(dmaps)
+            )
+        } else {
+            String::new()
+        };
         let bounded = if t.get(Counter::MapMappings) > 0 {
             format!(
                 "bounded in the page cache (peak {}, {} given back)",
@@ -742,7 +761,7 @@ fn summary_text(c: &Collection, unreadable: &[String], pattern: &str, cmd: Optio
         };
         format!(
             "partly: {direct} of {matched} matched opens went direct, but matched files were mapped {maps} time{} \
-             (mmap): what a program reads through a mapping is not direct, {bounded}",
+             (mmap){served}: what a program reads through a mapping that is not served direct is not direct, {bounded}",
             if maps == 1 { "" } else { "s" }
         )
     } else {
@@ -981,6 +1000,27 @@ mod tests {
         assert!(
             summary
                 .contains("verdict   partly: 2 of 2 matched opens went direct, but matched files were mapped 3 times"),
+            "{summary}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn direct_mappings_are_counted_apart_from_bounded_ones() {
+        let d = tmpdir("mmap-direct");
+        let s = Stats::new();
+        s.add(Counter::OpensMatched, 2);
+        s.add(Counter::OpensDirect, 2);
+        s.add(Counter::MapMappings, 3);
+        s.add(Counter::MapDirectMappings, 2);
+        write(&d, "a.json", &s.to_json(10, 1, "python3"));
+        let summary = summary_text(&all(&d), &[], "x", None);
+        assert!(summary.contains("were mapped 3 times (mmap): 2 of them served direct"), "{summary}");
+        s.add(Counter::MapDirectMappings, 1);
+        write(&d, "a.json", &s.to_json(10, 1, "python3"));
+        let summary = summary_text(&all(&d), &[], "x", None);
+        assert!(
+            summary.contains("verdict   working: 2 of 2 matched opens went direct, and the 3 mappings"),
             "{summary}"
         );
         std::fs::remove_dir_all(&d).unwrap();

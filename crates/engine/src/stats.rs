@@ -80,7 +80,7 @@ counters! {
     ReadaheadCopiedBytes => "read_ahead_copied_bytes";
     /// Bytes of matched files found in the page cache at their last close (or at exit or exec, still open and shared with no other process) beyond what was cached at open, left by I/O the library did not serve (Linux AIO, io_uring, raw system calls, streams glibc made), then dropped; a file mapped in the process is left to the mapping budget.
     CachedUnseenBytes => "cached_unseen_bytes";
-    /// Mappings (`mmap`) of matched files: their footprint in the page cache is kept within `S3DLIO_DIRECT_MAP_BUDGET`; read through the page cache, not direct.
+    /// Mappings (`mmap`) of matched files. Those not served direct (`map_direct_mappings`) are read through the page cache, their footprint there kept within `S3DLIO_DIRECT_MAP_BUDGET`.
     MapMappings => "map_mappings";
     /// Bytes of mapped matched files that came into the page cache while mapped (faults and the kernel's read-around: what the device was asked for, unless another process had them cached).
     MapFaultedBytes => "map_faulted_bytes";
@@ -88,6 +88,14 @@ counters! {
     MapGivenBackBytes => "map_given_back_bytes";
     /// The largest footprint in the page cache of the process's mapped matched files at any measure (`stats` sums it over processes).
     MapPeakBytes => "map_peak_bytes";
+    /// Mappings of matched files served direct (`S3DLIO_DIRECT_MAP=direct`): their pages read from the device with O_DIRECT into the library's memory, none into the page cache.
+    MapDirectMappings => "map_direct_mappings";
+    /// Bytes read from the device with O_DIRECT to fill direct mappings.
+    MapDirectReadBytes => "map_direct_read_bytes";
+    /// Bytes of direct mappings freed to stay within `S3DLIO_DIRECT_MAP_BUDGET` (read again if touched again).
+    MapDirectGivenBackBytes => "map_direct_given_back_bytes";
+    /// Direct mappings turned back into file mappings (bounded mode): the file was opened for writing, or mprotect, mremap or madvise asked for what only the file mapping answers the kernel's way.
+    MapDirectConverted => "map_direct_converted";
 }
 
 /// Declares the fallback reasons, each once: its variant, doc line, key and human text.
@@ -161,6 +169,14 @@ fallbacks! {
     NoDescriptor => "no_descriptor", "no descriptor number left for the library";
     /// The process takes POSIX record locks (fcntl `F_SETLK`, `lockf`) on the file: the library keeps no descriptor of its own of such a file (closing any descriptor of a file, also the program's `dup2` onto one's number, drops the process's locks on it), so at the first lock it gives up the file's twins and opens none for it again in the process; counted per description.
     PosixLocks => "posix_locks", "the process takes POSIX record locks on the file";
+    /// A read-only mapping could not be direct: the file was open for writing (no read lease), so it is bounded.
+    MapWriter => "map_writer", "a mapped file was open for writing: bounded, not direct";
+    /// A mapping could not be direct: no privileged userfaultfd (not root, vm.unprivileged_userfaultfd=0, no access to /dev/userfaultfd), so it is bounded.
+    MapPrivilege => "map_privilege", "no privileged userfaultfd for direct mappings: bounded";
+    /// A mapping could not be direct: a seccomp filter refused userfaultfd (containers' default profiles), so it is bounded.
+    MapSeccomp => "map_seccomp", "seccomp refused userfaultfd for direct mappings: bounded";
+    /// A mapping could not be direct: the kernel lacks userfaultfd or refused a step (registration, O_DIRECT, memory), so it is bounded.
+    MapKernel => "map_kernel", "the kernel refused a direct mapping: bounded";
     store_only:
     /// The caller did not ask for direct I/O.
     NotRequested => "not_requested", "direct I/O not requested";
@@ -564,9 +580,11 @@ mod tests {
              \"write_bounced_calls\":0,\"write_bounced_bytes\":0,\"einval_retries\":0,\"streams_direct\":0,\
              \"mmap_calls\":0,\"advice_swallowed\":0,\"read_ahead_bytes\":7,\"read_device_bytes\":0,\
              \"read_ahead_copied_bytes\":0,\"cached_unseen_bytes\":0,\"map_mappings\":0,\"map_faulted_bytes\":0,\
-             \"map_given_back_bytes\":0,\"map_peak_bytes\":0,\
+             \"map_given_back_bytes\":0,\"map_peak_bytes\":0,\"map_direct_mappings\":0,\"map_direct_read_bytes\":0,\
+             \"map_direct_given_back_bytes\":0,\"map_direct_converted\":0,\
              \"fallbacks\":{{\"fs_no_odirect\":0,\"file_no_odirect\":0,\"below_min_size\":0,\"no_twin\":0,\
-             \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"posix_locks\":0}}}}\n",
+             \"fdopen_stream\":0,\"einval_retry\":0,\"stale_fd\":1,\"no_descriptor\":0,\"posix_locks\":0,\
+             \"map_writer\":0,\"map_privilege\":0,\"map_seccomp\":0,\"map_kernel\":0}}}}\n",
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(j, want);

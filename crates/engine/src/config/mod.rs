@@ -59,13 +59,16 @@ pub enum MapMode {
     Cache,
     /// Served by the page cache as without the library.
     Off,
+    /// Read-only mappings served straight from the device (userfaultfd, O_DIRECT) where the
+    /// process may and no one writes the file; the others as `Cache`.
+    Direct,
 }
 
 impl MapMode {
     /// Every mode, in the order warnings list them.
-    pub const ALL: [MapMode; 2] = [MapMode::Cache, MapMode::Off];
+    pub const ALL: [MapMode; 3] = [MapMode::Cache, MapMode::Off, MapMode::Direct];
 
-    /// Parse `cache` or `off` in any case (surrounding whitespace ignored).
+    /// Parse `cache`, `off` or `direct` in any case (surrounding whitespace ignored).
     pub fn parse(s: &str) -> Option<MapMode> {
         MapMode::ALL.into_iter().find(|m| s.trim().eq_ignore_ascii_case(m.as_str()))
     }
@@ -75,6 +78,7 @@ impl MapMode {
         match self {
             MapMode::Cache => "cache",
             MapMode::Off => "off",
+            MapMode::Direct => "direct",
         }
     }
 }

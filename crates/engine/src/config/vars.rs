@@ -81,7 +81,7 @@ vars! {
     VAR_WRITE_BEHIND = "S3DLIO_DIRECT_WRITE_BEHIND", DefaultValue::Size(DEFAULT_WRITE_BEHIND as u64), write_behind;
     /// `direct` or `dontcache`.
     VAR_MODE = "S3DLIO_DIRECT_MODE", DefaultValue::Word(DEFAULT_MODE.as_str()), mode;
-    /// `cache` or `off`: what mappings of matched files get.
+    /// `cache`, `direct` or `off`: what mappings of matched files get.
     VAR_MAP = "S3DLIO_DIRECT_MAP", DefaultValue::Word(DEFAULT_MAP.as_str()), map;
     /// Bytes of mapped matched files the process may keep in the page cache.
     VAR_MAP_BUDGET = "S3DLIO_DIRECT_MAP_BUDGET", DefaultValue::Prose("a sixteenth of the process's memory limit (its cgroup's `memory.max`, else `RLIMIT_AS`, else RAM), at least `64MiB`"), map_budget;

@@ -161,6 +161,7 @@ pub fn locking(fd: i32, nowait: bool) {
         }
     });
     crate::mapped::retire(ident, nowait);
+    crate::mapped::direct::retire(ident, nowait);
     if gave_up {
         filelog::record_fd(Event::Fallback(Fallback::PosixLocks), fd);
     }

@@ -6,7 +6,7 @@ use super::{state, FDS, STATS};
 use crate::config::{LogLevel, MapMode};
 use crate::filelog::{self, Event};
 use crate::log::{self, Cause};
-use crate::mapped::{self, advice, reclaim, Held, Mapping};
+use crate::mapped::{self, advice, direct, reclaim, Held, Mapping};
 use crate::stats::Counter;
 use crate::{align, libfd, sys};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +21,12 @@ static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// At load: the budget and the reclaimer's statistics, if mappings are to be bounded.
 pub(super) fn init() {
     let cfg = &state().cfg;
-    if cfg.enabled() && cfg.map == MapMode::Cache {
-        reclaim::configure(cfg.map_budget.unwrap_or_else(mapped::budget::default_budget), &STATS);
+    if cfg.enabled() && cfg.map != MapMode::Off {
+        let budget = cfg.map_budget.unwrap_or_else(mapped::budget::default_budget);
+        reclaim::configure(budget, &STATS);
+        if cfg.map == MapMode::Direct {
+            direct::configure(budget, &STATS);
+        }
         MAP_ON.store(true, Ordering::Release);
     }
 }
@@ -69,6 +73,8 @@ pub struct NewFile {
     size: u64,
     /// Held while `fd` is not in the registry yet (see `crate::locks::open_own`).
     _opening: Option<crate::locks::Opening>,
+    /// The program's descriptor it is mapped through.
+    prog_fd: i32,
 }
 
 /// What `before_mmap` prepared: the registry held across the real call, and the file.
@@ -99,6 +105,7 @@ pub fn before_mmap(prot: i32, flags: i32, fd: i32, nowait: bool) -> Option<MmapP
 /// The file behind `fd` if it is a matched regular file, with the library's descriptor of it
 /// when the registry does not know it yet.
 fn matched_file(fd: i32) -> Option<NewFile> {
+    let prog_fd = fd;
     let ident = match FDS.get(fd, false) {
         Some(d) => d.ident,
         None => {
@@ -117,7 +124,7 @@ fn matched_file(fd: i32) -> Option<NewFile> {
     let size = sys::fstat(fd).map_or(0, |st| st.st_size.max(0) as u64);
     let known = mapped::lock(false).is_some_and(|mut h| h.reg().knows(ident));
     let (fd, _opening) = if known { (-1, None) } else { mapped::open_file_fd(fd, ident) };
-    Some(NewFile { ident, fd, size, _opening })
+    Some(NewFile { ident, fd, size, _opening, prog_fd })
 }
 
 /// After the real `mmap` returned `r` (MAP_FAILED or the address).
@@ -157,6 +164,9 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
             HIGH.fetch_max(r + m.len, Ordering::Relaxed);
             STATS.add(Counter::MapMappings, 1);
             drop(h);
+            if direct::enabled() {
+                adopt(r, m.len, prot, flags, f.prog_fd, f.ident, m.off);
+            }
             if first && f.fd >= 0 {
                 filelog::record_fd(Event::Mapped, f.fd);
             }
@@ -166,6 +176,7 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
         Some(_) => {}
         None if !failed => {
             reg.cut(r, pages(len));
+            direct::unmapped(r, pages(len));
         }
         None => {}
     }
@@ -180,12 +191,40 @@ pub fn before_change(nowait: bool) -> Option<Held> {
 /// After a successful `munmap(addr, len)`.
 pub fn unmapped(mut h: Held, addr: usize, len: usize) {
     h.reg().cut(addr, pages(len));
+    direct::unmapped(addr, pages(len));
+}
+
+/// Before `mremap` of `[old, old+old_len)`: a direct mapping there becomes the file mapping it
+/// was (the kernel then moves, grows or refuses it as it would); then as [`before_change`].
+pub fn before_remap(nowait: bool, old: usize, old_len: usize) -> Option<Held> {
+    direct::before_change(old, pages(old_len.max(1)));
+    lock_for_change(nowait)
+}
+
+/// True if some mapping is served direct: every mprotect of a tracked range then concerns the
+/// engine (anonymous memory would answer some differently from the file mapping).
+#[inline]
+pub fn direct_any() -> bool {
+    direct::any()
+}
+
+/// A new mapping of a matched file: made direct where it can be, counted either way.
+fn adopt(r: usize, len: usize, prot: i32, flags: i32, prog_fd: i32, ident: (u64, u64), off: u64) {
+    match direct::adopt(r, len, prot, flags, prog_fd, ident, off) {
+        Ok(_) => STATS.add(Counter::MapDirectMappings, 1),
+        Err(e) => {
+            if let Some(fb) = e.fallback() {
+                STATS.fallback(fb);
+            }
+        }
+    }
 }
 
 /// After a successful `mremap` of `[old, old+old_len)` to `new` with `new_len` bytes.
 pub fn remapped(mut h: Held, old: usize, old_len: usize, new: usize, new_len: usize, flags: i32) {
     let keep_old = old_len == 0 || flags & libc::MREMAP_DONTUNMAP != 0;
     h.reg().moved(old, pages(old_len), new, pages(new_len), keep_old);
+    direct::unmapped(new, pages(new_len));
     LOW.fetch_min(new, Ordering::Relaxed);
     HIGH.fetch_max(new + pages(new_len), Ordering::Relaxed);
 }
@@ -193,6 +232,7 @@ pub fn remapped(mut h: Held, old: usize, old_len: usize, new: usize, new_len: us
 /// Before `mprotect(addr, len, prot)`, with the registry held across the call: a private
 /// mapping made writable is marked as possibly holding private copies before any can exist.
 pub fn protecting(h: &mut Held, addr: usize, len: usize, prot: i32) {
+    direct::before_change(addr, pages(len));
     h.reg().protect(addr, pages(len), prot);
 }
 
@@ -201,6 +241,9 @@ pub fn protecting(h: &mut Held, addr: usize, len: usize, prot: i32) {
 /// quarter of the budget: reading it all ahead would only fill the page cache past the
 /// budget, and over mapped ranges the kernel's answer is the same); `None`: pass it on as it is.
 pub fn advice_len(addr: usize, len: usize, advice: i32) -> Option<usize> {
+    if !direct::advice_keeps(advice) {
+        direct::before_change(addr, pages(len));
+    }
     if advice != libc::MADV_WILLNEED {
         return None;
     }

@@ -38,6 +38,7 @@ pub fn before_exec() -> ExecToken {
     let mut kept = Vec::new();
     // The mappings end with the image: their pages go now; descriptors of files the
     // process may hold record locks on stay open, as twins do.
+    mapped::direct::at_end();
     for fd in mapped::at_end() {
         if sys::fcntl(fd, libc::F_SETFD, 0).is_ok() {
             kept.push(fd);
@@ -109,6 +110,7 @@ pub fn at_exit() {
         }
     });
     super::desc::at_end(true);
+    mapped::direct::at_end();
     mapped::at_end();
     write_stats(true);
 }
@@ -121,7 +123,10 @@ pub(super) extern "C" fn atexit_handler() {
 /// Before fork: no thread may be changing the registry of mappings while the process forks.
 pub(super) extern "C" fn before_fork() {
     // A panic must not unwind into libc's fork.
-    let _ = std::panic::catch_unwind(mapped::before_fork);
+    let _ = std::panic::catch_unwind(|| {
+        mapped::before_fork();
+        mapped::direct::before_fork();
+    });
 }
 
 /// In the parent after fork: the child shares every description, so calls at their file
@@ -129,6 +134,7 @@ pub(super) extern "C" fn before_fork() {
 pub(super) extern "C" fn after_fork_parent() {
     // A panic must not unwind into libc's fork.
     let _ = std::panic::catch_unwind(|| {
+        mapped::direct::after_fork_parent();
         mapped::after_fork_parent();
         FDS.for_each(|_, d| d.shared.store(true, Ordering::Relaxed));
     });
@@ -159,6 +165,7 @@ fn reset_after_fork() {
     }
     log::reset_after_fork();
     statsdir::after_fork_child(&STATS, STATE.get().is_some_and(|st| st.cfg.enabled()));
+    mapped::direct::after_fork_child();
     mapped::after_fork_child();
     EXITED.store(false, Ordering::Relaxed);
 }

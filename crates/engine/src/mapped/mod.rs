@@ -9,6 +9,7 @@
 
 pub mod advice;
 pub mod budget;
+pub mod direct;
 pub mod policy;
 pub mod reclaim;
 pub mod stream;

@@ -103,6 +103,55 @@ impl Checker {
     }
 }
 
+/// One mapping as the kernel describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vma {
+    /// First address and end.
+    pub start: usize,
+    pub end: usize,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The file's (st_dev, st_ino); (0, 0) for anonymous memory.
+    pub ident: (u64, u64),
+}
+
+impl Checker {
+    /// The mapping that holds address `x`, if the kernel says.
+    pub fn at(&mut self, x: usize) -> Option<Vma> {
+        if SUPPORTED.load(Ordering::Relaxed) == NO {
+            return None;
+        }
+        if self.fd < 0 {
+            self.fd = sys::openat(libc::AT_FDCWD, c"/proc/self/maps", libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
+        }
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_addr: x as u64,
+            ..Default::default()
+        };
+        // SAFETY: `q` is a writable procmap_query of the size it declares; no name or build id
+        // buffer is passed (their sizes are 0).
+        let r = unsafe { libc::syscall(libc::SYS_ioctl, self.fd, PROCMAP_QUERY, &mut q as *mut ProcmapQuery) };
+        if r < 0 || q.vma_start > x as u64 || q.vma_end <= x as u64 {
+            return None;
+        }
+        Some(Vma {
+            start: q.vma_start as usize,
+            end: q.vma_end as usize,
+            offset: q.vma_offset,
+            ident: (libc::makedev(q.dev_major, q.dev_minor), q.inode),
+        })
+    }
+}
+
+/// True if this kernel answers `PROCMAP_QUERY` (asked once, about this function's own code).
+pub fn supported() -> bool {
+    if SUPPORTED.load(Ordering::Relaxed) == 0 {
+        let _ = Checker::new().is_file_range(supported as *const () as usize, 1, (0, 0), 0, false);
+    }
+    SUPPORTED.load(Ordering::Relaxed) == YES
+}
+
 impl Drop for Checker {
     fn drop(&mut self) {
         if self.fd >= 0 {
