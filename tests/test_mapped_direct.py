@@ -477,7 +477,7 @@ def test_a_fork_child_with_the_memfd_mapping_inherited_reads_the_file(run, stric
 
 
 LOCKED_READER = r"""
-import ctypes, fcntl, os, struct, subprocess, sys, time
+import ctypes, fcntl, os, sys, time
 # libc's mmap, not Python's mmap module: that one maps a dup of the descriptor and closes it
 # at close(), which drops the process's record locks without any library.
 libc = ctypes.CDLL(None, use_errno=True)
@@ -491,8 +491,7 @@ size = os.fstat(fd).st_size
 def touch():
     a = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
     assert a not in (None, ctypes.c_void_p(-1).value)
-    b = ctypes.string_at(a + (1 << 20), 16)
-    return a, b
+    return a, ctypes.string_at(a + (1 << 20), 16)
 
 a, first = touch()
 direct = b'/memfd:s3dlio-direct' in open('/proc/self/maps', 'rb').read()
@@ -504,15 +503,8 @@ time.sleep(0.2)
 a, again = touch()
 libc.munmap(a, size)
 time.sleep(0.2)
-check = ("import fcntl, os, struct, sys\n"
-         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-         "r = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhxxxxqqixxxx', fcntl.F_WRLCK, 0, 0, 4096, 0))\n"
-         "t, _, _, _, pid = struct.unpack('hhxxxxqqixxxx', r)\n"
-         "print('held' if t != fcntl.F_UNLCK and pid == int(sys.argv[2]) else 'gone')\n")
-env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
-held = subprocess.run([sys.executable, '-c', check, path, str(os.getpid())], env=env,
-                      capture_output=True, text=True).stdout.strip()
-print('direct' if direct else 'bounded', held, first == again)
+print('direct' if direct else 'bounded', first == again, flush=True)
+sys.stdin.readline()  # the test looks at the lock meanwhile
 """
 
 
@@ -520,14 +512,32 @@ def test_a_record_lock_on_a_direct_mapped_file_survives_its_release(run, strict_
     """sqlite maps a database read-only and locks it: the library's descriptors of a directly
     mapped file are closed before the first lock, never after (closing any descriptor of a file
     drops the process's locks on it), and the file is not made direct again."""
+    import fcntl
+    import struct
+
     d, st = strict_fs.new_dir("data"), strict_fs.new_dir("stats")
     path = d / "db"
     make_file(path, 8 * MiB, seed=5)
     drop_cache(path)
-    r = run([sys.executable, "-c", LOCKED_READER, path], paths=str(d),
-            env={**DIRECT, "S3DLIO_DIRECT_STATS": st / "s-%p.json"})
-    assert r.returncode == 0, r.stderr.decode()[-2000:]
-    assert r.stdout.decode().split() == ["direct", "held", "True"], r.stdout.decode()
+    env = run.env_for(shim=True, env={**DIRECT, "S3DLIO_DIRECT_STATS": str(st / "s-%p.json")}, paths=str(d))
+    p = subprocess.Popen([sys.executable, "-c", LOCKED_READER, path], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = p.stdout.readline().decode()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 0, 4096, 0))
+        finally:
+            os.close(fd)
+        kind, _, _, _, pid = struct.unpack("hhxxxxqqixxxx", got)
+        _, err = p.communicate(b"\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err.decode()[-2000:]
+    assert line.split() == ["direct", "True"], line
+    assert kind != fcntl.F_UNLCK and pid == p.pid, "the reader's record lock is gone"
     stats = load_stats(st)
     assert stats_total(stats, "map_direct_mappings") == 1, stats_summary(stats)
     assert fallback_total(stats, "posix_locks") >= 1, stats_summary(stats)

@@ -197,8 +197,24 @@ pub fn unmapped(mut h: Held, addr: usize, len: usize) {
 /// Before `mremap` of `[old, old+old_len)`: a direct mapping there becomes the file mapping it
 /// was (the kernel then moves, grows or refuses it as it would); then as [`before_change`].
 pub fn before_remap(nowait: bool, old: usize, old_len: usize) -> Option<Held> {
-    direct::before_change(old, pages(old_len.max(1)));
-    lock_for_change(nowait)
+    let fresh = direct::before_change(old, pages(old_len.max(1)));
+    let mut h = lock_for_change(nowait);
+    if let Some(h) = &mut h {
+        advise_fresh(h, &fresh);
+    }
+    h
+}
+
+/// Ranges a direct region was just turned back into file mappings over are fresh VMAs: the
+/// kernel is told again what it was told of them (`mapped::advice`), so they split and merge
+/// with their neighbours as in the plain run.
+fn advise_fresh(h: &mut Held, fresh: &[(usize, usize)]) {
+    let reg = h.reg();
+    for &(start, len) in fresh {
+        for m in reg.parts_in(start, len) {
+            advice::apply_new(&m, reg.random);
+        }
+    }
 }
 
 /// True if some mapping is served direct: every mprotect of a tracked range then concerns the
@@ -232,7 +248,8 @@ pub fn remapped(mut h: Held, old: usize, old_len: usize, new: usize, new_len: us
 /// Before `mprotect(addr, len, prot)`, with the registry held across the call: a private
 /// mapping made writable is marked as possibly holding private copies before any can exist.
 pub fn protecting(h: &mut Held, addr: usize, len: usize, prot: i32) {
-    direct::before_change(addr, pages(len));
+    let fresh = direct::before_change(addr, pages(len));
+    advise_fresh(h, &fresh);
     h.reg().protect(addr, pages(len), prot);
 }
 
@@ -242,7 +259,12 @@ pub fn protecting(h: &mut Held, addr: usize, len: usize, prot: i32) {
 /// budget, and over mapped ranges the kernel's answer is the same); `None`: pass it on as it is.
 pub fn advice_len(addr: usize, len: usize, advice: i32) -> Option<usize> {
     if !direct::advice_keeps(advice) {
-        direct::before_change(addr, pages(len));
+        let fresh = direct::before_change(addr, pages(len));
+        if !fresh.is_empty() {
+            if let Some(mut h) = mapped::lock(false) {
+                advise_fresh(&mut h, &fresh);
+            }
+        }
     }
     if advice != libc::MADV_WILLNEED {
         return None;

@@ -388,6 +388,20 @@ impl Registry {
         parts
     }
 
+    /// The tracked mappings' parts within `[start, start+len)`, cut at its ends.
+    pub fn parts_in(&self, start: usize, len: usize) -> Vec<Mapping> {
+        let end = start.saturating_add(len);
+        self.maps
+            .iter()
+            .filter(|m| m.start < end && start < m.end())
+            .map(|m| {
+                let from = m.start.max(start);
+                let to = m.end().min(end);
+                Mapping { start: from, len: to - from, off: m.off + (from - m.start) as u64, ..*m }
+            })
+            .collect()
+    }
+
     /// True if every page of `[start, start+len)` lies in tracked mappings.
     pub fn covers(&self, start: usize, len: usize) -> bool {
         let end = start.saturating_add(len);

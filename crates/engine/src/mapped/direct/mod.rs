@@ -394,11 +394,13 @@ fn cut(t: &mut Table, start: usize, len: usize) -> bool {
 }
 
 /// Makes the regions overlapping `[start, start+len)` the file mappings they were (whole),
-/// waking any thread waiting on a fault there: it faults again on the file mapping.
-fn convert(t: &mut Table, start: usize, len: usize) {
+/// waking any thread waiting on a fault there: it faults again on the file mapping. Returns
+/// the ranges mapped anew: they are fresh VMAs, without the advice the kernel had for them.
+fn convert(t: &mut Table, start: usize, len: usize) -> Vec<(usize, usize)> {
     let end = start.saturating_add(len);
     let hit: Vec<Region> = t.regions.iter().filter(|r| r.start < end && start < r.end()).copied().collect();
     let mut vmas = Checker::new();
+    let mut fresh = Vec::new();
     for r in hit {
         let (mfd, mident) = t.files.iter().find(|f| f.ident == r.ident).map_or((-1, (0, 0)), |f| (f.mfd, f.mident));
         let sh = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
@@ -408,7 +410,9 @@ fn convert(t: &mut Table, start: usize, len: usize) {
             cut(t, r.start, r.len);
             continue;
         }
-        if raw_mmap(r.start, r.len, libc::PROT_READ, sh | libc::MAP_FIXED, mfd, r.off).is_err() {
+        if raw_mmap(r.start, r.len, libc::PROT_READ, sh | libc::MAP_FIXED, mfd, r.off).is_ok() {
+            fresh.push((r.start, r.len));
+        } else {
             // Never zeros: without the file mapping, a touch there is a SIGSEGV.
             let _ = raw_mmap(
                 r.start,
@@ -427,6 +431,7 @@ fn convert(t: &mut Table, start: usize, len: usize) {
             s.add(crate::stats::Counter::MapDirectConverted, 1);
         }
     }
+    fresh
 }
 
 /// A registered range `[from, from+len)` was moved to `to` by an `mremap` the hooks did not
@@ -458,6 +463,8 @@ pub(crate) fn release_file(t: &mut Table, fi: usize) {
     let ident = t.files[fi].ident;
     let spans: Vec<(usize, usize)> = t.regions.iter().filter(|r| r.ident == ident).map(|r| (r.start, r.len)).collect();
     for (s, l) in spans {
+        // A writer or a lock gives the file back from the handler: the advice the kernel had
+        // for these ranges is not restored there (README, "What differs").
         convert(t, s, l);
     }
     let f = &mut t.files[fi];
@@ -508,9 +515,11 @@ pub fn any() -> bool {
 /// Before `mremap`, `mprotect` or `madvise` (advice the kernel treats differently for the
 /// memory a region is) on `[start, start+len)`: the regions there become file mappings again,
 /// so the kernel's answer and what follows are its own.
-pub fn before_change(start: usize, len: usize) {
+pub fn before_change(start: usize, len: usize) -> Vec<(usize, usize)> {
     if any() {
-        with(|t| convert(t, start, len));
+        with(|t| convert(t, start, len))
+    } else {
+        Vec::new()
     }
 }
 
