@@ -6,7 +6,7 @@
 //! at-fork handler stores back to "unlocked": the threads that held them do not exist there.
 
 use crate::sys::{futex_wait, futex_wake_one};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// A mutex: 0 unlocked, 1 locked, 2 locked with waiters (Drepper's "Futexes are tricky").
 #[derive(Debug, Default)]
@@ -51,6 +51,46 @@ impl FutexMutex {
         if self.state.swap(0, Ordering::Release) == 2 {
             futex_wake_one(&self.state);
         }
+    }
+}
+
+/// Whether an at-fork prepare handler holds a [`FutexMutex`] across `fork`.
+#[derive(Debug, Default)]
+pub struct ForkHold(AtomicBool);
+
+impl ForkHold {
+    /// Nothing held.
+    pub const fn new() -> Self {
+        ForkHold(AtomicBool::new(false))
+    }
+
+    /// The at-fork prepare handler: takes `lock` so that no thread holds it, or is changing
+    /// what it guards, while the process forks. It waits a bounded time (holders never block
+    /// long); if it cannot, nothing is held, and the child must not trust what `lock` guards.
+    pub fn prepare(&self, lock: &FutexMutex) {
+        for _ in 0..2000 {
+            if let Some(g) = lock.try_lock() {
+                std::mem::forget(g);
+                self.0.store(true, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
+    /// In the parent after fork.
+    pub fn parent(&self, lock: &FutexMutex) {
+        if self.0.swap(false, Ordering::Relaxed) {
+            lock.unlock_forgotten();
+        }
+    }
+
+    /// In the child: `lock` is free again (its holder's thread does not exist there). True if
+    /// the prepare handler held it, so that what it guards is whole.
+    pub fn child(&self, lock: &FutexMutex) -> bool {
+        let held = self.0.swap(false, Ordering::Relaxed);
+        lock.reset_after_fork();
+        held
     }
 }
 

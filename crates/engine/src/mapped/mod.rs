@@ -15,7 +15,7 @@ pub mod reclaim;
 pub mod stream;
 pub mod vma;
 
-use crate::lock::{FutexGuard, FutexMutex};
+use crate::lock::{ForkHold, FutexGuard, FutexMutex};
 use crate::{libfd, locks};
 use policy::Chunk;
 use std::cell::UnsafeCell;
@@ -147,7 +147,7 @@ static FILES: AtomicUsize = AtomicUsize::new(0);
 /// on pages are given back only with advice that never loses data.
 static UNSURE: AtomicBool = AtomicBool::new(false);
 /// The at-fork prepare handler holds the lock.
-static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
+static FORK: ForkHold = ForkHold::new();
 
 /// True if some mapping of a matched file is tracked: the hooks of munmap, mremap,
 /// mprotect, madvise and MAP_FIXED mmap do nothing more when not.
@@ -462,28 +462,18 @@ pub fn retire(ident: (u64, u64), nowait: bool) {
 /// the registry, while the process forks. It waits a bounded time (the holder never blocks
 /// long); if it cannot, the child forgets the registry.
 pub fn before_fork() {
-    for _ in 0..2000 {
-        if let Some(g) = SHARED.lock.try_lock() {
-            std::mem::forget(g);
-            HELD_FOR_FORK.store(true, Ordering::Relaxed);
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
+    FORK.prepare(&SHARED.lock);
 }
 
 /// In the parent after fork.
 pub fn after_fork_parent() {
-    if HELD_FOR_FORK.swap(false, Ordering::Relaxed) {
-        SHARED.lock.unlock_forgotten();
-    }
+    FORK.parent(&SHARED.lock);
 }
 
 /// In a fork child: the lock is free again, the mappings the child did not inherit
 /// (MADV_DONTFORK) are forgotten, and the reclaimer runs again if there is anything to do.
 pub fn after_fork_child() {
-    let held = HELD_FOR_FORK.swap(false, Ordering::Relaxed);
-    SHARED.lock.reset_after_fork();
+    let held = FORK.child(&SHARED.lock);
     let mut h = Held(SHARED.lock.lock());
     let r = h.reg();
     if held {

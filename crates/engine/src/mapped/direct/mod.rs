@@ -16,7 +16,7 @@ pub mod lease;
 pub mod uffd;
 
 use super::vma::{self, Checker};
-use crate::lock::FutexMutex;
+use crate::lock::{ForkHold, FutexMutex};
 use crate::stats::{Fallback, Stats};
 use crate::{align, libfd, sys, twin};
 use std::cell::UnsafeCell;
@@ -141,7 +141,7 @@ static SHARED: Shared = Shared {
         memgen: 0,
     }),
 };
-static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
+static FORK: ForkHold = ForkHold::new();
 /// Direct regions exist (the hooks' one atomic load before the table lock).
 static ANY: AtomicBool = AtomicBool::new(false);
 
@@ -546,21 +546,12 @@ pub fn before_fork() {
     if !enabled() {
         return;
     }
-    for _ in 0..2000 {
-        if let Some(g) = SHARED.lock.try_lock() {
-            std::mem::forget(g);
-            HELD_FOR_FORK.store(true, Ordering::Relaxed);
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(100));
-    }
+    FORK.prepare(&SHARED.lock);
 }
 
 /// In the parent after fork.
 pub fn after_fork_parent() {
-    if HELD_FOR_FORK.swap(false, Ordering::Relaxed) {
-        SHARED.lock.unlock_forgotten();
-    }
+    FORK.parent(&SHARED.lock);
 }
 
 /// In a fork child: the regions were not inherited (MADV_DONTFORK); each becomes the file
@@ -571,8 +562,7 @@ pub fn after_fork_child() {
     if !enabled() {
         return;
     }
-    HELD_FOR_FORK.store(false, Ordering::Relaxed);
-    SHARED.lock.reset_after_fork();
+    FORK.child(&SHARED.lock);
     handler::after_fork_child();
     with(|t| {
         let mut vmas = Checker::new();
