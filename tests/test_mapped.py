@@ -124,7 +124,7 @@ def test_memmap_in_a_fork_pool(run, strict_fs):
                            {"S3DLIO_DIRECT_MAP_BUDGET": budget, "S3DLIO_DIRECT_STATS": st / "s-%p.json"})
     assert plain.returncode == 0, plain.stderr.decode()[-2000:]
     assert_same_run(plain, shim, "memmap in a fork pool")
-    stats = load_stats(st, killed_writers=True)
+    stats = load_stats(st, killed_writers=True)  # Pool's exit terminates its workers
     assert_bounded(ps, ss, 4 * budget, "memmap in a fork pool of 4", stats)
     merged = json.loads(run([str(CLI), "stats", "--json", str(st)], shim=False).stdout)
     assert merged["map_mappings"] >= 4 * 300, merged
