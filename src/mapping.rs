@@ -134,7 +134,7 @@ pub unsafe extern "C" fn posix_madvise(addr: *mut c_void, len: size_t, advice: c
 /// An advice call on a range that may be tracked: `call(len)` makes the real call and says
 /// what it returned and its error number (0: none).
 fn advise(addr: *mut c_void, len: size_t, advice: c_int, call: impl FnOnce(size_t) -> (c_int, c_int)) -> c_int {
-    let len_passed = in_engine(|_| map::advice_len(addr as usize, len, advice)).unwrap_or(len);
+    let len_passed = in_engine(|nowait| map::advice_len(addr as usize, len, advice, nowait)).unwrap_or(len);
     let held = in_engine(|nowait| map::before_advice(advice, nowait));
     let (r, err) = call(len_passed);
     let saved = errno();

@@ -257,11 +257,12 @@ pub fn protecting(h: &mut Held, addr: usize, len: usize, prot: i32) {
 /// to pass on only the first `len` bytes (MADV_WILLNEED over tracked mappings larger than a
 /// quarter of the budget: reading it all ahead would only fill the page cache past the
 /// budget, and over mapped ranges the kernel's answer is the same); `None`: pass it on as it is.
-pub fn advice_len(addr: usize, len: usize, advice: i32) -> Option<usize> {
+/// `nowait`: a signal handler may have interrupted the registry's holder, which is only tried.
+pub fn advice_len(addr: usize, len: usize, advice: i32, nowait: bool) -> Option<usize> {
     if !direct::advice_keeps(advice) {
         let fresh = direct::before_change(addr, pages(len));
         if !fresh.is_empty() {
-            if let Some(mut h) = mapped::lock(false) {
+            if let Some(mut h) = mapped::lock(nowait) {
                 advise_fresh(&mut h, &fresh);
             }
         }
@@ -270,7 +271,7 @@ pub fn advice_len(addr: usize, len: usize, advice: i32) -> Option<usize> {
         return None;
     }
     let window = pages((budget() / 4) as usize).max(align::page_size());
-    if len <= window || !mapped::lock(false).is_some_and(|mut h| h.reg().covers(addr, len)) {
+    if len <= window || !mapped::lock(nowait).is_some_and(|mut h| h.reg().covers(addr, len)) {
         return None;
     }
     STATS.add(Counter::AdviceSwallowed, 1);
