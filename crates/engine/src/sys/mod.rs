@@ -319,6 +319,22 @@ pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) {
     }
 }
 
+/// Starts a library thread named `name` running `f` with every signal blocked: it inherits
+/// the full mask, so no signal of the program is ever delivered to it. False if it could not
+/// be started.
+pub fn spawn_without_signals(name: &str, f: fn()) -> bool {
+    // SAFETY: sigset_t is plain data; the masks are valid for the calls.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let r = std::thread::Builder::new().name(name.into()).stack_size(256 << 10).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r.is_ok()
+    }
+}
+
 /// `futex(FUTEX_WAKE)` of one waiter on a process-private word.
 pub fn futex_wake_one(word: &std::sync::atomic::AtomicU32) {
     // SAFETY: as for `futex_wait`.

@@ -24,17 +24,7 @@ pub fn ensure_running() -> bool {
     if RUNNING.swap(true, Ordering::AcqRel) {
         return true;
     }
-    // SAFETY: sigset_t is plain data; the masks are valid for the calls.
-    let spawned = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        // The thread inherits the full mask: no signal of the program is ever delivered to it.
-        let r = std::thread::Builder::new().name("s3dlio-uffd".into()).stack_size(256 << 10).spawn(run);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r.is_ok()
-    };
+    let spawned = crate::sys::spawn_without_signals("s3dlio-uffd", run);
     if !spawned {
         RUNNING.store(false, Ordering::Release);
     }
