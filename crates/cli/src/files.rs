@@ -26,22 +26,27 @@ pub struct FileStats {
     pub direct: u64,
     /// Opens left buffered, by reason (a key of the statistics file's `fallbacks`).
     pub fallbacks: Vec<(String, u64)>,
-    /// Processes that mapped it.
+    /// Processes that mapped it, served bounded by the page cache.
     pub mapped: u64,
+    /// Processes that mapped it served direct (S3DLIO_DIRECT_MAP=direct).
+    pub mapped_direct: u64,
 }
 
-/// The verdict on a file, worst first: a mapped file is never called direct, nor one some
-/// I/O the library did not see went to.
+/// The verdict on a file, worst first: a file mapped bounded is never called direct, nor one
+/// some I/O the library did not see went to; one whose mappings were all served direct is
+/// called so apart from one read and written direct.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
     Mapped,
     Unseen,
     Buffered,
+    MappedDirect,
     Direct,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 4] = [Verdict::Mapped, Verdict::Unseen, Verdict::Buffered, Verdict::Direct];
+    const ALL: [Verdict; 5] =
+        [Verdict::Mapped, Verdict::Unseen, Verdict::Buffered, Verdict::MappedDirect, Verdict::Direct];
 
     /// Its key in `stats --json`.
     pub fn key(self) -> &'static str {
@@ -49,6 +54,7 @@ impl Verdict {
             Verdict::Mapped => "mapped",
             Verdict::Unseen => "cached_unseen",
             Verdict::Buffered => "buffered",
+            Verdict::MappedDirect => "mapped_direct",
             Verdict::Direct => "direct",
         }
     }
@@ -58,6 +64,7 @@ impl Verdict {
             Verdict::Mapped => "mapped, bounded (not direct)",
             Verdict::Unseen => "cached by I/O the library did not see",
             Verdict::Buffered => "buffered",
+            Verdict::MappedDirect => "mapped, direct",
             Verdict::Direct => "direct",
         }
     }
@@ -71,6 +78,8 @@ impl FileStats {
             Verdict::Unseen
         } else if !self.fallbacks.is_empty() {
             Verdict::Buffered
+        } else if self.mapped_direct > 0 {
+            Verdict::MappedDirect
         } else {
             Verdict::Direct
         }
@@ -102,6 +111,8 @@ impl FileStats {
         }
         if self.mapped > 0 {
             parts.push("mapped: read through the page cache, kept within the mapping budget".to_string());
+        } else if self.mapped_direct > 0 {
+            parts.push("mapped: read from the device with O_DIRECT, none of it through the page cache".to_string());
         }
         if !self.fallbacks.is_empty() {
             let why: Vec<String> = self
@@ -133,6 +144,7 @@ impl FileStats {
             ("cached_unseen", self.cached_unseen),
             ("direct", self.direct),
             ("mapped", self.mapped),
+            ("mapped_direct", self.mapped_direct),
         ] {
             o.insert(k.into(), v.into());
         }
@@ -197,6 +209,7 @@ impl Files {
                     }
                 }
                 "mapped" => f.mapped += 1,
+                "mapped_direct" => f.mapped_direct += 1,
                 _ => bad += 1,
             }
         }
@@ -316,6 +329,27 @@ mod tests {
         assert_eq!(j.as_array().unwrap().len(), 4);
         assert_eq!(j[0]["path"], "/d/aio");
         assert_eq!(j[0]["verdict"], "cached_unseen");
+    }
+
+    #[test]
+    fn a_file_mapped_direct_is_named_so_unless_bounded_somewhere() {
+        let mut f = Files::default();
+        let mut log = String::new();
+        log += &line(Event::MappedDirect, b"/d/md", (1, 4), None, 0);
+        log += &line(Event::Close, b"/d/md", (1, 4), Some(&tally(4096, 0)), 0);
+        log += &line(Event::MappedDirect, b"/d/both", (1, 5), None, 0);
+        log += &line(Event::Mapped, b"/d/both", (1, 5), None, 0);
+        assert_eq!(f.add_log(&log), 0);
+        assert_eq!(f.by_path["/d/md"].verdict(), Verdict::MappedDirect);
+        assert_eq!(f.by_path["/d/both"].verdict(), Verdict::Mapped, "bounded in one process: not direct");
+        let s = f.summary(5, "  ");
+        assert!(s.contains("2 matched files: 1 mapped, bounded (not direct), 1 mapped, direct"), "{s}");
+        assert!(s.contains("/d/md: read 4.0 KiB; mapped: read from the device with O_DIRECT"), "{s}");
+        let j = f.to_json();
+        assert!(
+            j.as_array().unwrap().iter().any(|e| e["verdict"] == "mapped_direct" && e["mapped_direct"] == 1),
+            "{j}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The per-file record: what happened to each matched file in a process (direct, left
-//! buffered and why, cached by I/O the library did not see, mapped), as lines of the
+//! buffered and why, cached by I/O the library did not see, mapped bounded or direct), as lines of the
 //! process's files log in the statistics directory, which `s3dlio-direct run` and `stats`
 //! merge over every process of a job into a verdict per file.
 //!
@@ -67,8 +67,10 @@ pub enum Event {
     Exec,
     /// An open of a matched file left buffered.
     Fallback(Fallback),
-    /// The first mapping of a matched file in the process.
+    /// The first mapping of a matched file in the process, served bounded by the page cache.
     Mapped,
+    /// The first mapping of a matched file in the process served direct (`S3DLIO_DIRECT_MAP`).
+    MappedDirect,
 }
 
 impl Event {
@@ -79,6 +81,7 @@ impl Event {
             Event::Exec => "exec",
             Event::Fallback(_) => "fallback",
             Event::Mapped => "mapped",
+            Event::MappedDirect => "mapped_direct",
         }
     }
 }

@@ -164,11 +164,15 @@ pub fn after_mmap(p: MmapPrep, r: usize, len: usize, prot: i32, flags: i32, off:
             HIGH.fetch_max(r + m.len, Ordering::Relaxed);
             STATS.add(Counter::MapMappings, 1);
             drop(h);
-            if direct::enabled() {
-                adopt(r, m.len, prot, flags, f.prog_fd, f.ident, m.off);
-            }
-            if first && f.fd >= 0 {
-                filelog::record_fd(Event::Mapped, f.fd);
+            let served = if direct::enabled() { adopt(r, m.len, prot, flags, f.prog_fd, f.ident, m.off) } else { None };
+            // A file's first mapping says how it is served; a direct file later mapped in a
+            // way that stays bounded is not logged again.
+            match served {
+                _ if first && f.fd >= 0 => {
+                    filelog::record_fd(if served.is_some() { Event::MappedDirect } else { Event::Mapped }, f.fd)
+                }
+                Some(true) => filelog::record_fd(Event::MappedDirect, f.prog_fd),
+                _ => {}
             }
             reclaim::ensure_running();
         }
@@ -225,13 +229,19 @@ pub fn direct_any() -> bool {
 }
 
 /// A new mapping of a matched file: made direct where it can be, counted either way.
-fn adopt(r: usize, len: usize, prot: i32, flags: i32, prog_fd: i32, ident: (u64, u64), off: u64) {
+/// Makes the mapping direct where it can be: `Some(first)` if it is (`first`: the first
+/// direct mapping of the file in the process), `None` if it stays bounded.
+fn adopt(r: usize, len: usize, prot: i32, flags: i32, prog_fd: i32, ident: (u64, u64), off: u64) -> Option<bool> {
     match direct::adopt(r, len, prot, flags, prog_fd, ident, off) {
-        Ok(_) => STATS.add(Counter::MapDirectMappings, 1),
+        Ok((_, first)) => {
+            STATS.add(Counter::MapDirectMappings, 1);
+            Some(first)
+        }
         Err(e) => {
             if let Some(fb) = e.fallback() {
                 STATS.fallback(fb);
             }
+            None
         }
     }
 }

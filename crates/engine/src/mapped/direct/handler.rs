@@ -1,9 +1,11 @@
 //! The handler thread of the direct mappings: all signals blocked, it reads the userfaultfd
-//! and fills each missing page with an O_DIRECT read of the file (reading further ahead, up to
-//! [`MAX_WINDOW`], while faults come in order; only the touched page otherwise), copies it
-//! in with UFFDIO_COPY, frees the pages filled longest ago past the budget (a hole punched in
-//! the memfd: they fault and are read again if touched), and polls the read leases (a file
-//! someone opens for writing is served from the page cache again before the lease goes).
+//! and serves each fault with an O_DIRECT read of the file straight into the memfd, through
+//! its alias (reading further ahead, up to [`MAX_WINDOW`], while faults come in order; only
+//! the touched page otherwise), then maps the pages into the region with UFFDIO_CONTINUE
+//! (no copy; a page the memfd holds already is only mapped), frees the pages filled longest
+//! ago past the budget (a hole punched in the memfd: they fault and are read again if
+//! touched), and polls the read leases (a file someone opens for writing is served from the
+//! page cache again before the lease goes).
 //! It takes no lock but the table's, which no thread holds while it can fault, and makes raw
 //! system calls only.
 
@@ -14,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The largest read ahead of in-order faults.
 pub const MAX_WINDOW: usize = 8 << 20;
+/// The window of a run's second in-order fault.
+const FIRST_RUN_WINDOW: usize = 64 << 10;
 /// How often the leases are polled (a writer opening a direct-mapped file waits about this).
 const LEASE_POLL_MS: i64 = 2;
 
@@ -52,106 +56,113 @@ pub(super) fn punch(memfd: i32, off: u64, len: u64) -> sys::SysResult<()> {
 /// of several MiB keeps a disk far below its rate).
 const PIECE: usize = 1 << 20;
 
-/// An aligned buffer of the handler's own, not inherited by fork children, and the AIO
-/// context its windows are read with (0: none, read with pread).
-struct Buf {
-    p: *mut u8,
+/// The AIO context windows are read with (0: none, read with pread), and room for the
+/// residency of one window.
+struct Reader {
     aio: crate::sys::aio::Context,
+    incore: Vec<u8>,
 }
 
-impl Buf {
-    fn new() -> Option<Buf> {
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-        let p = unsafe {
-            libc::syscall(
-                libc::SYS_mmap,
-                0usize,
-                MAX_WINDOW,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p < 0 && p > -4096 {
-            return None;
-        }
-        let _ = sys::madvise(p as usize, MAX_WINDOW, libc::MADV_DONTFORK);
+impl Reader {
+    fn new() -> Reader {
         let aio = crate::sys::aio::setup(MAX_WINDOW / PIECE).unwrap_or(0);
-        Some(Buf { p: p as *mut u8, aio })
+        Reader { aio, incore: vec![0; MAX_WINDOW / align::page_size()] }
     }
 
-    /// Reads `len` bytes (page-aligned) of `fd` at `off` into the buffer: the bytes read
-    /// from the start before the first short piece (the end of the file, or an error).
-    fn read(&self, fd: i32, off: u64, len: usize) -> usize {
+    /// The runs of pages of the memfd's `[off, off+len)` it does not hold (file offset,
+    /// bytes), read off its alias; `None` if the kernel would not say.
+    fn absent(&mut self, alias: usize, off: u64, len: usize) -> Option<Vec<(u64, usize)>> {
+        let page = align::page_size();
+        let v = self.incore.get_mut(..len / page)?;
+        // SAFETY: `v` holds one byte per page of the range, which lies within the alias.
+        unsafe { sys::mincore(alias + off as usize, len, v) }.ok()?;
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        for (i, b) in v.iter().enumerate() {
+            if b & 1 != 0 {
+                continue;
+            }
+            let at = off + (i * page) as u64;
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l as u64 == at => *l += page,
+                _ => runs.push((at, page)),
+            }
+        }
+        Some(runs)
+    }
+
+    /// Reads each run of the file `fd` into the alias at the run's own offset, as pieces of at
+    /// most [`PIECE`] in flight together: true if every piece read whole, up to `size`. (The
+    /// kernel allocates and zeroes a piece's pages as it submits it, while the pieces before
+    /// are in flight.)
+    fn read(&self, fd: i32, alias: usize, runs: &[(u64, usize)], size: u64) -> bool {
         use crate::sys::aio;
-        let n = len.div_ceil(PIECE);
-        if self.aio == 0 || n < 2 {
-            let mut got = 0;
-            while got < len {
-                // SAFETY: the buffer is writable for MAX_WINDOW >= len bytes.
-                match unsafe { sys::pread(fd, self.p.add(got), len - got, off + got as u64) } {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => got += k,
-                }
-            }
-            return got;
-        }
-        let mut cbs: Vec<libc::iocb> = (0..n)
-            .map(|i| {
-                let at = i * PIECE;
-                // SAFETY: within the buffer (MAX_WINDOW >= len).
-                let dst = unsafe { self.p.add(at) };
-                aio::pread_cb(fd, dst, PIECE.min(len - at) as u64, off + at as u64, i as u64)
-            })
+        let pieces: Vec<(u64, usize)> = runs
+            .iter()
+            .flat_map(|&(o, l)| (0..l).step_by(PIECE).map(move |at| (o + at as u64, PIECE.min(l - at))))
             .collect();
-        let mut ptrs: Vec<*mut libc::iocb> = cbs.iter_mut().map(|c| c as *mut libc::iocb).collect();
-        // SAFETY: the iocbs and the buffer stay untouched until every read is reaped below.
-        let submitted = unsafe { aio::submit(self.aio, &mut ptrs) }.unwrap_or(0);
-        let mut res = vec![-1i64; n];
-        let mut evs = [aio::IoEvent::default(); 8];
-        let mut left = submitted;
-        while left > 0 {
-            let Ok(k) = aio::getevents(self.aio, &mut evs) else { break };
-            for e in &evs[..k] {
-                if let Some(r) = res.get_mut(e.data as usize) {
-                    *r = e.res;
+        let expect = |off: u64, len: usize| (size.saturating_sub(off)).min(len as u64) as usize;
+        if self.aio == 0 || pieces.len() < 2 {
+            return pieces.iter().all(|&(off, len)| {
+                let mut got = 0;
+                while got < len {
+                    let dst = (alias + off as usize + got) as *mut u8;
+                    // SAFETY: the alias maps the memfd writable at every file offset below its size.
+                    match unsafe { sys::pread(fd, dst, len - got, off + got as u64) } {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k,
+                    }
                 }
-            }
-            left -= k.min(left);
+                got >= expect(off, len)
+            });
         }
-        if left > 0 {
-            // Reads still in flight write into the buffer: no other use of it until they end.
-            aio::destroy(self.aio);
-            return 0;
-        }
-        let mut got = 0;
-        for (i, r) in res.iter().enumerate() {
-            let want = PIECE.min(len - i * PIECE) as i64;
-            if *r < 0 {
-                break;
+        for batch in pieces.chunks(MAX_WINDOW / PIECE) {
+            let mut cbs: Vec<libc::iocb> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, &(off, len))| aio::pread_cb(fd, (alias + off as usize) as *mut u8, len as u64, off, i as u64))
+                .collect();
+            let mut ptrs: Vec<*mut libc::iocb> = cbs.iter_mut().map(|c| c as *mut libc::iocb).collect();
+            // SAFETY: the iocbs stay untouched until every read is reaped below, and the alias
+            // stays mapped while the handler runs (it alone unmaps aliases).
+            let submitted = unsafe { aio::submit(self.aio, &mut ptrs) }.unwrap_or(0);
+            let mut res = vec![-1i64; batch.len()];
+            let mut evs = [aio::IoEvent::default(); 8];
+            let mut left = submitted;
+            while left > 0 {
+                let Ok(k) = aio::getevents(self.aio, &mut evs) else { break };
+                for e in &evs[..k] {
+                    if let Some(r) = res.get_mut(e.data as usize) {
+                        *r = e.res;
+                    }
+                }
+                left -= k.min(left);
             }
-            got += *r as usize;
-            if *r < want {
-                break;
+            if left > 0 {
+                // Reads still in flight: none is reaped and none is trusted.
+                aio::destroy(self.aio);
+                return false;
+            }
+            if !batch.iter().zip(&res).all(|(&(off, len), &r)| r >= 0 && r as usize >= expect(off, len)) {
+                return false;
             }
         }
-        got
+        true
     }
 }
 
 fn run() {
-    let Some(buf) = Buf::new() else {
-        return;
-    };
+    let mut rd = Reader::new();
     loop {
-        let _ = std::panic::catch_unwind(|| turn(&buf));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| turn(&mut rd)));
     }
 }
 
 /// One turn: waits for faults (or the next lease poll), serves them, polls the leases.
-fn turn(buf: &Buf) {
-    let (ufd, leases) = with(|t| (t.uffd, !t.files.is_empty()));
+fn turn(rd: &mut Reader) {
+    let (ufd, leases) = with(|t| {
+        super::drop_aliases(t);
+        (t.uffd, !t.files.is_empty())
+    });
     if ufd < 0 {
         std::thread::sleep(std::time::Duration::from_millis(50));
         return;
@@ -169,7 +180,7 @@ fn turn(buf: &Buf) {
         while let Some(m) = uffd::read_msg(ufd) {
             match m.event {
                 uffd::EVENT_PAGEFAULT => {
-                    if let Some(n) = fill(ufd, m.arg[1] as usize, buf, false) {
+                    if let Some(n) = fill(ufd, m.arg[1] as usize, rd, false) {
                         ahead = Some(n);
                     }
                 }
@@ -178,32 +189,37 @@ fn turn(buf: &Buf) {
             }
         }
         match ahead.take() {
-            Some(n) => ahead = fill(ufd, n, buf, true),
+            Some(n) => ahead = fill(ufd, n, rd, true),
             None => break,
         }
     }
     poll_leases();
 }
 
-/// What one fill reads: the file, its memfd generation, the file range, where it goes.
+/// What one fill reads: the file, its memfd generation, the range, what of it is missing.
 struct Plan {
     rfd: i32,
     ident: (u64, u64),
     gen: u64,
+    memfd: i32,
+    alias: usize,
     at: usize,
     foff: u64,
     len: usize,
     size: u64,
-    /// Bytes at the start read but not copied in: the marker page of a window read ahead,
+    /// Bytes at the start read but not mapped: the marker page of a window read ahead,
     /// whose fault says the program reached the window (and the next is read ahead).
     skip: usize,
     /// Where the next window starts, if this one continued an in-order run.
     then: Option<usize>,
+    /// The runs of the range the memfd does not hold yet: what is read.
+    runs: Vec<(u64, usize)>,
 }
 
-/// Serves a fault at `addr` (or, `ahead`, reads the window at `addr` ahead of the faults);
-/// returns where to read ahead next, if anywhere.
-fn fill(ufd: i32, addr: usize, buf: &Buf, ahead: bool) -> Option<usize> {
+/// Serves a fault at `addr` (or, `ahead`, reads the window at `addr` ahead of the faults):
+/// reads what of its range the memfd lacks straight into the memfd, then maps the range into
+/// the region. Returns where to read ahead next, if anywhere.
+fn fill(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<usize> {
     let page = align::page_size();
     let a = addr & !(page - 1);
     let plan = with(|t| {
@@ -227,17 +243,37 @@ fn fill(ufd: i32, addr: usize, buf: &Buf, ahead: bool) -> Option<usize> {
             r.win = (r.win * 2).min(cap).max(page);
             (page, 0, Some(r.next))
         } else {
-            let win = if a == r.next { (r.win * 2).min(cap).max(page) } else { page };
+            // A run's second fault reads a slice-sized window at once (a 64 KiB batch slice is
+            // two faults, not five), and only its third, once the run is more than a slice,
+            // reads ahead as well.
+            let first = (FIRST_RUN_WINDOW / page).max(1) * page;
+            let shown = a == r.next && r.win >= first;
+            let win = if a == r.next { (r.win * 2).max(first).min(cap).max(page) } else { page };
             let len = win.min(r.end() - a);
-            let then = (a == r.next).then_some(a + len);
+            let then = shown.then_some(a + len);
             r.next = a + len;
             r.win = win;
             (len, 0, then)
         };
         let then = then.filter(|&n| n < r.end());
         let (ident, foff) = (r.ident, r.off + (a - r.start) as u64);
-        let f = t.files.iter().find(|f| f.ident == ident && f.memfd >= 0)?;
-        Some(Some(Plan { rfd: f.rfd, ident, gen: f.memgen, at: a, foff, len, size: f.size, skip, then }))
+        let f = t.files.iter().find(|f| f.ident == ident && f.memfd >= 0 && f.alias != 0)?;
+        // Read under the lock: the alias is the one of this generation until it is released.
+        let runs = rd.absent(f.alias, foff, len)?;
+        Some(Some(Plan {
+            rfd: f.rfd,
+            ident,
+            gen: f.memgen,
+            memfd: f.memfd,
+            alias: f.alias,
+            at: a,
+            foff,
+            len,
+            size: f.size,
+            skip,
+            then,
+            runs,
+        }))
     });
     if let Some(None) = plan {
         return None;
@@ -251,53 +287,68 @@ fn fill(ufd: i32, addr: usize, buf: &Buf, ahead: bool) -> Option<usize> {
         }
         return None;
     };
-    let want = usize::try_from(p.size.saturating_sub(p.foff)).unwrap_or(usize::MAX).min(p.len);
-    let mut got = buf.read(p.rfd, p.foff, p.len.next_multiple_of(page));
+    let asked: usize = p.runs.iter().map(|r| r.1).sum();
+    let whole = asked == 0 || rd.read(p.rfd, p.alias, &p.runs, p.size);
     if let Some(s) = stats() {
-        s.add(Counter::MapDirectReadBytes, got as u64);
+        s.add(Counter::MapDirectReadBytes, asked as u64);
     }
-    if got < want {
-        // The device failed or the file is not what the lease said: the file mapping again,
-        // where the kernel gives its own answer (its bytes, or its SIGBUS).
-        with(|t| super::convert(t, a, page));
-        uffd::wake(ufd, a, page);
-        return None;
-    }
-    // The tail of the last page past the end of the file reads as zeros, as the kernel's does.
-    if got > want {
-        got = want;
-    }
-    // SAFETY: `buf` is writable for MAX_WINDOW bytes.
-    unsafe { std::ptr::write_bytes(buf.p.add(got), 0, p.len - got) };
     with(|t| {
-        let still = t.regions.iter().any(|r| {
-            r.ident == p.ident
-                && r.start <= p.at
-                && p.at + p.len <= r.end()
-                && r.off + (p.at - r.start) as u64 == p.foff
-        }) && t.files.iter().any(|f| f.ident == p.ident && f.memgen == p.gen && f.memfd >= 0);
+        let current = t.files.iter().any(|f| f.ident == p.ident && f.memgen == p.gen && f.memfd >= 0);
+        if !whole {
+            // Whatever the failed read left is never mapped: its pages go, and the region
+            // becomes the file mapping again, where the kernel gives its own answer (its
+            // bytes, or its SIGBUS).
+            if current {
+                for &(o, l) in &p.runs {
+                    let _ = punch(p.memfd, o, l as u64);
+                }
+            }
+            super::convert(t, a, page);
+            uffd::wake(ufd, a, page);
+            return None;
+        }
+        let still = current
+            && t.regions.iter().any(|r| {
+                r.ident == p.ident
+                    && r.start <= p.at
+                    && p.at + p.len <= r.end()
+                    && r.off + (p.at - r.start) as u64 == p.foff
+            });
+        if current {
+            for &(o, l) in &p.runs {
+                // The tail of the last page past the end of the file reads as zeros, as the
+                // kernel's does; these pages are new, so no mapping shows them yet.
+                let from = o.max(p.size);
+                if from < o + l as u64 {
+                    // SAFETY: within the alias, which this generation keeps mapped.
+                    unsafe {
+                        std::ptr::write_bytes((p.alias + from as usize) as *mut u8, 0, (o + l as u64 - from) as usize)
+                    };
+                }
+                t.filled.push_back((p.ident, p.gen, o, l));
+                t.filled_bytes += l;
+            }
+        }
         if still {
             let end = p.at + p.len;
             let mut at = p.at + p.skip;
             while at < end {
-                // SAFETY: the source lies within `buf`, readable for MAX_WINDOW bytes.
-                match unsafe { uffd::copy(ufd, at, buf.p.add(at - p.at), end - at) } {
+                match uffd::map_present(ufd, at, end - at) {
                     Ok(n) if n == end - at => at = end,
-                    // A page there is present already (filled through another mapping of the file).
+                    // A page there is mapped already (a minor fault served it), or was given back.
                     Ok(n) => at += n + page,
-                    Err(libc::EEXIST) => at += page,
-                    Err(_) => break,
+                    Err(_) => at += page,
                 }
             }
-            t.filled.push_back((p.ident, p.gen, p.foff, p.len));
-            t.filled_bytes += p.len;
+        }
+        if current {
             evict(t);
         }
-    });
-    if !ahead {
-        uffd::wake(ufd, a, page);
-    }
-    p.then
+        if !ahead {
+            uffd::wake(ufd, a, page);
+        }
+        p.then
+    })
 }
 
 /// Frees the ranges filled longest ago while the filled bytes pass the budget (the newest

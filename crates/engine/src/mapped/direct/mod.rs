@@ -106,6 +106,11 @@ pub(crate) struct DFile {
     pub memgen: u64,
     /// The file's size when the lease was taken (it cannot change while it is held).
     pub size: u64,
+    /// The handler's own writable mapping of the whole memfd (0: none), not registered and
+    /// not inherited: the file is read into it with O_DIRECT, and a region maps a page only
+    /// once the read is whole (UFFDIO_CONTINUE). A page the memfd holds always holds the
+    /// file's bytes (a failed read punches its range out again).
+    pub alias: usize,
 }
 
 /// Everything the lock guards.
@@ -119,6 +124,9 @@ pub(crate) struct Table {
     pub filled_bytes: usize,
     pub budget: usize,
     pub memgen: u64,
+    /// Aliases of released memfds (address, bytes), unmapped by the handler between its
+    /// reads: one may be the target of a read in flight.
+    pub dead: Vec<(usize, usize)>,
 }
 
 struct Shared {
@@ -139,6 +147,7 @@ static SHARED: Shared = Shared {
         filled_bytes: 0,
         budget: usize::MAX,
         memgen: 0,
+        dead: Vec::new(),
     }),
 };
 static FORK: ForkHold = ForkHold::new();
@@ -223,6 +232,12 @@ fn ensure_uffd(t: &mut Table) -> Result<i32, uffd::Refusal> {
     }
 }
 
+/// `munmap(2)` of the library's own mapping, as a raw system call.
+fn raw_munmap(addr: usize, len: usize) {
+    // SAFETY: the callers unmap only an alias of their own, which nothing refers to any more.
+    unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
+}
+
 /// `mmap(2)` as a raw system call (the library's hooks never see it).
 fn raw_mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: u64) -> sys::SysResult<usize> {
     // SAFETY: the callers map only over ranges the library owns (a region, or the program's
@@ -241,7 +256,7 @@ fn page_up(n: u64) -> u64 {
 
 /// The mapping the program just got at `[start, start+len)` (`prot`, `flags`, of its `fd`,
 /// the file `ident` at `off`), before its address is returned: made direct where it can be.
-/// Returns the bytes made direct, or why not.
+/// Returns the bytes made direct and whether the file had no direct mapping before, or why not.
 pub fn adopt(
     start: usize,
     len: usize,
@@ -250,7 +265,7 @@ pub fn adopt(
     fd: i32,
     ident: (u64, u64),
     off: u64,
-) -> Result<usize, NotDirect> {
+) -> Result<(usize, bool), NotDirect> {
     let ty = flags & libc::MAP_TYPE;
     let plain = flags & !(libc::MAP_TYPE | libc::MAP_NORESERVE | libc::MAP_POPULATE) == 0;
     if prot != libc::PROT_READ || !plain || !(ty == libc::MAP_SHARED || ty == libc::MAP_PRIVATE) {
@@ -268,7 +283,8 @@ pub fn adopt(
                 t.files.len() - 1
             }
         };
-        if t.files[fi].memfd < 0 {
+        let first = t.files[fi].memfd < 0;
+        if first {
             lease_file(t, fi)?;
         }
         let f = &t.files[fi];
@@ -314,7 +330,7 @@ pub fn adopt(
             win: 0,
             marker: usize::MAX,
         });
-        Ok(n)
+        Ok((n, first))
     })
 }
 
@@ -337,7 +353,7 @@ fn open_file(fd: i32, ident: (u64, u64)) -> Result<DFile, NotDirect> {
             return Err(NotDirect::NoResource);
         }
     };
-    Ok(DFile { ident, rfd, mfd, memfd: -1, mident: (0, 0), memgen: 0, size: 0 })
+    Ok(DFile { ident, rfd, mfd, memfd: -1, mident: (0, 0), memgen: 0, size: 0, alias: 0 })
 }
 
 /// Takes the read lease of file `fi` and a memfd of its size for its pages.
@@ -351,22 +367,45 @@ fn lease_file(t: &mut Table, fi: usize) -> Result<(), NotDirect> {
     let m = unsafe { libc::syscall(libc::SYS_memfd_create, c"s3dlio-direct".as_ptr(), libc::MFD_CLOEXEC) };
     let placed = (m >= 0).then(|| libfd::place(m as i32).ok()).flatten();
     let mident = placed.map(sys::ident);
-    match (size, placed, mident) {
-        (Ok(size), Some(memfd), Some(Ok(mident))) if sys::ftruncate(memfd, page_up(size)).is_ok() => {
-            t.memgen += 1;
-            let f = &mut t.files[fi];
-            f.memfd = memfd;
-            f.mident = mident;
-            f.memgen = t.memgen;
-            f.size = size;
-            Ok(())
+    let sized = |memfd: i32, size: u64| -> Option<usize> {
+        sys::ftruncate(memfd, page_up(size)).ok()?;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let alias = raw_mmap(0, page_up(size) as usize, rw, libc::MAP_SHARED | libc::MAP_NORESERVE, memfd, 0).ok()?;
+        // The memfd's holes in the alias never become a huge page either, and a fork child
+        // has no handler to use it.
+        let _ = sys::madvise(alias, page_up(size) as usize, libc::MADV_NOHUGEPAGE);
+        if sys::madvise(alias, page_up(size) as usize, libc::MADV_DONTFORK).is_err() {
+            raw_munmap(alias, page_up(size) as usize);
+            return None;
         }
-        (_, placed, _) => {
+        Some(alias)
+    };
+    match (size, placed, mident) {
+        (Ok(size), Some(memfd), Some(Ok(mident))) if size > 0 => match sized(memfd, size) {
+            Some(alias) => {
+                t.memgen += 1;
+                let f = &mut t.files[fi];
+                f.memfd = memfd;
+                f.mident = mident;
+                f.memgen = t.memgen;
+                f.size = size;
+                f.alias = alias;
+                Ok(())
+            }
+            None => {
+                libfd::close(memfd);
+                lease::give_up(t.files[fi].rfd);
+                Err(NotDirect::NoResource)
+            }
+        },
+        (size, placed, _) => {
             if let Some(m) = placed {
                 libfd::close(m);
             }
             lease::give_up(t.files[fi].rfd);
-            Err(NotDirect::NoResource)
+            // An empty file has no page to serve: its mapping is the kernel's, as for any
+            // mapping wholly past the end of the file.
+            Err(if size == Ok(0) { NotDirect::Unservable } else { NotDirect::NoResource })
         }
     }
 }
@@ -469,11 +508,16 @@ pub(crate) fn release_file(t: &mut Table, fi: usize) {
     }
     let f = &mut t.files[fi];
     lease::give_up(f.rfd);
+    let gen = f.memgen;
     if f.memfd >= 0 {
         libfd::close(f.memfd);
         f.memfd = -1;
     }
-    let gen = f.memgen;
+    let alias = std::mem::take(&mut f.alias);
+    if alias != 0 {
+        let len = page_up(f.size) as usize;
+        t.dead.push((alias, len));
+    }
     let mut freed = 0;
     t.filled.retain(|e| {
         let keep = !(e.0 == ident && e.1 == gen);
@@ -483,6 +527,13 @@ pub(crate) fn release_file(t: &mut Table, fi: usize) {
         keep
     });
     t.filled_bytes -= freed.min(t.filled_bytes);
+}
+
+/// Unmaps the aliases of released memfds (the handler, between its reads).
+pub(crate) fn drop_aliases(t: &mut Table) {
+    for (a, l) in t.dead.drain(..) {
+        raw_munmap(a, l);
+    }
 }
 
 /// The process is about to take its first POSIX record lock on the file `ident` (see
@@ -591,6 +642,8 @@ pub fn after_fork_child() {
         }
         t.filled.clear();
         t.filled_bytes = 0;
+        // Not inherited (MADV_DONTFORK): whatever the child maps there is its own.
+        t.dead.clear();
     });
     UFFD_STATE.store(UNTRIED, Ordering::Release);
 }

@@ -12,11 +12,12 @@ const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 /// `_IOR(0xaa, 0x02, struct uffdio_range)`.
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
-/// `_IOWR(0xaa, 0x03, struct uffdio_copy)`.
-const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+/// `_IOWR(0xaa, 0x07, struct uffdio_continue)`.
+const UFFDIO_CONTINUE: libc::c_ulong = 0xc020_aa07;
 /// `_IO(0xaa, 0x00)` on `/dev/userfaultfd`.
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xaa00;
 const REGISTER_MODE_MISSING: u64 = 1;
+const REGISTER_MODE_MINOR: u64 = 1 << 2;
 /// `UFFD_EVENT_PAGEFAULT`.
 pub const EVENT_PAGEFAULT: u8 = 0x12;
 /// `UFFD_EVENT_REMAP`: a registered range was moved by an `mremap` the hooks did not see.
@@ -24,7 +25,12 @@ pub const EVENT_REMAP: u8 = 0x14;
 /// `UFFD_FEATURE_EVENT_REMAP`: a moved range stays registered (without it, the moved pages
 /// would be filled with zeros by the kernel on the next touch).
 const FEATURE_EVENT_REMAP: u64 = 1 << 2;
-
+/// `UFFD_FEATURE_MINOR_SHMEM`: a touch of a page the memfd holds but the program's mapping
+/// does not map yet is a fault too (a minor one), so the handler reads straight into the
+/// memfd and the program sees a page only once its bytes are whole.
+const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+/// `UFFD_PAGEFAULT_FLAG_MINOR`: the faulting page is in the memfd already.
+pub const FLAG_MINOR: u64 = 1 << 2;
 /// Why this process cannot have a userfaultfd that serves the kernel's own faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -75,12 +81,10 @@ struct Register {
 
 #[repr(C)]
 #[derive(Default)]
-struct Copy {
-    dst: u64,
-    src: u64,
-    len: u64,
+struct Continue {
+    range: Range,
     mode: u64,
-    copy: i64,
+    mapped: i64,
 }
 
 /// `struct uffd_msg`, as the handler reads it (the page fault member of the union).
@@ -138,20 +142,22 @@ pub fn open() -> Result<i32, Refusal> {
             Err(_) => return Err(Refusal::Privilege),
         }
     };
-    let mut api = Api { api: UFFD_API, features: FEATURE_EVENT_REMAP, ..Api::default() };
-    if ioctl(fd, UFFDIO_API, &mut api).is_err() || api.ioctls & (1 << 0x3f) == 0 {
+    let features = FEATURE_EVENT_REMAP | FEATURE_MINOR_SHMEM;
+    let mut api = Api { api: UFFD_API, features, ..Api::default() };
+    if ioctl(fd, UFFDIO_API, &mut api).is_err() || api.ioctls & (1 << 0x3f) == 0 || api.features & features != features
+    {
         let _ = sys::close(fd);
         return Err(Refusal::Kernel);
     }
     Ok(fd)
 }
 
-/// Registers `[start, start+len)` (anonymous memory) for missing-page faults.
+/// Registers `[start, start+len)` (a mapping of a memfd) for missing and minor faults.
 pub fn register(fd: i32, start: usize, len: usize) -> SysResult<()> {
-    let mut r =
-        Register { range: Range { start: start as u64, len: len as u64 }, mode: REGISTER_MODE_MISSING, ioctls: 0 };
+    let mode = REGISTER_MODE_MISSING | REGISTER_MODE_MINOR;
+    let mut r = Register { range: Range { start: start as u64, len: len as u64 }, mode, ioctls: 0 };
     ioctl(fd, UFFDIO_REGISTER, &mut r)?;
-    if r.ioctls & (1 << 0x03) == 0 {
+    if r.ioctls & (1 << 0x07) == 0 {
         return Err(libc::EINVAL);
     }
     Ok(())
@@ -163,20 +169,14 @@ pub fn wake(fd: i32, start: usize, len: usize) {
     let _ = ioctl(fd, UFFDIO_WAKE, &mut r);
 }
 
-/// Copies `len` bytes from `src` into the missing pages at `dst` and wakes their waiters:
-/// the bytes copied (less than `len` when a page there is present already: EEXIST, or the
-/// range is no longer registered: ENOENT), or the error when nothing was copied.
-///
-/// # Safety
-/// `src` must be readable for `len` bytes.
-pub unsafe fn copy(fd: i32, dst: usize, src: *const u8, len: usize) -> SysResult<usize> {
-    let mut c = Copy { dst: dst as u64, src: src as u64, len: len as u64, mode: 0, copy: 0 };
-    match ioctl(fd, UFFDIO_COPY, &mut c) {
+/// Maps the memfd's pages behind `[start, start+len)` into the registered range and wakes
+/// their waiters: the bytes mapped (less than `len` when a page there is mapped already:
+/// EEXIST, or the memfd holds none: EFAULT), or the error when nothing was mapped.
+pub fn map_present(fd: i32, start: usize, len: usize) -> SysResult<usize> {
+    let mut c = Continue { range: Range { start: start as u64, len: len as u64 }, mode: 0, mapped: 0 };
+    match ioctl(fd, UFFDIO_CONTINUE, &mut c) {
         Ok(()) => Ok(len),
-        Err(e) if c.copy > 0 => {
-            let _ = e;
-            Ok(c.copy as usize)
-        }
+        Err(_) if c.mapped > 0 => Ok(c.mapped as usize),
         Err(e) => Err(e),
     }
 }
@@ -198,8 +198,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<Msg>(), 32);
         assert_eq!(std::mem::size_of::<Api>(), 24);
         assert_eq!(std::mem::size_of::<Register>(), 32);
-        assert_eq!(std::mem::size_of::<Copy>(), 40);
-        assert_eq!((UFFDIO_COPY >> 16) & 0x3fff, 40);
+        assert_eq!(std::mem::size_of::<Continue>(), 32);
+        assert_eq!((UFFDIO_CONTINUE >> 16) & 0x3fff, 32);
         assert_eq!((UFFDIO_API >> 16) & 0x3fff, 24);
         assert_eq!((UFFDIO_REGISTER >> 16) & 0x3fff, 32);
     }
