@@ -373,6 +373,9 @@ class Runner:
         self.shim = shim_path
         self._tmp_root = tmp_root
         self._nobody_dir: Path | None = None
+        # Variables every shim run of a module gets unless the call sets them (a module that
+        # tests one mode pins it; see `pin_shim_env`).
+        self.default_env: dict[str, str] = {}
 
     def nobody_dir(self) -> Path:
         if self._nobody_dir is None:
@@ -398,6 +401,7 @@ class Runner:
             if paths is not None:
                 e["S3DLIO_DIRECT_PATHS"] = paths if isinstance(paths, str) else ":".join(map(str, paths))
             e.update(SHIM_ENV)
+            e.update(self.default_env)
         for k, v in (env or {}).items():
             if v is None:
                 e.pop(k, None)
@@ -456,6 +460,15 @@ def _runner(shim):
 @pytest.fixture
 def run(_runner) -> Runner:
     return _runner
+
+
+def pin_shim_env(runner: "Runner", values: dict):
+    """For a module's autouse fixture: its shim runs get `values` unless a call sets them."""
+    runner.default_env = dict(values)
+    try:
+        yield
+    finally:
+        runner.default_env = {}
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """`run`'s summary names, per matched file, what happened to it, over every process of the
 job (the files logs of the statistics directory, merged): a file read direct, one left
 buffered on ramfs (which refuses O_DIRECT), one written through Linux AIO and raw system
-calls (cached by I/O the library did not see), one read through np.memmap (mapped, bounded,
-never "direct"), and one still open when the process execs; across a fork and an exec.
+calls (cached by I/O the library did not see), one read through np.memmap (mapped: bounded,
+never "direct", with S3DLIO_DIRECT_MAP=cache; "mapped, direct" where the default serves the
+mapping from the device), and one still open when the process execs; across a fork and an exec.
 The verdicts are checked against the kernel's truth where it has one: the page cache of the
 AIO file is empty afterwards, the mapped file was really mapped (its pages were cached
 while the child read it)."""
@@ -13,7 +14,9 @@ import json
 import os
 import sys
 
-from conftest import REPO, bin_path, cached_bytes, make_file
+import pytest
+
+from conftest import REPO, bin_path, cached_bytes, load_stats, make_file, stats_summary, stats_total
 
 CLI = REPO / "target" / "release" / "s3dlio-direct"
 MiB = 1 << 20
@@ -59,7 +62,8 @@ def named(lines: list[str], label: str, path) -> list[str]:
     return [l for l in lines if f" {label} " in l and (f" {path}:" in l or l.endswith(f" {path}"))]
 
 
-def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
+@pytest.mark.parametrize("map_mode", ["cache", "default"])
+def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs, map_mode):
     assert CLI.is_file(), f"{CLI} is missing: build it with `make build`"
     d = strict_fs.new_dir("files")
     direct, kept, mapped, aio = d / "direct.bin", d / "kept.bin", d / "mapped.bin", d / "aio.bin"
@@ -70,7 +74,8 @@ def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
     make_file(ram, MiB + 7)
     st = d.parent / "st"
     r = run([str(CLI), "run", "--paths", f"{d}:{ramfs.path}", "--stats", str(st), "--",
-             sys.executable, "-c", DRIVER, direct, ram, kept, mapped, bin_path("rawio"), aio], shim=False)
+             sys.executable, "-c", DRIVER, direct, ram, kept, mapped, bin_path("rawio"), aio], shim=False,
+            env={"S3DLIO_DIRECT_MAP": "cache"} if map_mode == "cache" else None)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert b"mapped sum" in r.stdout and b"aio read match 1" in r.stdout, r.stdout
     lines = summary_lines(r.stderr)
@@ -79,9 +84,16 @@ def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
     # the kernel's side: what AIO and raw calls cached was dropped at the last close
     assert cached_bytes(aio) == 0, "the AIO file's pages were left in the page cache"
 
+    # the mapping is direct by default where the process may have a userfaultfd (root here)
+    stats = load_stats(st)
+    served_direct = stats_total(stats, "map_direct_mappings") > 0
+    if map_mode == "cache":
+        assert not served_direct, stats_summary(stats)
+    elif os.geteuid() == 0:
+        assert served_direct, f"root may have a userfaultfd: the mapping must be direct\n{stats_summary(stats)}"
     files = [l for l in lines if l.strip().startswith("files ")]
     assert len(files) == 1, text
-    assert "1 mapped, bounded (not direct)" in files[0], text
+    assert ("1 mapped, direct" if served_direct else "1 mapped, bounded (not direct)") in files[0], text
     assert "buffered" in files[0] and "cached by I/O the library did not see" in files[0], text
 
     (dl,) = named(lines, "direct", direct)
@@ -93,6 +105,7 @@ def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
     (al,) = named(lines, "cached", aio)
     assert "cached by I/O the library did not serve" in al, al
     (ml,) = named(lines, "mapped", mapped)
+    assert ("read from the device" if served_direct else "through the page cache") in ml, ml
     assert not named(lines, "direct", mapped), f"a mapped file called direct:\n{text}"
     verdict = [l for l in lines if l.strip().startswith("verdict ")]
     assert verdict and "partly:" in verdict[0] and "not direct" in verdict[0], text
@@ -105,7 +118,10 @@ def test_run_names_what_happened_to_each_file(run, strict_fs, ramfs):
     assert by[str(kept)]["verdict"] == "direct" and by[str(kept)]["read"] == os.path.getsize(kept), by
     assert by[str(ram)]["verdict"] == "buffered" and by[str(ram)]["fallbacks"] == {"fs_no_odirect": 1}, by
     assert by[str(aio)]["verdict"] == "cached_unseen" and by[str(aio)]["cached_unseen"] > 0, by
-    assert by[str(mapped)]["verdict"] == "mapped" and by[str(mapped)]["mapped"] >= 1, by
+    if served_direct:
+        assert by[str(mapped)]["verdict"] == "mapped_direct" and by[str(mapped)]["mapped_direct"] >= 1, by
+    else:
+        assert by[str(mapped)]["verdict"] == "mapped" and by[str(mapped)]["mapped"] >= 1, by
     # `stats DIR` names them the same way
     t = run([str(CLI), "stats", str(st)], shim=False)
     assert t.returncode == 0, t.stderr

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_run, bin_path, drop_cache, load_stats, make_file, stats_summary, stats_total
+from conftest import assert_same_run, bin_path, drop_cache, load_stats, make_file, pin_shim_env, stats_summary, stats_total
 from mapsample import Sampler
+
+
+@pytest.fixture(autouse=True)
+def bounded_mode(run):
+    """Part 1's mode, S3DLIO_DIRECT_MAP=cache, for every test here: the default serves
+    read-only mappings direct where the process may (root here), which test_mapped_direct.py
+    tests with these same cases."""
+    yield from pin_shim_env(run, {"S3DLIO_DIRECT_MAP": "cache"})
 
 LOADERS = str(Path(__file__).with_name("maploaders.py"))
 CLI = Path(__file__).resolve().parents[1] / "target" / "release" / "s3dlio-direct"

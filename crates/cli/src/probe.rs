@@ -525,10 +525,19 @@ mod tests {
 
     #[test]
     fn what_a_mapping_gets() {
-        let c = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_MAP_BUDGET", "256MiB")]);
+        let cache =
+            [("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_MAP_BUDGET", "256MiB"), ("S3DLIO_DIRECT_MAP", "cache")];
+        let c = cfg(&cache);
         let cwd = Path::new("/work");
         let t = mapping_text(&c, &pattern(Path::new("/data/x"), cwd, &c, None), None);
         assert!(t.starts_with("bounded, not direct") && t.contains("256.0 MiB"), "{t}");
+        // the default: direct where this user may have a userfaultfd, else bounded with why
+        let d = cfg(&cache[..2]);
+        let t = mapping_text(&d, &pattern(Path::new("/data/x"), cwd, &d, None), None);
+        match s3dlio_engine::mapped::direct::available() {
+            Ok(()) => assert!(t.starts_with("direct for a read-only mapping"), "{t}"),
+            Err(why) => assert!(t.starts_with("bounded, not direct") && t.contains(why.text()), "{t}"),
+        }
         assert!(mapping_text(&c, &pattern(Path::new("/else"), cwd, &c, None), None).contains("not matched"));
         let off = cfg(&[("S3DLIO_DIRECT_PATHS", "/data"), ("S3DLIO_DIRECT_MAP", "off")]);
         assert!(mapping_text(&off, &pattern(Path::new("/data/x"), cwd, &off, None), None).contains("MAP=off"));

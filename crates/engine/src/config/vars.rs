@@ -38,7 +38,7 @@ pub const MAX_TUNING: usize = 1 << 30;
 pub const DEFAULT_MODE: Mode = Mode::Direct;
 
 /// Default for `S3DLIO_DIRECT_MAP`.
-pub const DEFAULT_MAP: MapMode = MapMode::Cache;
+pub const DEFAULT_MAP: MapMode = MapMode::Direct;
 
 /// Declares the variables: a `VAR_*` constant with each one's name, and [`VARS`].
 macro_rules! vars {

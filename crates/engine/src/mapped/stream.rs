@@ -330,7 +330,10 @@ mod tests {
         r.add(map, false, -1, 4 << 20);
         r.files[0].ra = 128 << 10;
         r.random = true;
-        let touch = |from: usize, to: usize| (from..to).step_by(page).map(|a| m[a]).sum::<u8>();
+        // black_box: the reads must happen (an optimised build would drop reads nobody uses)
+        let touch = |from: usize, to: usize| {
+            std::hint::black_box((from..to).step_by(page).map(|a| std::hint::black_box(m[a])).sum::<u8>())
+        };
         let mut pm = Pagemap::new();
         // a few pages touched at random: no scan
         touch(5 * page, 6 * page);
