@@ -30,7 +30,9 @@ under the shim, and the read-amplification bound of issue 14.
 
 Modes (columns), the list MODES below; add one with an extra environment variable, e.g.
     "dontcache": Mode("dontcache", "shim dontcache", shim_env={"S3DLIO_DIRECT_MODE": "dontcache"})
-and select with BENCH_MODES=cold,warm,direct,nocache,shim,dontcache,mapdirect.
+and select with BENCH_MODES=cold,warm,direct,nocache,shim,dontcache,mapdirect,mapcache (the
+last two only for the rows that map their files: "shim" serves their read-only mappings direct
+where the process may, mapcache bounds them in the page cache).
   cold     buffered, data evicted first (fsync + posix_fadvise(DONTNEED): no root needed)
   warm     buffered, data read into the page cache first
   direct   the same pattern done with O_DIRECT natively (C loader/writer opening with
@@ -115,6 +117,7 @@ class Mode:
     shim_env: dict | None = None  # None: no shim; else LD_PRELOAD + PATHS + STATS + these
     reads_only: bool = False
     tool: str | None = None  # an executable the mode needs
+    mmap_only: bool = False  # only the rows that map their files (the others run as "shim")
 
     @property
     def is_shim(self) -> bool:
@@ -129,10 +132,14 @@ MODES = {
     "shim": Mode("shim", "shim", shim_env={}),
     # the engine's RWF_DONTCACHE mode, once it exists (not in the default list):
     "dontcache": Mode("dontcache", "shim dontcache", shim_env={"S3DLIO_DIRECT_MODE": "dontcache"}),
-    # mappings served from the device (S3DLIO_DIRECT_MAP=direct; not in the default list)
-    "mapdirect": Mode("mapdirect", "shim, direct mappings", shim_env={"S3DLIO_DIRECT_MAP": "direct"}),
+    # mappings served from the device, explicitly (S3DLIO_DIRECT_MAP=direct, the default; not in the default list)
+    "mapdirect": Mode("mapdirect", "shim, direct mappings", shim_env={"S3DLIO_DIRECT_MAP": "direct"},
+                      mmap_only=True),
+    # mappings bounded in the page cache (S3DLIO_DIRECT_MAP=cache), beside the default's direct ones
+    "mapcache": Mode("mapcache", "shim, bounded mappings", shim_env={"S3DLIO_DIRECT_MAP": "cache"},
+                     mmap_only=True),
 }
-DEFAULT_MODES = "cold,warm,direct,nocache,shim"
+DEFAULT_MODES = "cold,warm,direct,nocache,shim,mapcache"
 
 
 # --------------------------------------------------------------------------- patterns
@@ -765,6 +772,8 @@ def cell_allowed(ctx: Ctx, pat: Pattern, mode: Mode) -> str | None:
         return "not measured"
     if mode.reads_only and pat.kind != "read":
         return "reads only"
+    if mode.mmap_only and not pat.mmap:
+        return "mapped rows only"
     if mode.native and pat.native is None:
         return "not possible natively"
     if mode.tool and mode.tool in ctx.missing:
