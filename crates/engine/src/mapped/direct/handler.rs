@@ -55,6 +55,9 @@ pub(super) fn punch(memfd: i32, off: u64, len: u64) -> sys::SysResult<()> {
 /// A window is read as pieces of this size, all in flight at once (one O_DIRECT request
 /// of several MiB keeps a disk far below its rate).
 const PIECE: usize = 1 << 20;
+/// Pieces in flight at once: two windows read ahead together (the kernel allocates the
+/// second's pages while the first's are read).
+const IN_FLIGHT: usize = 2 * MAX_WINDOW / PIECE;
 
 /// The AIO context windows are read with (0: none, read with pread), and room for the
 /// residency of one window.
@@ -65,7 +68,7 @@ struct Reader {
 
 impl Reader {
     fn new() -> Reader {
-        let aio = crate::sys::aio::setup(MAX_WINDOW / PIECE).unwrap_or(0);
+        let aio = crate::sys::aio::setup(IN_FLIGHT).unwrap_or(0);
         Reader { aio, incore: vec![0; MAX_WINDOW / align::page_size()] }
     }
 
@@ -115,7 +118,7 @@ impl Reader {
                 got >= expect(off, len)
             });
         }
-        for batch in pieces.chunks(MAX_WINDOW / PIECE) {
+        for batch in pieces.chunks(IN_FLIGHT) {
             let mut cbs: Vec<libc::iocb> = batch
                 .iter()
                 .enumerate()
@@ -189,7 +192,7 @@ fn turn(rd: &mut Reader) {
             }
         }
         match ahead.take() {
-            Some(n) => ahead = fill(ufd, n, rd, true),
+            Some(n) => ahead = fill_ahead(ufd, n, rd),
             None => break,
         }
     }
@@ -216,10 +219,30 @@ struct Plan {
     runs: Vec<(u64, usize)>,
 }
 
-/// Serves a fault at `addr` (or, `ahead`, reads the window at `addr` ahead of the faults):
-/// reads what of its range the memfd lacks straight into the memfd, then maps the range into
-/// the region. Returns where to read ahead next, if anywhere.
+/// Serves a fault at `addr`: reads what of its window the memfd lacks straight into the
+/// memfd, then maps the window into the region. Returns where to read ahead next, if anywhere.
 fn fill(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<usize> {
+    let p = plan(ufd, addr, rd, ahead)?;
+    let whole = read(rd, &p.runs, &p);
+    finish(ufd, &p, whole, ahead)
+}
+
+/// Reads the window at `addr` ahead of the faults, and the one after it too if there is one
+/// (both in flight together); returns where to read ahead next, if anywhere.
+fn fill_ahead(ufd: i32, addr: usize, rd: &mut Reader) -> Option<usize> {
+    let p = plan(ufd, addr, rd, true)?;
+    let Some(q) = p.then.and_then(|n| plan(ufd, n, rd, true)) else {
+        let whole = read(rd, &p.runs, &p);
+        return finish(ufd, &p, whole, true);
+    };
+    let runs: Vec<(u64, usize)> = p.runs.iter().chain(&q.runs).copied().collect();
+    let whole = if q.rfd == p.rfd && q.alias == p.alias { read(rd, &runs, &p) } else { read(rd, &p.runs, &p) && read(rd, &q.runs, &q) };
+    finish(ufd, &p, whole, true);
+    finish(ufd, &q, whole, true)
+}
+
+/// What a fill at `addr` reads and maps (`None`: nothing, the fault answered already).
+fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
     let page = align::page_size();
     let a = addr & !(page - 1);
     let plan = with(|t| {
@@ -287,11 +310,24 @@ fn fill(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<usize> {
         }
         return None;
     };
-    let asked: usize = p.runs.iter().map(|r| r.1).sum();
-    let whole = asked == 0 || rd.read(p.rfd, p.alias, &p.runs, p.size);
+    Some(p)
+}
+
+/// Reads `runs` of the plan's file into its memfd: true if whole (counted as device bytes).
+fn read(rd: &Reader, runs: &[(u64, usize)], p: &Plan) -> bool {
+    let asked: usize = runs.iter().map(|r| r.1).sum();
     if let Some(s) = stats() {
         s.add(Counter::MapDirectReadBytes, asked as u64);
     }
+    asked == 0 || rd.read(p.rfd, p.alias, runs, p.size)
+}
+
+/// After the read of a plan's runs: maps its window into the region (or, if the read
+/// failed, punches what it left and gives the region back to the kernel), records what was
+/// filled against the budget, and wakes the faulting thread. Returns where to read ahead next.
+fn finish(ufd: i32, p: &Plan, whole: bool, ahead: bool) -> Option<usize> {
+    let page = align::page_size();
+    let a = p.at;
     with(|t| {
         let current = t.files.iter().any(|f| f.ident == p.ident && f.memgen == p.gen && f.memfd >= 0);
         if !whole {
