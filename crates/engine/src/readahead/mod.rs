@@ -277,12 +277,14 @@ impl Readahead {
     /// `read(2)` at the file position, when the reads are sequential and a ready window holds
     /// all of `[next, next+len)` (or up to end of file): copies from the window and moves the
     /// offset of `fd` (the program's descriptor) with one lseek by the count from the current
-    /// position, whose result also proves the offset was where the last read left it. `None`
-    /// when the ordinary path must find the position and serve the read.
+    /// position, whose result also proves the offset was where the last read left it. `st` is
+    /// the file's state taken before the call. `None` when the ordinary path must find the
+    /// position and serve the read.
     pub fn serve_next(
         &self,
         src: &Source,
         fd: i32,
+        st: &libc::stat,
         buf: *mut u8,
         len: usize,
         fetched: &mut u64,
@@ -299,9 +301,7 @@ impl Readahead {
         if s.wins[i].phase != Phase::Ready {
             return None;
         }
-        // Only a read a window can serve pays for the look at the file.
-        let st = sys::fstat(src.fd).ok()?;
-        let now = (Stamp::of(&st), self.writes.quiet()?);
+        let now = (Stamp::of(st), self.writes.quiet()?);
         let w = &s.wins[i];
         if w.made != now {
             return None;
