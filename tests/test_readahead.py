@@ -178,7 +178,7 @@ PER_CONTEXT = textwrap.dedent("""
             return int(f.read())
     ctx = ctypes.c_ulong(0)
     b = aio_nr()
-    assert libc.syscall(206, 4, ctypes.byref(ctx)) == 0  # io_setup(4): what the engine asks for
+    assert libc.syscall(206, 6, ctypes.byref(ctx)) == 0  # io_setup(6): what the engine asks for
     print(aio_nr() - b)
 """)
 
@@ -194,8 +194,9 @@ def test_many_open_files_take_few_aio_contexts(run, strict_fs):
     per = run([sys.executable, str(d / "ctx.py")], shim=False)
     assert per.returncode == 0, per.stderr.decode()
     per_ctx = int(per.stdout)
-    # 8 MiB of pool: 6 MiB of windows of half a window each, so at most 12 descriptions hold a
-    # window at a time (each file's first window is read without a context)
+    # 8 MiB of pool: 6 MiB of window mappings of half a window each (two quarter windows), so
+    # at most 12 descriptions hold windows at a time (each file's first window is read without
+    # a context)
     r = run([sys.executable, str(d / "many.py"), *[str(d / f"f{i}") for i in range(n)]], paths=str(d),
             env={"S3DLIO_DIRECT_READAHEAD": str(WINDOW), "S3DLIO_DIRECT_POOL": str(8 << 20)})
     assert r.returncode == 0, r.stderr.decode()[-2000:]

@@ -17,6 +17,23 @@ use crate::usercopy;
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &mut Outcome) -> SysResult<usize> {
+    // SAFETY: forwarded from the caller.
+    unsafe { pread_with(io, None, buf, len, off, out) }
+}
+
+/// [`pread`] with the file's state when the caller has it (`st`: an fstat of the file taken
+/// before the call; `None`: the read takes one).
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn pread_with(
+    io: &FileIo<'_>,
+    st: Option<&libc::stat>,
+    buf: *mut u8,
+    len: usize,
+    off: u64,
+    out: &mut Outcome,
+) -> SysResult<usize> {
     if len == 0 || off > i64::MAX as u64 {
         // SAFETY: forwarded from the caller; the kernel answers the edge cases itself.
         return unsafe { sys::pread(io.fd, buf, len, off) };
@@ -25,7 +42,10 @@ pub unsafe fn pread(io: &FileIo<'_>, buf: *mut u8, len: usize, off: u64, out: &m
         // SAFETY: forwarded from the caller.
         return unsafe { cached_read(io, buf, len, off, out) };
     }
-    let st = sys::fstat(io.fd)?;
+    let st = match st {
+        Some(st) => *st,
+        None => sys::fstat(io.fd)?,
+    };
     if let Some((ra, params)) = io.tuning.readahead {
         let src = Source { fd: io.fd, align: io.align, accmode: io.accmode, params };
         match ra.serve(&src, &st, buf, len, off, &mut out.readahead_bytes) {
@@ -106,14 +126,16 @@ pub unsafe fn read_here(io: &FileIo<'_>, buf: *mut u8, len: usize, out: &mut Out
     Ok(n)
 }
 
-/// `read(2)` on `fd` (the program's descriptor) served from the read-ahead window without
-/// looking up the offset first; `None`: use [`pread`] at the offset.
+/// `read(2)` on `fd` (the program's descriptor, whose fstat taken before the call is `st`)
+/// served from the read-ahead window without looking up the offset first; `None`: use
+/// [`pread`] at the offset.
 ///
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
 pub unsafe fn read_next(
     io: &FileIo<'_>,
     fd: i32,
+    st: &libc::stat,
     buf: *mut u8,
     len: usize,
     out: &mut Outcome,
@@ -123,7 +145,7 @@ pub unsafe fn read_next(
         return None;
     }
     let src = Source { fd: io.fd, align: io.align, accmode: io.accmode, params };
-    let r = ra.serve_next(&src, fd, buf, len, &mut out.readahead_bytes)?;
+    let r = ra.serve_next(&src, fd, st, buf, len, &mut out.readahead_bytes)?;
     if let Ok(n) = r {
         out.readahead_copied += n as u64;
     }

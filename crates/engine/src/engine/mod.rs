@@ -148,6 +148,20 @@ pub(super) fn managed_direct(fd: i32, nowait: bool) -> Option<(Arc<Desc>, i32)> 
     verified(fd, &d).then_some((d, t))
 }
 
+/// [`managed_direct`] for a read: the check that `fd` is still the file is an fstat of it,
+/// whose size and timestamps the read path needs too (one system call per read where an
+/// identity query and an fstat of the twin were two).
+pub(super) fn managed_read(fd: i32, nowait: bool) -> Option<(Arc<Desc>, i32, libc::stat)> {
+    let (d, t) = managed_unchecked(fd, nowait)?;
+    match crate::sys::fstat(fd) {
+        Ok(st) if (st.st_dev, st.st_ino) == d.ident => Some((d, t, st)),
+        _ => {
+            stale(fd);
+            None
+        }
+    }
+}
+
 /// [`managed_direct`] without checking that `fd` is still the file: for calls that only use
 /// the program's own descriptor, where whatever file it now is is the program's business.
 pub(super) fn managed_unchecked(fd: i32, nowait: bool) -> Option<(Arc<Desc>, i32)> {

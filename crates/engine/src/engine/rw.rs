@@ -2,7 +2,7 @@
 //! read and write paths, the file position kept as the kernel keeps it, and statistics.
 
 use super::desc::{locked, Desc};
-use super::{managed_direct, managed_unchecked, stale, state, verified, Served, STATS};
+use super::{managed_direct, managed_read, managed_unchecked, stale, state, verified, Served, STATS};
 use crate::config::LogLevel;
 use crate::io::Outcome;
 use crate::log::{self, Cause};
@@ -93,7 +93,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
         return None; // the kernel answers a zero-length call (and its errors) itself
     }
     let len = usercopy::clamped(buf as usize, len)?;
-    let (d, t) = managed_direct(fd, nowait)?;
+    let (d, t, st) = managed_read(fd, nowait)?;
     let pool = &state().pool;
     let (o, r) = locked(&d, nowait, || {
         let mut o = Outcome::default();
@@ -105,11 +105,11 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize, nowait: bool) -> Served {
             return (o, r);
         }
         // SAFETY: forwarded from the caller.
-        if let Some(r) = unsafe { read_path::read_next(&io, fd, buf, len, &mut o) } {
+        if let Some(r) = unsafe { read_path::read_next(&io, fd, &st, buf, len, &mut o) } {
             return (o, r);
         }
         // SAFETY: forwarded from the caller.
-        let r = at_offset(fd, len, |pos| unsafe { read_path::pread(&io, buf, len, pos, &mut o) });
+        let r = at_offset(fd, len, |pos| unsafe { read_path::pread_with(&io, Some(&st), buf, len, pos, &mut o) });
         (o, r)
     })?;
     settle(fd, &d, &o, false, &r).then_some(r)
@@ -126,10 +126,11 @@ pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64, nowait: bool) -
         return None;
     }
     let len = usercopy::clamped(buf as usize, len)?;
-    let (d, t) = managed_direct(fd, nowait)?;
+    let (d, t, st) = managed_read(fd, nowait)?;
     let mut o = Outcome::default();
+    let io = d.io(fd, t, &state().pool, nowait);
     // SAFETY: forwarded from the caller.
-    let r = unsafe { read_path::pread(&d.io(fd, t, &state().pool, nowait), buf, len, off as u64, &mut o) };
+    let r = unsafe { read_path::pread_with(&io, Some(&st), buf, len, off as u64, &mut o) };
     settle(fd, &d, &o, false, &r).then_some(r)
 }
 

@@ -15,16 +15,17 @@
 //!   readahead (`get_init_ra_size`: four times a small request, twice a medium one, a window
 //!   beyond a large one).
 //! - A read that passes the marker, half way into the last window, asks for the next one,
-//!   larger (`get_next_ra_size`: four times while small, then twice), up to half a window per
-//!   request and one window beyond the reader.
+//!   larger (`get_next_ra_size`: four times while small, then twice), up to a quarter window
+//!   per request and one window beyond the reader.
 //! - What lies ahead of the reader never exceeds half of what the run has read in a row. A
-//!   run from the start of the file may have four times that, and asks for its second window
-//!   with its first: there the kernel reads ahead from the first read on.
+//!   run from the start of the file may have eight times what it has read, and asks for its
+//!   second window with its first: there the kernel reads ahead from the first read on, and
+//!   has its second window, four times its initial one, in flight at the second read.
 //! - A jump ends the sequence. A sequence that ended with windows beyond where the reader left
 //!   them halves what the next runs may have ahead (then quarters it), until a run gets to
 //!   full-size windows.
 //!
-//! So a run that stops has cost at most half its length again (four times from the start of
+//! So a run that stops has cost at most half its length again (eight times from the start of
 //! a file, where the kernel would have read as much), a sequential run at most one window,
 //! and reads that are not in a run what they ask for, rounded out to the alignment.
 
@@ -44,8 +45,10 @@ pub struct Geometry {
     /// The read-ahead window (`S3DLIO_DIRECT_READAHEAD`): how far beyond the reader the
     /// windows reach at most.
     pub window: u64,
-    /// The largest single read asked of the device (a multiple of `align`): half a window,
-    /// so that one is in flight while the reader copies from another.
+    /// The largest single read asked of the device (a multiple of `align`): a quarter of a
+    /// window, so that three or four are in flight while the reader copies from another (with
+    /// half-window pieces, one window's reach held a single request in flight most of the
+    /// time: measured here, 64 KiB reads 1.14x and 4 KiB reads 1.24x faster with quarters).
     pub piece: u64,
     /// The file's offset alignment for O_DIRECT reads.
     pub align: u64,
@@ -55,7 +58,7 @@ impl Geometry {
     /// The geometry of a window of `window` bytes for a file with offset alignment `align`.
     pub fn new(window: u64, align: u64) -> Geometry {
         let align = align.max(1);
-        let piece = (window / 2 / align * align).max(align);
+        let piece = (window / 4 / align * align).max(align);
         Geometry { window: window.max(piece), piece, align }
     }
 
@@ -87,9 +90,13 @@ impl Geometry {
         total.saturating_sub(len)
     }
 
-    /// The kernel's `get_next_ra_size`: the window after one of `cur` bytes.
+    /// The kernel's `get_next_ra_size`: the window after one of `cur` bytes; four times up to
+    /// a sixteenth of the window inclusive (the kernel: below it), so that a 64 KiB reader's
+    /// initial 256 KiB grows to 1 MiB as the kernel's would with this disk's 8 MiB
+    /// `read_ahead_kb`: a 1 MiB file read whole is two requests, not three (1500 such files:
+    /// 1.06-1.09x, paired).
     fn grown(&self, cur: u64) -> u64 {
-        if cur < self.window / 16 {
+        if cur <= self.window / 16 {
             4 * cur
         } else if cur <= self.window / 2 {
             2 * cur
@@ -135,11 +142,11 @@ impl Default for Policy {
 
 impl Policy {
     /// How far beyond the reader the windows may reach after a run of `run` bytes in a row:
-    /// half of it (four times it in a run from the start of the file, where the kernel reads
+    /// half of it (eight times it in a run from the start of the file, where the kernel reads
     /// ahead from the first read on), halved again for each sequence in a row whose windows
     /// went partly unused.
     fn room(&self, run: u64) -> u64 {
-        let r = if self.from_start { run.saturating_mul(4) } else { run / 2 };
+        let r = if self.from_start { run.saturating_mul(8) } else { run / 2 };
         r >> self.miss
     }
 
@@ -226,7 +233,7 @@ impl Policy {
     }
 
     /// The size of each request the windows of the current sequence are read with: the size
-    /// of its last window (a window read as two requests has the first back sooner), half a
+    /// of its last window (a window read as two requests has the first back sooner), a quarter
     /// window when it is not a sequence.
     pub fn request(&self, g: &Geometry) -> u64 {
         if self.size == 0 {
@@ -251,7 +258,7 @@ mod tests {
 
     const K: u64 = 1024;
     const M: u64 = 1024 * K;
-    const G: Geometry = Geometry { window: 4 * M, piece: 2 * M, align: 4096 };
+    const G: Geometry = Geometry { window: 4 * M, piece: M, align: 4096 };
 
     /// The windows as [`super::super::State`] keeps them, without the I/O: what is asked for,
     /// when windows are dropped, when they are used to their end.
@@ -305,7 +312,7 @@ mod tests {
         fn top_up(&mut self, pos: u64, reach: u64) {
             self.wins.retain(|w| w.1 > pos);
             let reach = reach.min(self.g.up(self.size));
-            while self.frontier < reach && self.wins.len() < 4 {
+            while self.frontier < reach && self.wins.len() < 6 {
                 let to = (self.frontier + self.pol.request(&self.g)).min(reach);
                 self.wins.push((self.frontier, to));
                 self.asked += to - self.frontier;
@@ -505,7 +512,8 @@ mod tests {
 
     #[test]
     fn small_files_read_whole_take_few_requests() {
-        // 1 MiB files read with 64 KiB reads: the first read, then a few growing windows
+        // 1 MiB files read with 64 KiB reads: the first read, then the rest as one window at the
+        // second (two requests a file, as the kernel with an 8 MiB read_ahead_kb)
         let mut total = 0;
         for _ in 0..10 {
             let mut m = Model::new(M);
@@ -516,7 +524,7 @@ mod tests {
             assert_eq!(m.asked, M);
             total += m.requests;
         }
-        assert!(total <= 40, "{total} requests for ten 1 MiB files");
+        assert!(total <= 20, "{total} requests for ten 1 MiB files");
     }
 
     #[test]
