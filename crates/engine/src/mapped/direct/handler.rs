@@ -236,7 +236,11 @@ fn fill_ahead(ufd: i32, addr: usize, rd: &mut Reader) -> Option<usize> {
         return finish(ufd, &p, whole, true);
     };
     let runs: Vec<(u64, usize)> = p.runs.iter().chain(&q.runs).copied().collect();
-    let whole = if q.rfd == p.rfd && q.alias == p.alias { read(rd, &runs, &p) } else { read(rd, &p.runs, &p) && read(rd, &q.runs, &q) };
+    let whole = if q.rfd == p.rfd && q.alias == p.alias {
+        read(rd, &runs, &p)
+    } else {
+        read(rd, &p.runs, &p) && read(rd, &q.runs, &q)
+    };
     finish(ufd, &p, whole, true);
     finish(ufd, &q, whole, true)
 }
