@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const MAX_WINDOW: usize = 8 << 20;
 /// The window of a run's second in-order fault.
 const FIRST_RUN_WINDOW: usize = 64 << 10;
+/// The most a run's first fault reads (what the region's runs have been long, learned).
+const MAX_EAGER: usize = 128 << 10;
 /// How often the leases are polled (a writer opening a direct-mapped file waits about this).
 const LEASE_POLL_MS: i64 = 2;
 
@@ -213,6 +215,8 @@ struct Plan {
     /// Bytes at the start read but not mapped: the marker page of a window read ahead,
     /// whose fault says the program reached the window (and the next is read ahead).
     skip: usize,
+    /// Bytes at the end read but not mapped: the tail page of a run's first read.
+    tail: usize,
     /// Where the next window starts, if this one continued an in-order run.
     then: Option<usize>,
     /// The runs of the range the memfd does not hold yet: what is read.
@@ -245,6 +249,25 @@ fn fill_ahead(ufd: i32, addr: usize, rd: &mut Reader) -> Option<usize> {
     finish(ufd, &q, whole, true)
 }
 
+/// At a run's first fault, what the run before it says of how long runs are here: one that
+/// went on past its first read was as long as what was read for it (the mean with what the
+/// first read was is taken), one that never reached the unmapped last page of its first read
+/// was shorter (half); a run that reached it and stopped keeps the size.
+fn learn(r: &mut super::Region, page: usize) {
+    if r.eager == 0 {
+        r.eager = page;
+    }
+    if r.run != usize::MAX {
+        if r.grew {
+            let seen = r.next.saturating_sub(r.run);
+            r.eager = (r.eager + seen) / 2;
+        } else if r.tail != usize::MAX && !r.tail_hit {
+            r.eager /= 2;
+        }
+    }
+    r.eager = (r.eager.next_multiple_of(page)).clamp(page, MAX_EAGER);
+}
+
 /// What a fill at `addr` reads and maps (`None`: nothing, the fault answered already).
 fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
     let page = align::page_size();
@@ -269,19 +292,37 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             r.marker = usize::MAX;
             r.win = (r.win * 2).min(cap).max(page);
             (page, 0, Some(r.next))
-        } else {
-            // A run's second fault reads a slice-sized window at once (a 64 KiB batch slice is
-            // two faults, not five), and only its third, once the run is more than a slice,
-            // reads ahead as well.
+        } else if a == r.tail {
+            // The run reached the end of its first read: that read was not too long.
+            r.tail = usize::MAX;
+            r.tail_hit = true;
+            (page, 0, None)
+        } else if a == r.next {
+            // A run's second fault reads a slice-sized window at once, and only its third,
+            // once the run is more than a slice, reads ahead as well.
             let first = (FIRST_RUN_WINDOW / page).max(1) * page;
-            let shown = a == r.next && r.win >= first;
-            let win = if a == r.next { (r.win * 2).max(first).min(cap).max(page) } else { page };
+            let (win, shown) = if r.grew { ((r.win * 2).max(first), r.win >= first) } else { (first, false) };
+            let win = win.min(cap).max(page);
             let len = win.min(r.end() - a);
-            let then = shown.then_some(a + len);
+            r.grew = true;
             r.next = a + len;
             r.win = win;
-            (len, 0, then)
+            (len, 0, shown.then_some(a + len))
+        } else {
+            // A run's first fault reads what the region's runs have been long (a batch slice
+            // in one read, a B-tree page alone), leaving the last page unmapped to learn
+            // whether the run reached it.
+            learn(r, page);
+            let len = r.eager.min(cap).min(r.end() - a);
+            r.run = a;
+            r.grew = false;
+            r.tail_hit = false;
+            r.tail = if len > page { a + len - page } else { usize::MAX };
+            r.next = a + len;
+            r.win = len;
+            (len, 0, None)
         };
+        let tail = if r.tail != usize::MAX && r.tail == a + len - page && !ahead { page } else { 0 };
         let then = then.filter(|&n| n < r.end());
         let (ident, foff) = (r.ident, r.off + (a - r.start) as u64);
         let f = t.files.iter().find(|f| f.ident == ident && f.memfd >= 0 && f.alias != 0)?;
@@ -298,6 +339,7 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             len,
             size: f.size,
             skip,
+            tail,
             then,
             runs,
         }))
@@ -370,7 +412,7 @@ fn finish(ufd: i32, p: &Plan, whole: bool, ahead: bool) -> Option<usize> {
             }
         }
         if still {
-            let end = p.at + p.len;
+            let end = p.at + p.len - p.tail;
             let mut at = p.at + p.skip;
             while at < end {
                 match uffd::map_present(ufd, at, end - at) {
@@ -430,4 +472,52 @@ fn poll_leases() {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_s_first_read_learns_how_long_runs_are() {
+        let page = align::page_size();
+        let mut r = super::super::Region {
+            start: 0,
+            len: 1 << 30,
+            ident: (1, 2),
+            off: 0,
+            shared: true,
+            next: usize::MAX,
+            win: 0,
+            marker: usize::MAX,
+            eager: 0,
+            run: usize::MAX,
+            grew: false,
+            tail: usize::MAX,
+            tail_hit: false,
+        };
+        learn(&mut r, page);
+        assert_eq!(r.eager, page, "no run seen yet: one page");
+        // batch slices of 17 pages: the first went on to a 16-page second read
+        (r.run, r.next, r.grew) = (0, 17 * page, true);
+        learn(&mut r, page);
+        assert_eq!(r.eager, 9 * page);
+        (r.run, r.next, r.grew, r.tail, r.tail_hit) = (0, 25 * page, true, 8 * page, true);
+        learn(&mut r, page);
+        assert_eq!(r.eager, 17 * page);
+        // a run that read its 17 pages, reached the last and stopped: the size holds
+        (r.run, r.next, r.grew, r.tail, r.tail_hit) = (0, 17 * page, false, usize::MAX, true);
+        learn(&mut r, page);
+        assert_eq!(r.eager, 17 * page);
+        // single-page gets (a B-tree): the unmapped last page is never reached, so it halves
+        for want in [9, 5, 3, 2, 1] {
+            (r.run, r.grew, r.tail, r.tail_hit) = (0, false, 16 * page, false);
+            learn(&mut r, page);
+            assert_eq!(r.eager, want * page);
+        }
+        // and never past the cap, however long a scan was
+        (r.run, r.next, r.grew) = (0, 1 << 30, true);
+        learn(&mut r, page);
+        assert_eq!(r.eager, MAX_EAGER);
+    }
 }

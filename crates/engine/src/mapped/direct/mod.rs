@@ -80,6 +80,15 @@ pub(crate) struct Region {
     /// The page left missing at the start of the window read ahead last: its fault means the
     /// program reached that window.
     pub marker: usize,
+    /// What a run's first fault reads, learned from the runs before (see the handler).
+    pub eager: usize,
+    /// Where the current run started (its first fault), and whether it went on past its
+    /// first read.
+    pub run: usize,
+    pub grew: bool,
+    /// The last page of a first read, left unmapped: its fault says the run reached it.
+    pub tail: usize,
+    pub tail_hit: bool,
 }
 
 impl Region {
@@ -329,6 +338,11 @@ pub fn adopt(
             next: usize::MAX,
             win: 0,
             marker: usize::MAX,
+            eager: 0,
+            run: usize::MAX,
+            grew: false,
+            tail: usize::MAX,
+            tail_hit: false,
         });
         Ok((n, first))
     })
@@ -668,7 +682,21 @@ mod tests {
     use super::*;
 
     fn region(start: usize, len: usize, off: u64) -> Region {
-        Region { start, len, ident: (1, 2), off, shared: true, next: usize::MAX, win: 0, marker: usize::MAX }
+        Region {
+            start,
+            len,
+            ident: (1, 2),
+            off,
+            shared: true,
+            next: usize::MAX,
+            win: 0,
+            marker: usize::MAX,
+            eager: 0,
+            run: usize::MAX,
+            grew: false,
+            tail: usize::MAX,
+            tail_hit: false,
+        }
     }
 
     #[test]
