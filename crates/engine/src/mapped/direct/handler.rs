@@ -481,21 +481,7 @@ mod tests {
     #[test]
     fn a_run_s_first_read_learns_how_long_runs_are() {
         let page = align::page_size();
-        let mut r = super::super::Region {
-            start: 0,
-            len: 1 << 30,
-            ident: (1, 2),
-            off: 0,
-            shared: true,
-            next: usize::MAX,
-            win: 0,
-            marker: usize::MAX,
-            eager: 0,
-            run: usize::MAX,
-            grew: false,
-            tail: usize::MAX,
-            tail_hit: false,
-        };
+        let mut r = super::super::Region::new(0, 1 << 30, (1, 2), 0, true);
         learn(&mut r, page);
         assert_eq!(r.eager, page, "no run seen yet: one page");
         // batch slices of 17 pages: the first went on to a 16-page second read

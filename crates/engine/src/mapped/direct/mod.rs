@@ -92,6 +92,25 @@ pub(crate) struct Region {
 }
 
 impl Region {
+    /// A region of the file `ident` at `off`, with no fault seen yet.
+    pub(crate) fn new(start: usize, len: usize, ident: (u64, u64), off: u64, shared: bool) -> Region {
+        Region {
+            start,
+            len,
+            ident,
+            off,
+            shared,
+            next: usize::MAX,
+            win: 0,
+            marker: usize::MAX,
+            eager: 0,
+            run: usize::MAX,
+            grew: false,
+            tail: usize::MAX,
+            tail_hit: false,
+        }
+    }
+
     fn end(&self) -> usize {
         self.start + self.len
     }
@@ -329,21 +348,7 @@ pub fn adopt(
             return Err(NotDirect::NoResource);
         }
         cut(t, start, n);
-        t.regions.push(Region {
-            start,
-            len: n,
-            ident,
-            off,
-            shared: ty == libc::MAP_SHARED,
-            next: usize::MAX,
-            win: 0,
-            marker: usize::MAX,
-            eager: 0,
-            run: usize::MAX,
-            grew: false,
-            tail: usize::MAX,
-            tail_hit: false,
-        });
+        t.regions.push(Region::new(start, n, ident, off, ty == libc::MAP_SHARED));
         Ok((n, first))
     })
 }
@@ -682,21 +687,7 @@ mod tests {
     use super::*;
 
     fn region(start: usize, len: usize, off: u64) -> Region {
-        Region {
-            start,
-            len,
-            ident: (1, 2),
-            off,
-            shared: true,
-            next: usize::MAX,
-            win: 0,
-            marker: usize::MAX,
-            eager: 0,
-            run: usize::MAX,
-            grew: false,
-            tail: usize::MAX,
-            tail_hit: false,
-        }
+        Region::new(start, len, (1, 2), off, true)
     }
 
     #[test]
