@@ -41,6 +41,10 @@ READER = textwrap.dedent("""
                 if line.startswith("read_bytes:"):
                     return int(line.split()[1])
 
+    def major_faults():
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[9])
+
     def pread(fd, n, off):
         b = os.pread(fd, n, off)
         reads.append((off, len(b)))
@@ -54,6 +58,7 @@ READER = textwrap.dedent("""
         h.update(b)
         return b
 
+    faults = major_faults()
     before = io_read_bytes()
     fd = os.open(path, os.O_RDONLY)
     if pattern == "single":
@@ -113,7 +118,7 @@ READER = textwrap.dedent("""
     after = io_read_bytes()
     got = sum(n for _, n in reads)
     rounded = sum(-(-(off + n) // align) * align - off // align * align for off, n in reads if n)
-    print(after - before, got, rounded, h.hexdigest())
+    print(after - before, got, rounded, h.hexdigest(), major_faults() - faults)
 """)
 
 # the patterns whose first read is at the start of the file, and its size
@@ -132,8 +137,8 @@ def run_pattern(run, d, path, pattern, align, shim):
     r = run([sys.executable, str(d / "reader.py"), str(path), pattern, str(align)], shim=shim,
             paths=str(path) if shim else None, env=env)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
-    dev, got, rounded, digest = r.stdout.decode().split()
-    return int(dev), int(got), int(rounded), digest, (load_stats(st) if shim else None)
+    dev, got, rounded, digest, faults = r.stdout.decode().split()
+    return int(dev), int(got), int(rounded), digest, (load_stats(st) if shim else None), int(faults)
 
 
 @pytest.mark.parametrize("fs", ["strict_fs", "disk"])
@@ -147,7 +152,13 @@ def test_device_bytes_within_the_bound(run, request, fs, pattern):
     data = make_file(path, SIZE, seed=14)
     del data
     plain_dev, plain_got, rounded, plain_digest = run_pattern(run, d, path, pattern, align, shim=False)[:4]
-    dev, got, rounded2, digest, stats = run_pattern(run, d, path, pattern, align, shim=True)
+    # A major fault while the reader measures (its own text pages, evicted by the memory
+    # pressure of earlier tests) adds the kernel's read-around of them to read_bytes: such a
+    # measure is taken again, at most twice.
+    for _ in range(3):
+        dev, got, rounded2, digest, stats, faults = run_pattern(run, d, path, pattern, align, shim=True)
+        if faults == 0:
+            break
     assert (got, digest) == (plain_got, plain_digest), f"{pattern}: the shim's reads returned other bytes"
     assert rounded2 == rounded
     bound = 1.1 * max(plain_dev, rounded) + 64 * KiB + (WINDOW if pattern in SEQUENTIAL else 0)
@@ -159,8 +170,8 @@ def test_device_bytes_within_the_bound(run, request, fs, pattern):
         f"({rounded} rounded out); a plain cold run moved {plain_dev}; bound {bound:.0f}\n{summary}")
     counted = stats_total(stats, "read_device_bytes")
     # the process's read_bytes also counts filesystem metadata the kernel reads for it
-    assert abs(counted - dev) <= 64 * KiB + dev // 100, (
-        f"{fs} {pattern}: read_device_bytes {counted} but the kernel counted {dev}\n{summary}")
+    assert abs(counted - dev) <= 64 * KiB + dev // 100 or (faults > 0 and 0 <= dev - counted <= faults * 8 * MiB), (
+        f"{fs} {pattern}: read_device_bytes {counted} but the kernel counted {dev} ({faults} major faults)\n{summary}")
     assert stats_total(stats, "read_bytes") == got
     ahead = stats_total(stats, "read_ahead_bytes")
     if pattern in ("single", "single_mid", "random4k", "random64k", "strided"):
