@@ -1,7 +1,7 @@
 //! The per-file record: what happened to each matched file in a process (direct, left
-//! buffered and why, cached by I/O the library did not see, mapped bounded or direct), as lines of the
-//! process's files log in the statistics directory, which `s3dlio-direct run` and `stats`
-//! merge over every process of a job into a verdict per file.
+//! buffered and why, cached by I/O the library did not see, mapped bounded or direct), as
+//! lines of the process's files log in the statistics directory, which `s3dlio-direct run`
+//! and `stats` merge over every process of a job into a verdict per file.
 //!
 //! A line is written when the process is done with the file, never on a read or write: at
 //! the last close of a direct file (and for those still open at exit and before exec), at

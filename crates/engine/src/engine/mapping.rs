@@ -229,8 +229,8 @@ pub fn direct_any() -> bool {
 }
 
 /// A new mapping of a matched file: made direct where it can be, counted either way.
-/// Makes the mapping direct where it can be: `Some(first)` if it is (`first`: the first
-/// direct mapping of the file in the process), `None` if it stays bounded.
+/// `Some(first)` if it is direct (`first`: the file's first direct mapping in the process),
+/// `None` if it stays bounded.
 fn adopt(r: usize, len: usize, prot: i32, flags: i32, prog_fd: i32, ident: (u64, u64), off: u64) -> Option<bool> {
     match direct::adopt(r, len, prot, flags, prog_fd, ident, off) {
         Ok((_, first)) => {
