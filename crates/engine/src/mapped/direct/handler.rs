@@ -275,7 +275,7 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
     let plan = with(|t| {
         let cap = (t.budget / 4).clamp(page, MAX_WINDOW) & !(page - 1);
         let r = t.regions.iter_mut().find(|r| r.start <= a && a < r.end())?;
-        let (len, skip, then) = if ahead {
+        let (len, skip, tail, then) = if ahead {
             if a != r.next {
                 return Some(None);
             }
@@ -287,16 +287,16 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             if first {
                 r.marker = a;
             }
-            (len, if first { page } else { 0 }, first.then_some(a + len))
+            (len, if first { page } else { 0 }, 0, first.then_some(a + len))
         } else if a == r.marker {
             r.marker = usize::MAX;
             r.win = (r.win * 2).min(cap).max(page);
-            (page, 0, Some(r.next))
+            (page, 0, 0, Some(r.next))
         } else if a == r.tail {
             // The run reached the end of its first read: that read was not too long.
             r.tail = usize::MAX;
             r.tail_hit = true;
-            (page, 0, None)
+            (page, 0, 0, None)
         } else if a == r.next {
             // A run's second fault reads a slice-sized window at once, and only its third,
             // once the run is more than a slice, reads ahead as well.
@@ -307,7 +307,7 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             r.grew = true;
             r.next = a + len;
             r.win = win;
-            (len, 0, shown.then_some(a + len))
+            (len, 0, 0, shown.then_some(a + len))
         } else {
             // A run's first fault reads what the region's runs have been long (a batch slice
             // in one read, a B-tree page alone), leaving the last page unmapped to learn
@@ -317,12 +317,12 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             r.run = a;
             r.grew = false;
             r.tail_hit = false;
-            r.tail = if len > page { a + len - page } else { usize::MAX };
+            let tail = if len > page { page } else { 0 };
+            r.tail = if tail > 0 { a + len - page } else { usize::MAX };
             r.next = a + len;
             r.win = len;
-            (len, 0, None)
+            (len, 0, tail, None)
         };
-        let tail = if r.tail != usize::MAX && r.tail == a + len - page && !ahead { page } else { 0 };
         let then = then.filter(|&n| n < r.end());
         let (ident, foff) = (r.ident, r.off + (a - r.start) as u64);
         let f = t.files.iter().find(|f| f.ident == ident && f.memfd >= 0 && f.alias != 0)?;

@@ -388,13 +388,14 @@ fn lease_file(t: &mut Table, fi: usize) -> Result<(), NotDirect> {
     let mident = placed.map(sys::ident);
     let sized = |memfd: i32, size: u64| -> Option<usize> {
         sys::ftruncate(memfd, page_up(size)).ok()?;
+        let bytes = page_up(size) as usize;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let alias = raw_mmap(0, page_up(size) as usize, rw, libc::MAP_SHARED | libc::MAP_NORESERVE, memfd, 0).ok()?;
+        let alias = raw_mmap(0, bytes, rw, libc::MAP_SHARED | libc::MAP_NORESERVE, memfd, 0).ok()?;
         // The memfd's holes in the alias never become a huge page either, and a fork child
         // has no handler to use it.
-        let _ = sys::madvise(alias, page_up(size) as usize, libc::MADV_NOHUGEPAGE);
-        if sys::madvise(alias, page_up(size) as usize, libc::MADV_DONTFORK).is_err() {
-            raw_munmap(alias, page_up(size) as usize);
+        let _ = sys::madvise(alias, bytes, libc::MADV_NOHUGEPAGE);
+        if sys::madvise(alias, bytes, libc::MADV_DONTFORK).is_err() {
+            raw_munmap(alias, bytes);
             return None;
         }
         Some(alias)

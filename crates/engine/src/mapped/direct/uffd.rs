@@ -29,8 +29,7 @@ const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 /// does not map yet is a fault too (a minor one), so the handler reads straight into the
 /// memfd and the program sees a page only once its bytes are whole.
 const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
-/// `UFFD_PAGEFAULT_FLAG_MINOR`: the faulting page is in the memfd already.
-pub const FLAG_MINOR: u64 = 1 << 2;
+
 /// Why this process cannot have a userfaultfd that serves the kernel's own faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
