@@ -25,6 +25,7 @@ import time
 import pytest
 
 from conftest import assert_same_run, bin_path, drop_cache, fallback_total, load_stats, make_file, stats_summary, stats_total
+from test_crash import crash_fs  # noqa: F401  (the fixture: a fresh ext4 that can be shut down)
 from test_mapped import LOADER_CASES, LOADERS, MiB, run_sampled
 
 DIRECT = {"S3DLIO_DIRECT_MAP": "direct"}
@@ -544,47 +545,37 @@ def test_a_record_lock_on_a_direct_mapped_file_survives_its_release(run, strict_
 
 
 @pytest.mark.parametrize("side", ["plain", "shim"])
-def test_a_device_failing_under_a_direct_mapping_never_shows_other_bytes(run, tmp_path, side):
+def test_a_device_failing_under_a_direct_mapping_never_shows_other_bytes(run, crash_fs, tmp_path, side):
     """The filesystem is shut down (EXT4_IOC_SHUTDOWN: every read fails from then on) while a
     direct mapping of a file on it is half read: every page the program touches afterwards
     holds the file's bytes or faults, as in the plain run; a failed read into the library's
     memory is never mapped (the handler punches it out and gives the region back to the
     kernel, which answers with its own fault)."""
-    from test_crash import CrashFs
-
-    if os.geteuid() != 0:
-        pytest.skip("shutting a filesystem down needs root")
-    fs = CrashFs(size=256 << 20)
+    d = crash_fs.mnt / "data"
+    d.mkdir()
+    st = tmp_path / "stats"  # not on the filesystem that is shut down
+    st.mkdir()
+    size = 48 * MiB + 1234
+    shim = side == "shim"
+    env = {**DIRECT, "S3DLIO_DIRECT_MAP_BUDGET": "8MiB", "S3DLIO_DIRECT_STATS": st / "s-%p.json"}
+    p = run.popen([bin_path("mapshut"), d / "f", size, 7], shim=shim, paths=str(d) if shim else None,
+                  env=env if shim else None, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        d = fs.mnt / "data"
-        d.mkdir()
-        st = tmp_path / "stats"  # not on the filesystem that is shut down
-        st.mkdir()
-        size = 48 * MiB + 1234
-        shim = side == "shim"
-        env = {**DIRECT, "S3DLIO_DIRECT_MAP_BUDGET": "8MiB", "S3DLIO_DIRECT_STATS": st / "s-%p.json"}
-        p = run.popen([bin_path("mapshut"), d / "f", size, 7], shim=shim, paths=str(d) if shim else None,
-                      env=env if shim else None, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
-        try:
-            assert p.stdout.readline().strip() == b"ready", p.stderr.read()
-            fs.shutdown()
-            out, err = p.communicate(b"go\n", timeout=120)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        assert p.returncode == 0, f"pages with other bytes after the device failed: {out!r} {err!r}"
-        counts = dict(kv.split("=") for kv in out.decode().split())
-        print(side, out.decode().strip())
-        if shim:
-            # ext4 refuses reads and new mappings after a shutdown, but a page fault on the
-            # plain run's own mapping still reads the device: its pages keep their bytes where
-            # the library's failed reads give a fault (README, "What differs").
-            assert int(counts["bus"]) + int(counts["segv"]) > 0, f"no read failed: the case proves nothing ({out!r})"
-            stats = load_stats(st)
-            assert stats_total(stats, "map_direct_mappings") > 0, stats_summary(stats)
-            assert stats_total(stats, "map_direct_converted") > 0, (
-                f"the failed read must have given the region back\n{stats_summary(stats)}")
+        assert p.stdout.readline().strip() == b"ready", p.stderr.read()
+        crash_fs.shutdown()
+        out, err = p.communicate(b"go\n", timeout=120)
     finally:
-        fs.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, f"pages with other bytes after the device failed: {out!r} {err!r}"
+    counts = dict(kv.split("=") for kv in out.decode().split())
+    if shim:
+        # ext4 refuses reads and new mappings after a shutdown, but a page fault on the
+        # plain run's own mapping still reads the device: its pages keep their bytes where
+        # the library's failed reads give a fault (README, "What differs").
+        assert int(counts["bus"]) + int(counts["segv"]) > 0, f"no read failed: the case proves nothing ({out!r})"
+        stats = load_stats(st)
+        assert stats_total(stats, "map_direct_mappings") > 0, stats_summary(stats)
+        assert stats_total(stats, "map_direct_converted") > 0, (
+            f"the failed read must have given the region back\n{stats_summary(stats)}")
