@@ -208,8 +208,7 @@ fn iovecs(iov: *const libc::iovec, cnt: i32) -> Option<(Vec<libc::iovec>, usize)
     (total > 0 && total <= usercopy::MAX_RW_COUNT).then_some((v, total))
 }
 
-/// `readv`/`preadv`/`preadv2` (flags without RWF_NOWAIT) on a managed fd;
-/// `off == -1` means at the file position.
+/// `readv`/`preadv`/`preadv2` on a managed fd; `off == -1` means at the file position.
 pub fn readv(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool) -> Served {
     if off < -1 {
         return None;
@@ -298,19 +297,33 @@ pub fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool
     }
 }
 
-/// RWF flags the engine can honour around its own I/O; with others (RWF_NOWAIT, RWF_APPEND)
+/// RWF flags the engine can honour around its own I/O; with others (RWF_APPEND on a read)
 /// the call goes to the kernel as it is. RWF_DONTCACHE too: the kernel refuses it with
 /// EOPNOTSUPP where the filesystem lacks it (tmpfs), and where it has it the program's call
 /// keeps nothing in the page cache either.
 const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC;
 
-/// `preadv2` on a managed fd.
+/// `preadv2` on a managed fd. RWF_NOWAIT is served as the kernel serves it on an O_DIRECT
+/// descriptor: without waiting for locks, waiting for the device. Left to the kernel, the
+/// program's buffered descriptor would answer from the page cache the library keeps empty (a
+/// short count or EAGAIN where a plain run's cache holds the bytes) and start read-ahead into
+/// it. Whether the file takes the flag at all (tmpfs refuses it with EOPNOTSUPP) is asked of
+/// the kernel with the same flags at an offset past any file's end, which reads nothing.
 pub fn readv2(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, flags: i32, nowait: bool) -> Served {
-    if flags & !HANDLED_RWF != 0 {
+    if flags & !(HANDLED_RWF | libc::RWF_NOWAIT) != 0 {
         return None;
+    }
+    if flags & libc::RWF_NOWAIT != 0 {
+        let mut probe = 0u8;
+        // SAFETY: one byte of our own stack; past the end of any file nothing is read into it.
+        unsafe { sys::preadv2(fd, &mut probe, 1, NOWAIT_PROBE_AT, flags) }.ok()?;
     }
     readv(fd, iov, cnt, off, nowait)
 }
+
+/// Past the end of any file a filesystem holds (`MAX_LFS_FILESIZE` is 2^63 - 1 bytes, ext4's
+/// and xfs's limits far below), and with room for a 1-byte read before `loff_t` overflows.
+const NOWAIT_PROBE_AT: i64 = 1 << 62;
 
 /// `pwritev2` on a managed fd: with RWF_DSYNC or RWF_SYNC, what was written is made durable
 /// as the flag asks before the call returns.
