@@ -303,8 +303,8 @@ pub fn writev(fd: i32, iov: *const libc::iovec, cnt: i32, off: i64, nowait: bool
 /// keeps nothing in the page cache either.
 const HANDLED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC;
 
-/// `preadv2` on a managed fd. RWF_NOWAIT is served as the kernel serves it on an O_DIRECT
-/// descriptor: without waiting for locks, waiting for the device. Left to the kernel, the
+/// `preadv2` on a managed fd. RWF_NOWAIT is served like any read, from the device: the
+/// kernel's own O_DIRECT read with the flag waits for the device too. Left to the kernel, the
 /// program's buffered descriptor would answer from the page cache the library keeps empty (a
 /// short count or EAGAIN where a plain run's cache holds the bytes) and start read-ahead into
 /// it. Whether the file takes the flag at all (tmpfs refuses it with EOPNOTSUPP) is asked of
