@@ -69,7 +69,9 @@ DESTDIR ?=
 LIB_SO := target/release/libs3dlio_direct.so
 CLI_BIN := target/release/s3dlio-direct
 
-# the tests that must stay green with every speed mechanism on (the default) and off
+# the tests that must stay green with every speed mechanism on (the default) and off; the
+# tests of a mechanism itself (test_amplification, test_readahead: read-ahead's device bytes)
+# assert what it does and run with it on only
 MECHANISM_TESTS := tests/test_badbuf.py tests/test_errnos.py tests/test_differential.py tests/test_streams.py \
                    tests/test_stdio_errors.py tests/test_real_programs.py tests/test_concurrency.py tests/test_fsx.py
 
