@@ -20,6 +20,10 @@ pub const MAX_WINDOW: usize = 8 << 20;
 const FIRST_RUN_WINDOW: usize = 64 << 10;
 /// The most a run's first fault reads (what the region's runs have been long, learned).
 const MAX_EAGER: usize = 128 << 10;
+/// Runs in a row that confirm the size before it counts as settled, and how often a first
+/// read is still checked then (a run shorter than the size shows only at a check).
+const SETTLED: u8 = 2;
+const CHECK_EVERY: u8 = 8;
 /// How often the leases are polled (a writer opening a direct-mapped file waits about this).
 const LEASE_POLL_MS: i64 = 2;
 
@@ -252,20 +256,34 @@ fn fill_ahead(ufd: i32, addr: usize, rd: &mut Reader) -> Option<usize> {
 /// At a run's first fault, what the run before it says of how long runs are here: one that
 /// went on past its first read was as long as what was read for it (the mean with what the
 /// first read was is taken), one that never reached the unmapped last page of its first read
-/// was shorter (half); a run that reached it and stopped keeps the size.
+/// was shorter (half); a run that reached it and stopped keeps the size and settles it. A run
+/// whose first read was not checked and that stopped within it says nothing.
 fn learn(r: &mut super::Region, page: usize) {
-    if r.eager == 0 {
-        r.eager = page;
+    let s = &mut r.size;
+    if s.eager == 0 {
+        s.eager = page;
     }
     if r.run != usize::MAX {
         if r.grew {
             let seen = r.next.saturating_sub(r.run);
-            r.eager = (r.eager + seen) / 2;
+            s.eager = (s.eager + seen) / 2;
+            s.settled = 0;
         } else if r.tail != usize::MAX && !r.tail_hit {
-            r.eager /= 2;
+            s.eager /= 2;
+            s.settled = 0;
+        } else if r.tail_hit {
+            s.settled = s.settled.saturating_add(1);
         }
     }
-    r.eager = (r.eager.next_multiple_of(page)).clamp(page, MAX_EAGER);
+    s.eager = (s.eager.next_multiple_of(page)).clamp(page, MAX_EAGER);
+}
+
+/// Whether a run's first read of `len` bytes leaves its last page unmapped, to learn whether
+/// the run reaches it: always until the size is settled, then every [`CHECK_EVERY`]th.
+fn check_tail(s: &mut super::RunSize, len: usize, page: usize) -> bool {
+    let check = len > page && (s.settled < SETTLED || s.unchecked + 1 >= CHECK_EVERY);
+    s.unchecked = if check { 0 } else { s.unchecked.saturating_add(1) };
+    check
 }
 
 /// What a fill at `addr` reads and maps (`None`: nothing, the fault answered already).
@@ -313,14 +331,17 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             // in one read, a B-tree page alone), leaving the last page unmapped to learn
             // whether the run reached it.
             learn(r, page);
-            let len = r.eager.min(cap).min(r.end() - a);
+            let len = r.size.eager.min(cap).min(r.end() - a);
             r.run = a;
             r.grew = false;
             r.tail_hit = false;
-            let tail = if len > page { page } else { 0 };
+            let tail = if check_tail(&mut r.size, len, page) { page } else { 0 };
             r.tail = if tail > 0 { a + len - page } else { usize::MAX };
             r.next = a + len;
             r.win = len;
+            if let Some(f) = t.files.iter_mut().find(|f| f.ident == r.ident) {
+                f.runs = r.size;
+            }
             (len, 0, tail, None)
         };
         let then = then.filter(|&n| n < r.end());
@@ -483,27 +504,60 @@ mod tests {
         let page = align::page_size();
         let mut r = super::super::Region::new(0, 1 << 30, (1, 2), 0, true);
         learn(&mut r, page);
-        assert_eq!(r.eager, page, "no run seen yet: one page");
+        assert_eq!(r.size.eager, page, "no run seen yet: one page");
         // batch slices of 17 pages: the first went on to a 16-page second read
         (r.run, r.next, r.grew) = (0, 17 * page, true);
         learn(&mut r, page);
-        assert_eq!(r.eager, 9 * page);
+        assert_eq!(r.size.eager, 9 * page);
         (r.run, r.next, r.grew, r.tail, r.tail_hit) = (0, 25 * page, true, 8 * page, true);
         learn(&mut r, page);
-        assert_eq!(r.eager, 17 * page);
+        assert_eq!(r.size.eager, 17 * page);
         // a run that read its 17 pages, reached the last and stopped: the size holds
         (r.run, r.next, r.grew, r.tail, r.tail_hit) = (0, 17 * page, false, usize::MAX, true);
         learn(&mut r, page);
-        assert_eq!(r.eager, 17 * page);
+        assert_eq!(r.size.eager, 17 * page);
         // single-page gets (a B-tree): the unmapped last page is never reached, so it halves
         for want in [9, 5, 3, 2, 1] {
             (r.run, r.grew, r.tail, r.tail_hit) = (0, false, 16 * page, false);
             learn(&mut r, page);
-            assert_eq!(r.eager, want * page);
+            assert_eq!(r.size.eager, want * page);
         }
         // and never past the cap, however long a scan was
         (r.run, r.next, r.grew) = (0, 1 << 30, true);
         learn(&mut r, page);
-        assert_eq!(r.eager, MAX_EAGER);
+        assert_eq!(r.size.eager, MAX_EAGER);
+    }
+
+    #[test]
+    fn a_settled_size_is_checked_only_every_so_often() {
+        let page = align::page_size();
+        let mut r = super::super::Region::new(0, 1 << 30, (1, 2), 0, true);
+        r.size.eager = 17 * page;
+        // runs that reach the checked last page and stop settle the size
+        for settled in 1..=SETTLED {
+            assert!(check_tail(&mut r.size, 17 * page, page), "checked until settled");
+            (r.run, r.next, r.grew, r.tail, r.tail_hit) = (0, 17 * page, false, usize::MAX, true);
+            learn(&mut r, page);
+            assert_eq!((r.size.eager, r.size.settled), (17 * page, settled));
+        }
+        let checks = (0..4 * CHECK_EVERY as usize).filter(|_| check_tail(&mut r.size, 17 * page, page)).count();
+        assert_eq!(checks, 4, "once every {CHECK_EVERY} first reads");
+        // a run not checked that stops within its read says nothing
+        (r.run, r.grew, r.tail, r.tail_hit) = (0, false, usize::MAX, false);
+        learn(&mut r, page);
+        assert_eq!((r.size.eager, r.size.settled), (17 * page, SETTLED));
+        // a checked run that stops short halves the size and unsettles it: checked again
+        (r.run, r.grew, r.tail, r.tail_hit) = (0, false, 16 * page, false);
+        learn(&mut r, page);
+        assert_eq!((r.size.eager, r.size.settled), (9 * page, 0));
+        assert!(check_tail(&mut r.size, 9 * page, page));
+        // and one that goes on past its read too
+        r.size.settled = SETTLED;
+        (r.run, r.next, r.grew) = (0, 25 * page, true);
+        learn(&mut r, page);
+        assert_eq!((r.size.eager, r.size.settled), (17 * page, 0));
+        // a one-page read has no last page to leave unmapped
+        r.size.settled = 0;
+        assert!(!check_tail(&mut r.size, page, page));
     }
 }

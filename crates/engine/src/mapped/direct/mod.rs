@@ -81,7 +81,7 @@ pub(crate) struct Region {
     /// program reached that window.
     pub marker: usize,
     /// What a run's first fault reads, learned from the runs before (see the handler).
-    pub eager: usize,
+    pub size: RunSize,
     /// Where the current run started (its first fault), and whether it went on past its
     /// first read.
     pub run: usize,
@@ -103,7 +103,7 @@ impl Region {
             next: usize::MAX,
             win: 0,
             marker: usize::MAX,
-            eager: 0,
+            size: RunSize::default(),
             run: usize::MAX,
             grew: false,
             tail: usize::MAX,
@@ -114,6 +114,21 @@ impl Region {
     fn end(&self) -> usize {
         self.start + self.len
     }
+}
+
+/// How long a region's runs of touches have been, learned at each run's first fault (the
+/// handler's `learn`). The file keeps its last region's, so the next mapping of it (numpy's
+/// memmap made anew for every batch) starts from what was learned.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RunSize {
+    /// What a run's first fault reads (0: nothing learned yet).
+    pub eager: usize,
+    /// Runs in a row that reached the unmapped last page of their first read and went no
+    /// further: once the size is settled, only some first reads leave that page unmapped
+    /// (its fault is a second round trip to the handler for every run that is checked).
+    pub settled: u8,
+    /// First reads since the last one that was checked.
+    pub unchecked: u8,
 }
 
 /// A file with direct mappings, or with its read lease kept for the next.
@@ -139,6 +154,8 @@ pub(crate) struct DFile {
     /// once the read is whole (UFFDIO_CONTINUE). A page the memfd holds always holds the
     /// file's bytes (a failed read punches its range out again).
     pub alias: usize,
+    /// What its last region learned of how long runs are: where the next region starts.
+    pub runs: RunSize,
 }
 
 /// Everything the lock guards.
@@ -347,8 +364,9 @@ pub fn adopt(
             }
             return Err(NotDirect::NoResource);
         }
+        let runs = RunSize { unchecked: 0, ..f.runs };
         cut(t, start, n);
-        t.regions.push(Region::new(start, n, ident, off, ty == libc::MAP_SHARED));
+        t.regions.push(Region { size: runs, ..Region::new(start, n, ident, off, ty == libc::MAP_SHARED) });
         Ok((n, first))
     })
 }
@@ -372,7 +390,7 @@ fn open_file(fd: i32, ident: (u64, u64)) -> Result<DFile, NotDirect> {
             return Err(NotDirect::NoResource);
         }
     };
-    Ok(DFile { ident, rfd, mfd, memfd: -1, mident: (0, 0), memgen: 0, size: 0, alias: 0 })
+    Ok(DFile { ident, rfd, mfd, memfd: -1, mident: (0, 0), memgen: 0, size: 0, alias: 0, runs: RunSize::default() })
 }
 
 /// Takes the read lease of file `fi` and a memfd of its size for its pages.
