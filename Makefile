@@ -185,7 +185,7 @@ bench-smoke: build bench-tools
 # A and B (or BENCH_AB_A, BENCH_AB_B): what bench/ab.py compares; it builds them itself
 bench-ab: bench-tools
 	bash bench/deps.sh $(BENCH_PYTHON)
-	BENCH_STRICT=1 $(BENCH_PYTHON) bench/ab.py $(if $(A),--a '$(A)') $(if $(B),--b '$(B)')
+	BENCH_STRICT=1 bench/.venv/bin/python bench/ab.py $(if $(A),--a '$(A)') $(if $(B),--b '$(B)')
 
 clean:
 	rm -rf $(BIN) $(VENV) $(WHEEL_VENV) bench/bin bench/.venv build dist python/*.egg-info
