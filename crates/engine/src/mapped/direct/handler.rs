@@ -327,9 +327,10 @@ fn plan(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<Plan> {
             r.win = win;
             (len, 0, 0, shown.then_some(a + len))
         } else {
-            // A run's first fault reads what the region's runs have been long (a batch slice
+            // A run's first fault reads what the file's runs have been long (a batch slice
             // in one read, a B-tree page alone), leaving the last page unmapped to learn
-            // whether the run reached it.
+            // whether the run reached it (until the size settles, then now and then); the
+            // file keeps the size for its next region.
             learn(r, page);
             let len = r.size.eager.min(cap).min(r.end() - a);
             r.run = a;
