@@ -129,9 +129,9 @@ PATTERNS = ["single", "single_mid", "random4k", "random64k", "random_large", "ch
             "header_jump", "run_jump", "sequential"]
 
 
-def run_pattern(run, d, path, pattern, align, shim):
+def run_pattern(run, d, path, pattern, align, shim, attempt=0):
     drop_cache(path)
-    st = d / f"stats-{pattern}-{int(shim)}"
+    st = d / f"stats-{pattern}-{int(shim)}-{attempt}"
     st.mkdir()
     env = {"S3DLIO_DIRECT_STATS": str(st / "s-%p.json")} if shim else None
     r = run([sys.executable, str(d / "reader.py"), str(path), pattern, str(align)], shim=shim,
@@ -155,8 +155,9 @@ def test_device_bytes_within_the_bound(run, request, fs, pattern):
     # A major fault while the reader measures (its own text pages, evicted by the memory
     # pressure of earlier tests) adds the kernel's read-around of them to read_bytes: such a
     # measure is taken again, at most twice.
-    for _ in range(3):
-        dev, got, rounded2, digest, stats, faults = run_pattern(run, d, path, pattern, align, shim=True)
+    for attempt in range(3):
+        dev, got, rounded2, digest, stats, faults = run_pattern(run, d, path, pattern, align, shim=True,
+                                                               attempt=attempt)
         if faults == 0:
             break
     assert (got, digest) == (plain_got, plain_digest), f"{pattern}: the shim's reads returned other bytes"
