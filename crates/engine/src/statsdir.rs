@@ -238,28 +238,14 @@ pub fn parse_live(p: &[u8]) -> Result<LiveFile, String> {
 
 fn map_shared(fd: i32) -> Result<*mut u8, Refusal> {
     // SAFETY: a new shared mapping of LIVE_SIZE bytes of `fd`; raw call, so the shim's own
-    // mmap hook is not entered. Every argument is passed as a full register (a variadic
-    // `int` would leave the offset's upper half undefined).
-    let p = unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            0 as libc::c_long,
-            LIVE_SIZE as libc::c_long,
-            (libc::PROT_READ | libc::PROT_WRITE) as libc::c_long,
-            libc::MAP_SHARED as libc::c_long,
-            fd as libc::c_long,
-            0 as libc::c_long,
-        )
-    };
-    if p == -1 {
-        return Err(Refusal::Errno(sys::errno()));
-    }
-    Ok(p as *mut u8)
+    // mmap hook is not entered.
+    let p = unsafe { sys::mmap(0, LIVE_SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+    p.map(|p| p as *mut u8).map_err(Refusal::Errno)
 }
 
 fn unmap(p: *mut u8) {
     // SAFETY: `p` is a mapping of LIVE_SIZE bytes this module made, no longer used.
-    unsafe { libc::syscall(libc::SYS_munmap, p as libc::c_long, LIVE_SIZE as libc::c_long) };
+    unsafe { sys::munmap(p as usize, LIVE_SIZE) };
 }
 
 // ------------------------------------------------------------------ the process's files

@@ -441,7 +441,36 @@ pub fn cachestat_range(fd: c_int, off: u64, len: u64) -> SysResult<(u64, u64)> {
 pub fn madvise(addr: usize, len: usize, advice: c_int) -> SysResult<()> {
     // SAFETY: no memory is read or written by the call itself; the caller picks advice that
     // is safe for the range.
-    check(unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) }).map(|_| ())
+    check(unsafe { libc::syscall(libc::SYS_madvise, addr as c_long, len as c_long, advice as c_long) }).map(|_| ())
+}
+
+/// `mmap(2)` as a raw system call, which the library's own mmap hook never sees. Every
+/// argument goes as a full register: a variadic `int` would leave its upper half undefined.
+///
+/// # Safety
+/// With MAP_FIXED, the range must be memory the caller owns and nothing else uses.
+pub unsafe fn mmap(addr: usize, len: usize, prot: c_int, flags: c_int, fd: c_int, off: u64) -> SysResult<usize> {
+    // SAFETY: the caller vouches for the range; a new mapping touches no other memory.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            addr as c_long,
+            len as c_long,
+            prot as c_long,
+            flags as c_long,
+            fd as c_long,
+            off as c_long,
+        )
+    })
+}
+
+/// `munmap(2)` as a raw system call.
+///
+/// # Safety
+/// The range must be a mapping of the caller's that nothing uses any more.
+pub unsafe fn munmap(addr: usize, len: usize) {
+    // SAFETY: as the caller vouches.
+    unsafe { libc::syscall(libc::SYS_munmap, addr as c_long, len as c_long) };
 }
 
 /// `mincore(2)` of the `len` bytes at the page-aligned `addr`.
@@ -576,42 +605,27 @@ fn pid_page() -> *mut AtomicI32 {
     }
     // The kernel rounds the length up to its page size for mmap, madvise and munmap alike.
     let len = 4096usize;
+    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // SAFETY: a fresh private anonymous mapping; no memory of Rust's is involved.
-    let p = unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            std::ptr::null_mut::<c_void>(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1 as c_long,
-            0 as c_long,
-        )
-    };
-    if p < 0 && p > -4096 {
+    let Ok(p) = (unsafe { mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, anon, -1, 0) }) else {
         PID_UNCACHED.store(true, Ordering::Relaxed);
         return std::ptr::null_mut();
-    }
-    let p = p as *mut c_void;
-    // SAFETY: the mapping just made, unmapped below only if it is never published.
-    let wiped = unsafe { libc::syscall(libc::SYS_madvise, p, len, libc::MADV_WIPEONFORK) } == 0;
-    if !wiped {
-        // Without the wipe a child would read its parent's id: never cache.
-        PID_UNCACHED.store(true, Ordering::Relaxed);
-    }
+    };
     let page = p as *mut AtomicI32;
-    if wiped {
+    if madvise(p, len, libc::MADV_WIPEONFORK).is_ok() {
         match PID_PAGE.compare_exchange(std::ptr::null_mut(), page, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return page,
             Err(other) => {
                 // SAFETY: our own mapping, never published.
-                unsafe { libc::syscall(libc::SYS_munmap, p, len) };
+                unsafe { munmap(p, len) };
                 return other;
             }
         }
     }
+    // Without the wipe a child would read its parent's id: never cache.
+    PID_UNCACHED.store(true, Ordering::Relaxed);
     // SAFETY: our own mapping, never published.
-    unsafe { libc::syscall(libc::SYS_munmap, p, len) };
+    unsafe { munmap(p, len) };
     std::ptr::null_mut()
 }
 

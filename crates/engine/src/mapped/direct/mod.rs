@@ -280,19 +280,14 @@ fn ensure_uffd(t: &mut Table) -> Result<i32, uffd::Refusal> {
 /// `munmap(2)` of the library's own mapping, as a raw system call.
 fn raw_munmap(addr: usize, len: usize) {
     // SAFETY: the callers unmap only an alias of their own, which nothing refers to any more.
-    unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
+    unsafe { sys::munmap(addr, len) };
 }
 
 /// `mmap(2)` as a raw system call (the library's hooks never see it).
 fn raw_mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: u64) -> sys::SysResult<usize> {
     // SAFETY: the callers map only over ranges the library owns (a region, or the program's
     // mapping it is adopting before the program has its address).
-    let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
-    if r < 0 && r > -4096 {
-        Err(sys::errno())
-    } else {
-        Ok(r as usize)
-    }
+    unsafe { sys::mmap(addr, len, prot, flags, fd, off) }
 }
 
 fn page_up(n: u64) -> u64 {
@@ -405,8 +400,8 @@ fn lease_file(t: &mut Table, fi: usize) -> Result<(), NotDirect> {
     let placed = (m >= 0).then(|| libfd::place(m as i32).ok()).flatten();
     let mident = placed.map(sys::ident);
     let sized = |memfd: i32, size: u64| -> Option<usize> {
-        sys::ftruncate(memfd, page_up(size)).ok()?;
         let bytes = page_up(size) as usize;
+        sys::ftruncate(memfd, bytes as u64).ok()?;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let alias = raw_mmap(0, bytes, rw, libc::MAP_SHARED | libc::MAP_NORESERVE, memfd, 0).ok()?;
         // The memfd's holes in the alias never become a huge page either, and a fork child
