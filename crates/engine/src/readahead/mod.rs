@@ -4,11 +4,12 @@
 //! run of reads has shown itself (a read that starts where the previous one ended), the engine
 //! reads aligned windows ahead of the program into private buffers (in 2 MiB pages, two
 //! windows to a page by default: the device serves a request of few segments at full speed)
-//! with Linux AIO, and serves its reads from them with a copy while the device reads on. How far ahead is the job of [`policy`], modelled
-//! on the kernel's readahead state machine: small at first, from the size of the requests,
-//! growing with the run up to one window (`S3DLIO_DIRECT_READAHEAD`) beyond the reader, read
-//! as requests of a quarter window; nothing for reads that do not continue a run. A single read
-//! of two windows or more is read as windows too, without reading past its end.
+//! with Linux AIO, and serves its reads from them with a copy while the device reads on. How
+//! far ahead is the job of [`policy`], modelled on the kernel's readahead state machine: small
+//! at first, from the size of the requests, growing with the run up to one window
+//! (`S3DLIO_DIRECT_READAHEAD`) beyond the reader, read as requests of a quarter window;
+//! nothing for reads that do not continue a run. A single read of two windows or more is read
+//! as windows too, without reading past its end.
 //!
 //! A window is only trusted while the file is unchanged: the size, mtime and ctime seen when it
 //! was read must still be those of the file at each use (Linux 6.13+ gives timestamps fine

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const MAX_WINDOW: usize = 8 << 20;
 /// The window of a run's second in-order fault.
 const FIRST_RUN_WINDOW: usize = 64 << 10;
-/// The most a run's first fault reads (what the region's runs have been long, learned).
+/// The most a run's first fault reads (what the file's runs have been long, learned).
 const MAX_EAGER: usize = 128 << 10;
 /// Runs in a row that confirm the size before it counts as settled, and how often a first
 /// read is still checked then (a run shorter than the size shows only at a check).
@@ -189,7 +189,7 @@ fn turn(rd: &mut Reader) {
         while let Some(m) = uffd::read_msg(ufd) {
             match m.event {
                 uffd::EVENT_PAGEFAULT => {
-                    if let Some(n) = fill(ufd, m.arg[1] as usize, rd, false) {
+                    if let Some(n) = fill(ufd, m.arg[1] as usize, rd) {
                         ahead = Some(n);
                     }
                 }
@@ -229,10 +229,10 @@ struct Plan {
 
 /// Serves a fault at `addr`: reads what of its window the memfd lacks straight into the
 /// memfd, then maps the window into the region. Returns where to read ahead next, if anywhere.
-fn fill(ufd: i32, addr: usize, rd: &mut Reader, ahead: bool) -> Option<usize> {
-    let p = plan(ufd, addr, rd, ahead)?;
+fn fill(ufd: i32, addr: usize, rd: &mut Reader) -> Option<usize> {
+    let p = plan(ufd, addr, rd, false)?;
     let whole = read(rd, &p.runs, &p);
-    finish(ufd, &p, whole, ahead)
+    finish(ufd, &p, whole, false)
 }
 
 /// Reads the window at `addr` ahead of the faults, and the one after it too if there is one
